@@ -1,0 +1,271 @@
+"""The ``gatewayd`` command line (SPEC section 2).
+
+Usage and configuration errors exit 2 with the reason on stderr. Commands
+that read or change jobs open the state directory directly: SQLite in WAL
+mode lets them work while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Callable, Sequence
+
+from gatewayd import __version__
+from gatewayd.config import Config, ConfigError, config_path, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A user-facing failure of a command: printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _add_config_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before or after the command name; the subcommand's copy must
+    # not overwrite a value given before it, hence SUPPRESS there.
+    parser.add_argument(
+        "-c", "--config", metavar="PATH",
+        default=None if top else argparse.SUPPRESS,
+        help="configuration file (default: $GATEWAYD_CONFIG, else /etc/gatewayd/config.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatewayd", description="Email-to-fax and fax-to-email gateway daemon.")
+    parser.add_argument("--version", action="version", version=f"gatewayd {__version__}")
+    _add_config_option(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_config_option(p, top=False)
+        return p
+
+    add("run", "run the daemon in the foreground (what systemd starts)")
+    p = add("demo", "the sandbox: provider simulator, gateway and mail sink on loopback")
+    p.add_argument("--dir", default="./demo", help="where the demo keeps its state and Maildir (default ./demo)")
+    p.add_argument("--smtp-port", type=int, default=2525, help="SMTP port of the demo gateway (default 2525; 0 = any free port)")
+    p.add_argument("--exit-after-tour", action="store_true", help="stop after the sample fax was sent and one received (for tests)")
+    add("check-config", "load and validate the configuration")
+    p = add("send", "queue a fax from the command line through the same pipeline and policy")
+    p.add_argument("number")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--from", dest="sender", default="", help="envelope sender: its [[senders]] rule applies and reports go there")
+    p.add_argument("--extension", type=int, default=None, help="send from this fax extension")
+    p.add_argument("--subject", default="", help="subject (for the cover page and reports)")
+    p = add("jobs", "list jobs")
+    p.add_argument("--state", default=None, help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("job", "show one job with its full history")
+    p.add_argument("id", type=int)
+    p = add("cancel", "cancel a queued or failed job")
+    p.add_argument("id", type=int)
+    p = add("retry", "retry a failed job")
+    p.add_argument("id", type=int)
+    p = add("received", "list relayed received faxes and where they went")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("mailto", "show or set an extension's fax_mailto at the provider")
+    p.add_argument("extension", type=int)
+    p.add_argument("--set", dest="addresses", default=None, metavar="ADDR,ADDR")
+    add("hash-password", "read a password on stdin, print the hash for [[smtp.users]]")
+    p = add("simulator", "run the provider simulator alone")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    p.add_argument("--client-id", default="demo")
+    p.add_argument("--client-secret", default="demo")
+    return parser
+
+
+def load(args: argparse.Namespace) -> Config:
+    path = config_path(args.config)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CommandError("\n".join(exc.problems), EXIT_USAGE) from None
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd.daemon import Daemon
+    from gatewayd.logs import setup_logging
+
+    config = load(args)
+    setup_logging(config.log.level, config.log.format)
+    daemon = Daemon(config, config_path=config_path(args.config))
+    return asyncio.run(daemon.run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load(args)
+    print(summarise_config(config))
+    return EXIT_OK
+
+
+def summarise_config(c: Config) -> str:
+    lines = [
+        f"configuration {c.source}: valid",
+        f"  provider    {c.provider.base_url} (token {c.provider.token_url}), client {c.provider.client_id}, default extension {c.provider.extension or 'none'}",
+        f"  smtp        listen {', '.join(map(str, c.smtp.listen))}; domains {', '.join(c.smtp.domains)}; auth {c.smtp.auth}; "
+        f"TLS {'on' if c.smtp.tls_enabled else 'off'}{' (required)' if c.smtp.require_tls else ''}; {len(c.smtp.users)} account(s)",
+        f"  trusted     {', '.join(map(str, c.smtp.trusted_networks)) or 'none'}",
+        f"  senders     {len(c.senders)} rule(s)" + "".join(f"\n                [{r.index}] {', '.join(r.match)} -> extension {r.extension or c.provider.extension}" for r in c.senders),
+        f"  numbers     region {c.numbers.default_region}; allow {', '.join(c.numbers.allow) or 'all'}; deny {', '.join(c.numbers.deny) or 'none'}; "
+        f"premium {'blocked' if c.numbers.block_premium else 'allowed'}; dial {c.numbers.dial_format}",
+        f"  documents   {c.documents.page_size}, cover page {c.documents.cover_page}, at most {c.documents.max_pages} pages",
+        f"  imap        " + (f"{c.imap.username}@{c.imap.host}:{c.imap.port} {c.imap.mailbox}" if c.imap.enabled else "off"),
+        f"  inbound     " + (f"every {c.inbound.poll_interval:g}s, extensions {', '.join(map(str, c.inbound.extensions)) or 'all fax extensions'}, attach {c.inbound.attach}, {len(c.inbound.routes)} route(s)" if c.inbound.enabled else "off"),
+        f"  mail        relay {c.mail.relay} ({c.mail.security}), from {c.mail.from_}, reports {c.mail.reports}, admin {', '.join(c.mail.admin) or 'none'}",
+        f"  state       {c.state_dir}",
+        f"  http        {c.http.listen or 'off'}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from gatewayd.passwords import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("empty password", EXIT_USAGE)
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def _open_store(config: Config):
+    from gatewayd.store import Store, StoreError
+
+    if not config.state_dir.exists():
+        raise CommandError(f"no state directory at {config.state_dir} (has the daemon run yet?)")
+    try:
+        return Store(config.state_dir)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from gatewayd.store import JOB_STATES
+
+    if args.state and args.state not in JOB_STATES:
+        raise CommandError(f"unknown state {args.state!r}; one of {', '.join(JOB_STATES)}", EXIT_USAGE)
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1", EXIT_USAGE)
+    store = _open_store(load(args))
+    try:
+        jobs = store.list_jobs(state=args.state, limit=args.limit)
+    finally:
+        store.close()
+    print(f"{'ID':>6}  {'CREATED':19}  {'STATE':10}  {'NUMBER':16}  {'EXT':>6}  {'PAGES':>5}  FROM")
+    for j in jobs:
+        print(f"{j.id:>6}  {_when(j.created_at):19}  {j.state:10}  {j.number:16}  {j.extension:>6}  {j.pages:>5}  {j.report_to or '-'}")
+    return EXIT_OK
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from gatewayd.store import JobNotFound
+
+    store = _open_store(load(args))
+    try:
+        try:
+            job = store.get_job(args.id)
+        except JobNotFound:
+            raise CommandError(f"no job {args.id}") from None
+        events = store.job_events(job.id)
+    finally:
+        store.close()
+    print(format_job(job, events))
+    return EXIT_OK
+
+
+def format_job(job, events) -> str:
+    rows = [
+        ("job", str(job.id)),
+        ("state", job.state + (f" ({job.reason})" if job.reason else "")),
+        ("number", job.number + (f" (dialled as {job.dst_num})" if job.dst_num != job.number else "")),
+        ("extension", str(job.extension)),
+        ("from", job.report_to or "-"),
+        ("source", job.source),
+        ("subject", job.subject or "-"),
+        ("message-id", job.message_id or "-"),
+        ("pages", str(job.pages)),
+        ("document", f"{job.document} ({job.doc_bytes} bytes)"),
+        ("provider id", "-" if job.provider_id is None else str(job.provider_id)),
+        ("provider status", job.provider_status or "-"),
+        ("attempts", str(job.attempts)),
+        ("created", _when(job.created_at)),
+        ("submitted", _when(job.submitted_at)),
+        ("finished", _when(job.finished_at)),
+    ]
+    if job.note:
+        rows.append(("note", job.note))
+    out = [f"{k + ':':17}{v}" for k, v in rows]
+    out.append("history:")
+    for e in events:
+        arrow = f"{e.from_state or '(new)'} -> {e.to_state}"
+        out.append(f"  {_when(e.at)}  {arrow:28}  {e.reason}")
+    return "\n".join(out)
+
+
+def _delegate(module: str, attr: str = "main") -> Callable[[argparse.Namespace], int]:
+    """Commands implemented in their own module, loaded only when used."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                raise CommandError(f"'{args.command}' is not available yet in this build") from None
+            raise
+        return getattr(mod, attr)(args)
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "hash-password": cmd_hash_password,
+    "jobs": cmd_jobs,
+    "job": cmd_job,
+    "demo": _delegate("gatewayd.demo"),
+    "send": _delegate("gatewayd.commands.send"),
+    "cancel": _delegate("gatewayd.commands.control", "cancel"),
+    "retry": _delegate("gatewayd.commands.control", "retry"),
+    "received": _delegate("gatewayd.commands.received", "received"),
+    "mailto": _delegate("gatewayd.commands.received", "mailto"),
+    "simulator": _delegate("gatewayd.commands.simulator"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CommandError as exc:
+        print(f"gatewayd {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,830 @@
+"""The configuration file (SPEC section 3), loaded into frozen dataclasses.
+
+Every value is parsed and checked at load; every problem is collected with
+its key path and reason, so ``gatewayd check-config`` can show them all at
+once. Unknown keys are errors: a typo must not silently fall back to a
+default on a fax gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG_PATH = "/etc/gatewayd/config.toml"
+PROVIDER_MAX_BYTES = 10_000_000
+
+
+class ConfigError(Exception):
+    """One or more problems in the configuration, each ``key.path: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# ---------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    base_url: str = "https://apiproxy.telphin.ru/api/ver1.0"
+    token_url: str = ""  # resolved at load: never empty afterwards
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    extension: int = 0
+    timeout: float = 30.0
+    status_poll_interval: float = 20.0
+    auto_retries: int = 2
+    retry_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class SmtpUser:
+    name: str
+    password_hash: str = field(repr=False)
+    extension: int | None = None
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: tuple[HostPort, ...] = (HostPort("127.0.0.1", 2525),)
+    hostname: str = ""  # resolved at load to the FQDN when empty
+    domains: tuple[str, ...] = ("fax.example.com",)
+    max_message_size: int = 25_000_000
+    max_connections: int = 100
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_tls: bool = False
+    auth: str = "optional"
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    users: tuple[SmtpUser, ...] = ()
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert)
+
+
+@dataclass(frozen=True)
+class SenderRule:
+    match: tuple[str, ...]
+    extension: int | None = None
+    max_pages: int | None = None
+    max_per_hour: int | None = None
+    index: int = 0  # position in the file: the stable key of its hourly counter
+
+    @property
+    def key(self) -> str:
+        return f"senders[{self.index}]"
+
+
+@dataclass(frozen=True)
+class NumbersConfig:
+    default_region: str = "RU"
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    block_premium: bool = True
+    dial_format: str = "digits"
+    internal: str = "^[0-9]{2,5}$"
+
+
+@dataclass(frozen=True)
+class DocumentsConfig:
+    page_size: str = "A4"
+    cover_page: str = "auto"
+    max_pages: int = 100
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    enabled: bool = False
+    host: str = ""
+    port: int = 993
+    username: str = ""
+    password: str = field(default="", repr=False)
+    tls_ca_file: str = ""
+    mailbox: str = "INBOX"
+    processed_mailbox: str = "Processed"
+    failed_mailbox: str = "Failed"
+    addresses: tuple[str, ...] = ("fax@example.com",)
+    trusted_authserv_id: str = ""
+    idle: bool = True
+    poll_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    enabled: bool = True
+    extensions: tuple[int, ...] = ()
+    poll_interval: float = 30.0
+    attach: str = "pdf"
+    fallback_to: tuple[str, ...] = ()
+    mailto_refresh: float = 600.0
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def route_for(self, destination: str) -> tuple[str, ...] | None:
+        for number, addresses in self.routes:
+            if number == destination:
+                return addresses
+        return None
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    relay: HostPort = HostPort("127.0.0.1", 25)
+    security: str = "none"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    tls_ca_file: str = ""
+    from_: str = "Fax Gateway <fax-gateway@localhost>"
+    admin: tuple[str, ...] = ()
+    reports: str = "all"
+    attach_document: str = "failures"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: str = ""  # resolved at load: never empty afterwards
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: HostPort | None = HostPort("127.0.0.1", 9465)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    senders: tuple[SenderRule, ...] = ()
+    numbers: NumbersConfig = field(default_factory=NumbersConfig)
+    documents: DocumentsConfig = field(default_factory=DocumentsConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = ""  # the file it was read from, for messages
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.storage.state_dir)
+
+
+# ------------------------------------------------------------ value parsers
+
+
+class _Bad(Exception):
+    """A value problem; the loader adds the key path."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, None: 1,
+}
+# Deliberately simple: a sane addr-spec, no display names, no quoted locals.
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$")
+_PREFIX_RE = re.compile(r"^\+[0-9]{1,15}$")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"250ms"`` or seconds as a number."""
+    if isinstance(value, bool):
+        raise _Bad(f'expected a duration such as "30s", got {_show(value)}')
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise _Bad(f"expected a positive duration, got {value}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise _Bad(f'expected a duration such as "30s", "5m" or "2h", got {_show(value)}')
+
+
+def parse_size(value: Any) -> int:
+    """``"25MB"`` (powers of 1000), ``"10MiB"`` (powers of 1024) or bytes."""
+    if isinstance(value, bool):
+        raise _Bad(f'expected a size such as "25MB", got {_show(value)}')
+    if isinstance(value, int):
+        if value < 0:
+            raise _Bad(f"expected a positive size, got {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise _Bad(f'expected a size such as "25MB" or "10MiB", got {_show(value)}')
+
+
+def parse_host_port(value: Any) -> HostPort:
+    if not isinstance(value, str):
+        raise _Bad(f'expected "host:port", got {_show(value)}')
+    text = value.strip()
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
+    if not m:
+        raise _Bad(f'expected "host:port", got {_show(value)}')
+    host, port = m.group(1), int(m.group(2))
+    if not 0 < port < 65536:
+        raise _Bad(f"port must be 1-65535, got {port}")
+    return HostPort(host, port)
+
+
+def is_email_address(value: str) -> bool:
+    return bool(_EMAIL_RE.match(value)) and len(value) <= 254
+
+
+def parse_email(value: Any) -> str:
+    if not isinstance(value, str) or not is_email_address(value.strip()):
+        raise _Bad(f"expected an email address such as user@example.com, got {_show(value)}")
+    return value.strip()
+
+
+def parse_mailbox_header(value: Any) -> str:
+    """An address with an optional display name: ``Fax Gateway <fax@host>``."""
+    from email.utils import parseaddr
+
+    if not isinstance(value, str):
+        raise _Bad(f"expected an address, got {_show(value)}")
+    if any(c in value for c in "\r\n"):
+        raise _Bad("line breaks are not allowed")
+    _, addr = parseaddr(value)
+    if not addr or not is_email_address(addr) and not re.match(r"^[^@\s]+@[A-Za-z0-9.-]+$", addr):
+        raise _Bad(f'expected "Name <user@host>" or "user@host", got {_show(value)}')
+    return value.strip()
+
+
+def parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise _Bad(f'expected a network such as "192.0.2.0/24", got {_show(value)}')
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise _Bad(f"not a network: {exc}") from None
+
+
+def parse_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX_RE.match(value.strip()):
+        raise _Bad(f'expected an E.164 prefix such as "+7", got {_show(value)}')
+    return value.strip()
+
+
+def parse_regex(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"expected a regular expression string, got {_show(value)}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise _Bad(f"invalid regular expression: {exc}") from None
+    return value
+
+
+def parse_domain(value: Any) -> str:
+    if not isinstance(value, str) or not _DOMAIN_RE.match(value.strip()):
+        raise _Bad(f"expected a domain name, got {_show(value)}")
+    return value.strip().lower().rstrip(".")
+
+
+# ------------------------------------------------------------------ loader
+
+
+class _Section:
+    """Reads one TOML table, recording problems and the keys it consumed."""
+
+    def __init__(self, loader: "_Loader", path: str, table: Any) -> None:
+        self.loader = loader
+        self.path = path
+        if table is None:
+            table = {}
+        if not isinstance(table, dict):
+            loader.problem(path, f"expected a table, got {_show(table)}")
+            table = {}
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, default: Any, parse: Callable[[Any], Any] | None = None, *, kind: type | tuple[type, ...] | None = None) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        try:
+            if kind is not None:
+                ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)))
+                if not ok:
+                    raise _Bad(f"expected {_kind_name(kind)}, got {_show(value)}")
+            return parse(value) if parse else value
+        except _Bad as exc:
+            self.loader.problem(self.key(name), str(exc))
+            return default
+
+    def get_list(self, name: str, default: tuple, parse: Callable[[Any], Any]) -> tuple:
+        self.used.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        if not isinstance(value, list):
+            self.loader.problem(self.key(name), f"expected a list, got {_show(value)}")
+            return default
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(parse(item))
+            except _Bad as exc:
+                self.loader.problem(f"{self.key(name)}[{i}]", str(exc))
+        return tuple(out)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        def check(v: Any) -> str:
+            if v not in choices:
+                raise _Bad(f"expected one of {', '.join(_show(c) for c in choices)}, got {_show(v)}")
+            return v
+        return self.get(name, default, check)
+
+    def secret(self, name: str, default: str = "") -> str:
+        """``name`` or its ``name_file`` twin, never both."""
+        inline = self.get(name, None, kind=str)
+        file_name = self.get(f"{name}_file", None, kind=str)
+        if inline is not None and file_name is not None:
+            self.loader.problem(self.key(name), f"set either {name} or {name}_file, not both")
+            return default
+        if file_name is not None:
+            return self.loader.read_secret(self.key(f"{name}_file"), file_name)
+        return inline if inline is not None else default
+
+    def finish(self) -> None:
+        for name in self.table:
+            if name not in self.used:
+                self.loader.problem(self.key(name), "unknown key")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected an integer, got {_show(v)}")
+    if v < 1:
+        raise _Bad(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected an integer, got {_show(v)}")
+    if v < 0:
+        raise _Bad(f"expected 0 or more, got {v}")
+    return v
+
+
+def _extension_id(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad(f"expected an extension id (integer), got {_show(v)}")
+    return v
+
+
+def _port(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
+        raise _Bad(f"expected a port 1-65535, got {_show(v)}")
+    return v
+
+
+def _url(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a URL, got {_show(v)}")
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Bad(f'expected an http(s) URL such as "https://host/path", got {_show(v)}')
+    return v.rstrip("/")
+
+
+def _pattern(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v.strip()):
+        raise _Bad(f'expected a pattern such as "*@example.com", got {_show(v)}')
+    return v.strip().lower()
+
+
+def _str_no_newline(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_show(v)}")
+    if any(c in v for c in "\r\n\0"):
+        raise _Bad("control characters are not allowed")
+    return v
+
+
+def _readable_file(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a file name, got {_show(v)}")
+    if v and not os.access(v, os.R_OK):
+        raise _Bad(f"cannot read {v}")
+    return v
+
+
+def _number_key(v: str) -> str:
+    if not re.fullmatch(r"\+?[0-9]{2,20}", v):
+        raise _Bad(f"expected a number (digits), got {_show(v)}")
+    return v.lstrip("+")
+
+
+class _Loader:
+    def __init__(self, env: dict[str, str], base_dir: Path) -> None:
+        self.env = env
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, path: str, reason: str) -> None:
+        self.problems.append(f"{path}: {reason}")
+
+    def read_secret(self, path: str, name: str) -> str:
+        candidates = []
+        p = Path(name)
+        if not p.is_absolute():
+            creds = self.env.get("CREDENTIALS_DIRECTORY")
+            if creds:
+                candidates.append(Path(creds) / p)
+            candidates.append(self.base_dir / p)
+        else:
+            candidates.append(p)
+        for candidate in candidates:
+            if candidate.is_file():
+                try:
+                    return candidate.read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    self.problem(path, f"cannot read {candidate}: {exc.strerror}")
+                    return ""
+        self.problem(path, f"file not found: {name}" + (" (looked in $CREDENTIALS_DIRECTORY first)" if not p.is_absolute() and self.env.get("CREDENTIALS_DIRECTORY") else ""))
+        return ""
+
+    def load(self, data: dict[str, Any], source: str) -> Config:
+        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log"}
+        for name in data:
+            if name not in known:
+                self.problem(name, "unknown key")
+        provider = self.provider(_Section(self, "provider", data.get("provider")))
+        smtp = self.smtp(_Section(self, "smtp", data.get("smtp")))
+        senders = self.senders(data.get("senders"))
+        numbers = self.numbers(_Section(self, "numbers", data.get("numbers")))
+        documents = self.documents(_Section(self, "documents", data.get("documents")))
+        imap = self.imap(_Section(self, "imap", data.get("imap")))
+        inbound = self.inbound(_Section(self, "inbound", data.get("inbound")))
+        mail = self.mail(_Section(self, "mail", data.get("mail")))
+        storage = self.storage(_Section(self, "storage", data.get("storage")))
+        http = self.http(_Section(self, "http", data.get("http")))
+        log = self.log(_Section(self, "log", data.get("log")))
+        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source)
+        self.cross_check(config)
+        if self.problems:
+            raise ConfigError(self.problems)
+        return config
+
+    def provider(self, s: _Section) -> ProviderConfig:
+        d = ProviderConfig()
+        base_url = s.get("base_url", d.base_url, _url)
+        token_url = s.get("token_url", "", lambda v: _url(v) if v != "" else "")
+        if not token_url:
+            parts = urlsplit(base_url)
+            token_url = f"{parts.scheme}://{parts.netloc}/oauth/token"
+        cfg = ProviderConfig(
+            base_url=base_url,
+            token_url=token_url,
+            client_id=s.get("client_id", "", _str_no_newline),
+            client_secret=s.secret("client_secret"),
+            extension=s.get("extension", 0, _extension_id),
+            timeout=s.get("timeout", d.timeout, parse_duration),
+            status_poll_interval=s.get("status_poll_interval", d.status_poll_interval, parse_duration),
+            auto_retries=s.get("auto_retries", d.auto_retries, _non_negative_int),
+            retry_delay=s.get("retry_delay", d.retry_delay, parse_duration),
+        )
+        s.finish()
+        if cfg.timeout <= 0:
+            self.problem("provider.timeout", "must be more than 0")
+        if cfg.status_poll_interval < 1:
+            self.problem("provider.status_poll_interval", "must be at least 1s (the provider counts requests per hour)")
+        if not cfg.client_id:
+            self.problem("provider.client_id", "required")
+        if not cfg.client_secret and "client_secret" not in s.table and "client_secret_file" not in s.table:
+            self.problem("provider.client_secret", "required (or client_secret_file)")
+        return cfg
+
+    def smtp(self, s: _Section) -> SmtpConfig:
+        d = SmtpConfig()
+        s.used.add("listen")
+        raw_listen = s.table.get("listen", None)
+        listen = d.listen
+        if raw_listen is not None:
+            if isinstance(raw_listen, list):
+                listen = s.get_list("listen", d.listen, parse_host_port)
+                if not listen:
+                    self.problem("smtp.listen", "needs at least one address")
+                    listen = d.listen
+            else:
+                listen = (s.get("listen", d.listen[0], parse_host_port),)
+        users = []
+        s.used.add("users")
+        raw_users = s.table.get("users", [])
+        if not isinstance(raw_users, list):
+            self.problem("smtp.users", "expected [[smtp.users]] tables")
+            raw_users = []
+        seen_names: set[str] = set()
+        for i, raw in enumerate(raw_users):
+            u = _Section(self, f"smtp.users[{i}]", raw)
+            name = u.get("name", "", _str_no_newline)
+            pw = u.get("password_hash", "", _str_no_newline)
+            ext = u.get("extension", None, _extension_id)
+            u.finish()
+            if not name:
+                self.problem(f"smtp.users[{i}].name", "required")
+            elif name in seen_names:
+                self.problem(f"smtp.users[{i}].name", f'duplicate user "{name}"')
+            seen_names.add(name)
+            if not pw:
+                self.problem(f"smtp.users[{i}].password_hash", "required (make one with `gatewayd hash-password`)")
+            elif not _looks_like_hash(pw):
+                self.problem(f"smtp.users[{i}].password_hash", "not a hash from `gatewayd hash-password`")
+            users.append(SmtpUser(name, pw, ext))
+        hostname = s.get("hostname", "", _str_no_newline) or socket.getfqdn()
+        cfg = SmtpConfig(
+            listen=listen,
+            hostname=hostname,
+            domains=s.get_list("domains", d.domains, parse_domain),
+            max_message_size=s.get("max_message_size", d.max_message_size, parse_size),
+            max_connections=s.get("max_connections", d.max_connections, _positive_int),
+            tls_cert=s.get("tls_cert", "", _readable_file),
+            tls_key=s.get("tls_key", "", _readable_file),
+            require_tls=s.get("require_tls", False, kind=bool),
+            auth=s.choice("auth", d.auth, ("required", "optional", "off")),
+            trusted_networks=s.get_list("trusted_networks", d.trusted_networks, parse_network),
+            users=tuple(users),
+        )
+        s.finish()
+        if not cfg.domains:
+            self.problem("smtp.domains", "needs at least one fax domain")
+        if cfg.max_message_size < 1000:
+            self.problem("smtp.max_message_size", "must be at least 1KB")
+        return cfg
+
+    def senders(self, raw: Any) -> tuple[SenderRule, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.problem("senders", "expected [[senders]] tables")
+            return ()
+        rules = []
+        for i, table in enumerate(raw):
+            s = _Section(self, f"senders[{i}]", table)
+            match = s.get_list("match", (), _pattern)
+            rule = SenderRule(
+                match=match,
+                extension=s.get("extension", None, _extension_id),
+                max_pages=s.get("max_pages", None, _positive_int),
+                max_per_hour=s.get("max_per_hour", None, _positive_int),
+                index=i,
+            )
+            s.finish()
+            if "match" not in s.table:
+                self.problem(f"senders[{i}].match", "required")
+            elif not match:
+                self.problem(f"senders[{i}].match", "needs at least one pattern")
+            rules.append(rule)
+        return tuple(rules)
+
+    def numbers(self, s: _Section) -> NumbersConfig:
+        import phonenumbers
+
+        def region(v: Any) -> str:
+            if not isinstance(v, str) or v.upper() not in phonenumbers.SUPPORTED_REGIONS:
+                raise _Bad(f'expected a region code such as "RU" or "DE", got {_show(v)}')
+            return v.upper()
+
+        d = NumbersConfig()
+        cfg = NumbersConfig(
+            default_region=s.get("default_region", d.default_region, region),
+            allow=s.get_list("allow", (), parse_prefix),
+            deny=s.get_list("deny", (), parse_prefix),
+            block_premium=s.get("block_premium", True, kind=bool),
+            dial_format=s.choice("dial_format", d.dial_format, ("digits", "e164", "national")),
+            internal=s.get("internal", d.internal, parse_regex),
+        )
+        s.finish()
+        return cfg
+
+    def documents(self, s: _Section) -> DocumentsConfig:
+        cfg = DocumentsConfig(
+            page_size=s.choice("page_size", "A4", ("A4", "Letter")),
+            cover_page=s.choice("cover_page", "auto", ("auto", "always", "never")),
+            max_pages=s.get("max_pages", 100, _positive_int),
+        )
+        s.finish()
+        return cfg
+
+    def imap(self, s: _Section) -> ImapConfig:
+        d = ImapConfig()
+        cfg = ImapConfig(
+            enabled=s.get("enabled", False, kind=bool),
+            host=s.get("host", "", _str_no_newline),
+            port=s.get("port", d.port, _port),
+            username=s.get("username", "", _str_no_newline),
+            password=s.secret("password"),
+            tls_ca_file=s.get("tls_ca_file", "", _readable_file),
+            mailbox=s.get("mailbox", d.mailbox, _str_no_newline),
+            processed_mailbox=s.get("processed_mailbox", d.processed_mailbox, _str_no_newline),
+            failed_mailbox=s.get("failed_mailbox", d.failed_mailbox, _str_no_newline),
+            addresses=tuple(a.lower() for a in s.get_list("addresses", d.addresses, parse_email)),
+            trusted_authserv_id=s.get("trusted_authserv_id", "", _str_no_newline),
+            idle=s.get("idle", True, kind=bool),
+            poll_interval=s.get("poll_interval", d.poll_interval, parse_duration),
+        )
+        s.finish()
+        if cfg.enabled:
+            if not cfg.host:
+                self.problem("imap.host", "required when imap.enabled")
+            if not cfg.username:
+                self.problem("imap.username", "required when imap.enabled")
+            if not cfg.addresses:
+                self.problem("imap.addresses", "needs at least one address when imap.enabled")
+            if cfg.poll_interval < 1:
+                self.problem("imap.poll_interval", "must be at least 1s")
+        return cfg
+
+    def inbound(self, s: _Section) -> InboundConfig:
+        d = InboundConfig()
+        s.used.add("routes")
+        routes: list[tuple[str, tuple[str, ...]]] = []
+        raw_routes = s.table.get("routes", {})
+        if not isinstance(raw_routes, dict):
+            self.problem("inbound.routes", "expected a table of number = [addresses]")
+            raw_routes = {}
+        for number, addresses in raw_routes.items():
+            path = f'inbound.routes."{number}"'
+            try:
+                key = _number_key(number)
+            except _Bad as exc:
+                self.problem(path, str(exc))
+                continue
+            if not isinstance(addresses, list) or not addresses:
+                self.problem(path, "expected a non-empty list of email addresses")
+                continue
+            parsed = []
+            for i, a in enumerate(addresses):
+                try:
+                    parsed.append(parse_email(a))
+                except _Bad as exc:
+                    self.problem(f"{path}[{i}]", str(exc))
+            routes.append((key, tuple(parsed)))
+        cfg = InboundConfig(
+            enabled=s.get("enabled", True, kind=bool),
+            extensions=s.get_list("extensions", (), _extension_id),
+            poll_interval=s.get("poll_interval", d.poll_interval, parse_duration),
+            attach=s.choice("attach", "pdf", ("pdf", "tiff", "both", "original")),
+            fallback_to=s.get_list("fallback_to", (), parse_email),
+            mailto_refresh=s.get("mailto_refresh", d.mailto_refresh, parse_duration),
+            routes=tuple(routes),
+        )
+        s.finish()
+        if cfg.poll_interval < 1:
+            self.problem("inbound.poll_interval", "must be at least 1s (the provider counts requests per hour)")
+        return cfg
+
+    def mail(self, s: _Section) -> MailConfig:
+        d = MailConfig()
+        cfg = MailConfig(
+            relay=s.get("relay", d.relay, parse_host_port),
+            security=s.choice("security", "none", ("none", "starttls", "tls")),
+            username=s.get("username", "", _str_no_newline),
+            password=s.secret("password"),
+            tls_ca_file=s.get("tls_ca_file", "", _readable_file),
+            from_=s.get("from", d.from_, parse_mailbox_header),
+            admin=s.get_list("admin", (), parse_email),
+            reports=s.choice("reports", "all", ("all", "failures", "none")),
+            attach_document=s.choice("attach_document", "failures", ("always", "failures", "never")),
+        )
+        s.finish()
+        if cfg.username and not cfg.password:
+            self.problem("mail.password", "required when mail.username is set (or password_file)")
+        return cfg
+
+    def storage(self, s: _Section) -> StorageConfig:
+        state_dir = s.get("state_dir", "", _str_no_newline)
+        s.finish()
+        if not state_dir:
+            state_dir = self.env.get("STATE_DIRECTORY", "").split(":")[0] or "./state"
+        return StorageConfig(state_dir=str(Path(state_dir).absolute()))
+
+    def http(self, s: _Section) -> HttpConfig:
+        listen = s.get("listen", "127.0.0.1:9465", kind=str)
+        s.finish()
+        if listen == "":
+            return HttpConfig(listen=None)
+        try:
+            return HttpConfig(listen=parse_host_port(listen))
+        except _Bad as exc:
+            self.problem("http.listen", str(exc))
+            return HttpConfig()
+
+    def log(self, s: _Section) -> LogConfig:
+        cfg = LogConfig(
+            level=s.choice("level", "info", ("debug", "info", "warning", "error")),
+            format=s.choice("format", "auto", ("auto", "json", "console")),
+        )
+        s.finish()
+        return cfg
+
+    def cross_check(self, c: Config) -> None:
+        if not c.provider.extension:
+            for rule in c.senders:
+                if rule.extension is None:
+                    self.problem(f"senders[{rule.index}].extension", "required when provider.extension is not set")
+            for i, user in enumerate(c.smtp.users):
+                if user.extension is None and not c.senders:
+                    self.problem(f"smtp.users[{i}].extension", "required when provider.extension is not set")
+        if bool(c.smtp.tls_cert) != bool(c.smtp.tls_key):
+            missing = "smtp.tls_key" if c.smtp.tls_cert else "smtp.tls_cert"
+            self.problem(missing, "tls_cert and tls_key go together")
+        if c.smtp.require_tls and not c.smtp.tls_cert:
+            self.problem("smtp.require_tls", "needs smtp.tls_cert and smtp.tls_key")
+        if c.smtp.auth == "required":
+            if not c.smtp.users:
+                self.problem("smtp.auth", '"required" needs at least one [[smtp.users]] account')
+            if not c.smtp.tls_cert and not c.smtp.trusted_networks:
+                self.problem("smtp.auth", '"required" needs TLS (smtp.tls_cert) or trusted networks, or passwords would cross the network in clear')
+        if c.smtp.auth == "off" and c.smtp.users:
+            self.problem("smtp.users", 'accounts are configured but smtp.auth = "off"')
+        if c.imap.enabled and not c.imap.trusted_authserv_id:
+            self.problem("imap.trusted_authserv_id", "required when imap.enabled (the id of your MTA's Authentication-Results)")
+        if c.imap.enabled and not c.senders:
+            self.problem("senders", "imap.enabled needs [[senders]] rules: nobody could send otherwise")
+        if c.smtp.max_message_size < 1000:
+            pass  # reported in smtp()
+
+
+def _looks_like_hash(value: str) -> bool:
+    return value.startswith("$scrypt$") and value.count("$") == 4
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read and validate the file; raises ConfigError with every problem."""
+    env = dict(os.environ) if env is None else env
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: TOML syntax error: {exc}"]) from None
+    return load_config_data(data, env=env, source=str(p), base_dir=p.parent)
+
+
+def load_config_data(data: dict[str, Any], env: dict[str, str] | None = None, source: str = "<data>", base_dir: Path | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    return _Loader(env, base_dir or Path.cwd()).load(data, source)
+
+
+def config_path(cli_value: str | None, env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ) if env is None else env
+    return cli_value or env.get("GATEWAYD_CONFIG") or DEFAULT_CONFIG_PATH
