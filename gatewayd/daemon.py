@@ -53,6 +53,25 @@ class Runtime:
     clock: Callable[[], float] = time.time
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, name: str) -> None:
+        """Tell a worker (e.g. "sender", "reports", "outbox") there is work now."""
+        self.wakeups.setdefault(name, asyncio.Event()).set()
+
+    async def nap(self, name: str, seconds: float) -> bool:
+        """Sleep until woken by ``wake(name)``, the timeout, or stop; True when stopping."""
+        event = self.wakeups.setdefault(name, asyncio.Event())
+        if not event.is_set():
+            stop = asyncio.ensure_future(self.stopping.wait())
+            woken = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({stop, woken}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                woken.cancel()
+        event.clear()
+        return self.stopping.is_set()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless the daemon stops first; True when stopping."""

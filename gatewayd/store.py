@@ -53,6 +53,9 @@ REJECTED = "rejected"
 UNKNOWN = "unknown"
 
 JOB_STATES = (QUEUED, SUBMITTING, SUBMITTED, SENDING, SENT, FAILED, CANCELED, ERROR, REJECTED, UNKNOWN)
+# A job in one of these states is over ("failed" only once its retries are
+# exhausted, so it is final only when the caller sets finished_at).
+FINAL_STATES = (SENT, CANCELED, ERROR, REJECTED, UNKNOWN)
 # States in which the provider may still change the job; the tracker follows these.
 AT_PROVIDER = (SUBMITTED, SENDING, FAILED)
 
@@ -101,6 +104,7 @@ class Job:
     next_attempt_at: float | None
     rule_key: str
     note: str
+    reported_at: float | None = None
 
     @property
     def final(self) -> bool:
@@ -236,12 +240,17 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: a job's final report is queued once, in the same commit that sets this
+    """
+    ALTER TABLE jobs ADD COLUMN reported_at REAL;
+    CREATE INDEX jobs_unreported ON jobs(finished_at) WHERE finished_at IS NOT NULL AND reported_at IS NULL;
+    """,
 ]
 
 _JOB_COLUMNS = (
     "id, created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
     "message_id, subject, document, pages, doc_bytes, provider_id, provider_status, submitted_at, "
-    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note"
+    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at"
 )
 _OUTBOX_COLUMNS = (
     "id, created_at, kind, ref, mail_from, recipients, message, state, attempts, next_attempt_at, last_error, sent_at"
@@ -498,6 +507,8 @@ class Store:
                     return False
                 fields.setdefault("reason", reason)
                 fields["state"] = to_state
+                if to_state in FINAL_STATES and "finished_at" not in fields:
+                    fields["finished_at"] = now
                 fields["updated_at"] = now
                 sets = ", ".join(f"{k} = ?" for k in fields)
                 conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
@@ -681,3 +692,6 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         self._write("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------ area-specific queries
+    # Components add the queries they need below, each in its own section.
