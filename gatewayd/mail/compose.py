@@ -1,0 +1,81 @@
+"""The parts every email gatewayd writes has in common (SPEC section 6).
+
+``Auto-Submitted: auto-generated``, a fresh ``Message-ID`` and a ``Date``,
+and header values that can never smuggle a line break: everything that came
+from a received email or the provider goes through ``safe_header_text``
+before it lands in a header, and the email package then encodes non-ASCII
+text per RFC 2047.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid, parseaddr
+from typing import Sequence
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def safe_header_text(value: str, limit: int = 200) -> str:
+    """One line of text for a header: controls become spaces, length bounded."""
+    text = _CONTROL.sub(" ", value or "").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bare_address(value: str) -> str:
+    """The addr-spec of ``Name <user@host>`` (or of a bare address)."""
+    return parseaddr(value)[1]
+
+
+def _msgid_domain(mail_from: str) -> str:
+    domain = bare_address(mail_from).rpartition("@")[2]
+    return domain if re.fullmatch(r"[A-Za-z0-9.-]+", domain or "") else "gatewayd.invalid"
+
+
+def new_message(
+    *,
+    mail_from: str,
+    to: Sequence[str],
+    subject: str,
+    date: datetime | None = None,
+    cc: Sequence[str] = (),
+    in_reply_to: str | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+) -> EmailMessage:
+    """An EmailMessage with the headers every gatewayd email carries.
+
+    ``to``/``cc`` must be validated addresses; ``subject``, ``in_reply_to``
+    and extra header values may come from outside and are made safe here.
+    """
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = mail_from
+    msg["To"] = ", ".join(to)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    msg["Subject"] = safe_header_text(subject, 250)
+    msg["Date"] = format_datetime(date if date is not None else datetime.now().astimezone())
+    msg["Message-ID"] = make_msgid(idstring=str(int(time.time() * 1000)), domain=_msgid_domain(mail_from))
+    msg["Auto-Submitted"] = "auto-generated"
+    # Keep vacation responders and list software from answering a robot.
+    msg["X-Auto-Response-Suppress"] = "All"
+    if in_reply_to:
+        ref = safe_header_text(in_reply_to, 250)
+        if re.fullmatch(r"<[^<>\s]+>", ref):  # only a well-formed msg-id is echoed back
+            msg["In-Reply-To"] = ref
+            msg["References"] = ref
+    for name, value in extra_headers:
+        msg[name] = safe_header_text(value)
+    return msg
+
+
+def to_bytes(msg: EmailMessage) -> bytes:
+    """CRLF bytes ready for SMTP."""
+    return msg.as_bytes(policy=SMTP)
+
+
+__all__ = ["Address", "bare_address", "new_message", "safe_header_text", "to_bytes"]

@@ -1,0 +1,194 @@
+"""Delivery of every email gatewayd writes, from the stored outbox.
+
+An email is marked sent only after the relay's 250. A 4xx or a connection
+failure is retried with backoff (the schedule is in the store, so it
+survives restarts); a 5xx is final, logged, and reported to ``[mail].admin``
+(a failed admin notice is not reported again, so nothing loops).
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
+
+import aiosmtplib
+
+from gatewayd.logs import bind_context, get_logger
+from gatewayd.mail.compose import bare_address, new_message, to_bytes
+from gatewayd.store import OutboxMail
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What the relay said: accepted recipients, and refusals by recipient."""
+
+    accepted: tuple[str, ...]
+    temporary: dict[str, str]
+    permanent: dict[str, str]
+
+
+class TemporaryDeliveryError(Exception):
+    """Relay unreachable or answered 4xx: try again later."""
+
+
+class PermanentDeliveryError(Exception):
+    """The relay refused the message for good (5xx)."""
+
+
+SendFunc = Callable[[OutboxMail], Awaitable[DeliveryResult]]
+
+
+def backoff_delay(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> float:
+    """30 s, 1 min, 2 min ... up to an hour, with jitter so a queue does not stampede."""
+    delay = min(cap, base * (2 ** max(0, attempts)))
+    return delay * (0.75 + random.random() / 2)
+
+
+class SmtpRelay:
+    """Sends one stored email to ``[mail].relay`` with aiosmtplib."""
+
+    def __init__(self, config_getter: Callable[[], Any]) -> None:
+        self._config = config_getter  # reads the current config each time (reload)
+
+    def _tls_context(self, mail_cfg: Any) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=mail_cfg.tls_ca_file or None)
+        return ctx
+
+    async def __call__(self, mail: OutboxMail) -> DeliveryResult:
+        cfg = self._config().mail
+        kwargs: dict[str, Any] = {
+            "hostname": cfg.relay.host,
+            "port": cfg.relay.port,
+            "timeout": 60,
+            "use_tls": cfg.security == "tls",
+            "start_tls": cfg.security == "starttls",
+        }
+        if cfg.security != "none":
+            kwargs["tls_context"] = self._tls_context(cfg)
+        if cfg.username:
+            kwargs["username"] = cfg.username
+            kwargs["password"] = cfg.password
+        try:
+            errors, _response = await aiosmtplib.send(mail.message, sender=mail.mail_from, recipients=list(mail.recipients), **kwargs)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            temporary = {r.recipient: f"{r.code} {r.message}" for r in exc.recipients if r.code < 500}
+            permanent = {r.recipient: f"{r.code} {r.message}" for r in exc.recipients if r.code >= 500}
+            return DeliveryResult((), temporary, permanent)
+        except aiosmtplib.SMTPResponseException as exc:
+            text = f"{exc.code} {exc.message}"
+            if exc.code >= 500:
+                raise PermanentDeliveryError(text) from None
+            raise TemporaryDeliveryError(text) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TemporaryDeliveryError(f"relay {cfg.relay}: {exc.__class__.__name__}: {exc}") from None
+        temporary = {r: f"{c} {m}" for r, (c, m) in errors.items() if c < 500}
+        permanent = {r: f"{c} {m}" for r, (c, m) in errors.items() if c >= 500}
+        accepted = tuple(r for r in mail.recipients if r not in errors)
+        return DeliveryResult(accepted, temporary, permanent)
+
+
+class OutboxWorker:
+    """Service "outbox": delivers due emails, retries, reports hard failures."""
+
+    name = "outbox"
+
+    def __init__(self, rt: Any, *, send: SendFunc | None = None, poll_interval: float = 15.0, batch: int = 20) -> None:
+        self.rt = rt
+        self.send = send or SmtpRelay(lambda: rt.config)
+        self.poll_interval = poll_interval
+        self.batch = batch
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        while not self.rt.stopping.is_set():
+            delivered = await self.deliver_due()
+            await self._update_gauges()
+            if delivered >= self.batch:
+                continue  # more may be due right now
+            if await self.rt.nap("outbox", self.poll_interval):
+                return
+
+    async def _update_gauges(self) -> None:
+        depth, oldest = await self.rt.store.run(self.rt.store.outbox_stats)
+        self.rt.metrics.outbox_depth.set(depth)
+        self.rt.metrics.outbox_oldest.set(oldest or 0)
+
+    async def deliver_due(self) -> int:
+        store = self.rt.store
+        due = await store.run(store.due_mail, self.rt.clock(), self.batch)
+        for mail in due:
+            if self.rt.stopping.is_set():
+                break
+            with bind_context(outbox_id=mail.id, mail_kind=mail.kind, ref=mail.ref):
+                await self.deliver(mail)
+        return len(due)
+
+    async def deliver(self, mail: OutboxMail) -> None:
+        store = self.rt.store
+        try:
+            result = await self.send(mail)
+        except TemporaryDeliveryError as exc:
+            delay = backoff_delay(mail.attempts)
+            await store.run(store.mark_mail_retry, mail.id, str(exc), self.rt.clock() + delay)
+            self.rt.metrics.mail_deliveries.labels("deferred").inc()
+            log.warning("mail_deferred", error=str(exc), retry_in=round(delay), attempts=mail.attempts + 1)
+            return
+        except PermanentDeliveryError as exc:
+            await store.run(self._fail, mail, str(exc))
+            self.rt.metrics.mail_deliveries.labels("failed").inc()
+            log.error("mail_refused", error=str(exc), recipients=list(mail.recipients))
+            return
+        if result.temporary or result.permanent:
+            await store.run(self._partial, mail, result)
+        else:
+            await store.run(store.mark_mail_sent, mail.id)
+        self.rt.metrics.mail_deliveries.labels("sent" if result.accepted else "failed").inc()
+        log.info("mail_delivered", accepted=list(result.accepted), deferred=sorted(result.temporary), refused=sorted(result.permanent))
+
+    # These run on the store thread, each as one commit.
+
+    def _fail(self, mail: OutboxMail, error: str, recipients: Sequence[str] | None = None) -> None:
+        store = self.rt.store
+        with store.transaction():
+            store.mark_mail_failed(mail.id, error)
+            self._notify_admin(mail, error, recipients or mail.recipients)
+
+    def _partial(self, mail: OutboxMail, result: DeliveryResult) -> None:
+        store = self.rt.store
+        with store.transaction():
+            if result.temporary:
+                # The deferred recipients get their own row, retried on the usual schedule.
+                store.enqueue_mail(mail.kind, mail.mail_from, sorted(result.temporary), mail.message, ref=mail.ref)
+            if result.accepted or result.temporary:
+                store.mark_mail_sent(mail.id)
+            else:
+                store.mark_mail_failed(mail.id, "; ".join(f"{r}: {e}" for r, e in result.permanent.items()))
+            if result.permanent:
+                error = "; ".join(f"{r}: {e}" for r, e in sorted(result.permanent.items()))
+                self._notify_admin(mail, error, sorted(result.permanent))
+
+    def _notify_admin(self, mail: OutboxMail, error: str, recipients: Sequence[str]) -> None:
+        cfg = self.rt.config.mail
+        if mail.kind == "admin" or not cfg.admin:
+            return  # never report a failed notice: that could loop
+        msg = new_message(mail_from=cfg.from_, to=list(cfg.admin), subject=f"Fax gateway: email to {', '.join(recipients)} refused")
+        msg.set_content(
+            "The mail relay refused an email from the fax gateway for good.\n\n"
+            f"Kind:        {mail.kind}\n"
+            f"Reference:   {mail.ref or '-'}\n"
+            f"Recipients:  {', '.join(recipients)}\n"
+            f"Relay said:  {error}\n"
+            f"Outbox id:   {mail.id}\n\n"
+            "It will not be retried. Check the address (for a received fax: the\n"
+            "extension's fax_mailto or [inbound] routes) and the relay's logs.\n"
+        )
+        self.rt.store.enqueue_mail("admin", bare_address(cfg.from_), list(cfg.admin), to_bytes(msg), ref=f"outbox:{mail.id}")
