@@ -139,10 +139,30 @@ def build_services(rt: Runtime) -> list[Service]:
     # Each flow adds its components here; keep the order: listeners last, so
     # workers are running before the first message is accepted.
     # --- wiring: email to fax
+    from gatewayd.email_to_fax.intake import Intake
+    from gatewayd.email_to_fax.sender import Sender
+    from gatewayd.email_to_fax.smtp import SmtpListener
+
+    services.append(Sender(rt))
+    services.append(SmtpListener(rt, Intake(rt)))
     # --- wiring: status tracking and outbox
     # --- wiring: fax to email
+    if rt.config.inbound.enabled:
+        from gatewayd.fax_to_email.poller import InboundPoller
+
+        services.append(InboundPoller(rt))
+        if not any(s.name == "outbox" for s in services):
+            # Received faxes reach their recipients only through the outbox:
+            # make sure it runs even if no other flow wired it.
+            from gatewayd.mail.outbox import OutboxWorker
+
+            services.append(OutboxWorker(rt))
     # --- wiring: imap
     # --- wiring: http
+    if rt.config.http.listen is not None:
+        from gatewayd.http import HttpServer
+
+        services.append(HttpServer(rt))
     return services
 
 
