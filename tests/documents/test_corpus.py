@@ -1,0 +1,49 @@
+"""The hostile corpus, run through parse_message and build_document.
+
+The SMTP-level tests run the same cases through the listener; here each
+case must produce the reply prefix it names when parsed and built as the
+listener would (cover page "auto", A4, 100 pages, 10 MB).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gatewayd.email_to_fax.documents import CoverPage, build_document, wants_cover
+from gatewayd.email_to_fax.errors import IntakeRefused
+from gatewayd.email_to_fax.parse import parse_message
+from tests.corpus import ACCEPTED, BARE_LF, CorpusCase
+
+
+def reply_for(raw: bytes) -> str:
+    try:
+        msg = parse_message(raw)
+        cover = None
+        if wants_cover("auto", msg.body_text):
+            cover = CoverPage(msg.from_addr or "", "+78123092631", msg.date or "", msg.subject, msg.body_text)
+        doc = build_document(msg.attachments, cover=cover, page_size="A4", max_pages=100, unsupported=msg.unsupported)
+    except IntakeRefused as exc:
+        return exc.reply
+    assert doc.pages >= 1
+    return f"{ACCEPTED}1"
+
+
+def test_corpus_shape(corpus: list[CorpusCase]) -> None:
+    names = [case.name for case in corpus]
+    assert len(corpus) >= 30
+    assert len(set(names)) == len(names)
+    refused = [case for case in corpus if case.expected_reply_prefix != ACCEPTED]
+    assert len(refused) >= 30
+    for case in corpus:
+        if case.expected_reply_prefix != BARE_LF:
+            assert case.raw.count(b"\n") == case.raw.count(b"\r\n"), case.name
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # our limit comes first
+def test_every_case_gets_its_reply(corpus: list[CorpusCase]) -> None:
+    wrong = {}
+    for case in corpus:
+        reply = reply_for(case.raw)
+        if not reply.startswith(case.expected_reply_prefix):
+            wrong[case.name] = (reply, case.expected_reply_prefix)
+    assert not wrong
