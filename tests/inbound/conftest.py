@@ -1,0 +1,59 @@
+"""Fixtures for the fax-to-email tests: the provider simulator and the mail
+sink on 127.0.0.1, faxes made by ghostscript once per session, and a harness
+factory. Helpers live in inbound_support.py (pytest runs with
+--import-mode=importlib, so this directory is put on sys.path)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from inbound_support import FaxSample, Harness, RecordingSink, make_config, make_faxes  # noqa: E402
+
+from gatewayd.config import Config  # noqa: E402
+from gatewayd.provider.simulator import ProviderSimulator, run_simulator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def faxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FaxSample]:
+    return make_faxes(tmp_path_factory.mktemp("faxes"))
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ProviderSimulator]:
+    async with run_simulator() as s:
+        yield s
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[RecordingSink]:
+    async with RecordingSink(maildir=tmp_path / "mail") as s:
+        yield s
+
+
+@pytest.fixture
+def config_factory(sim: ProviderSimulator, sink: RecordingSink, tmp_path: Path) -> Callable[..., Config]:
+    def factory(**sections: dict[str, Any]) -> Config:
+        return make_config(sim, sink, tmp_path / "state", **sections)
+
+    return factory
+
+
+@pytest.fixture
+async def make_harness(config_factory: Callable[..., Config]) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Harness] = []
+
+    async def factory(*, first_lookback: float = 86400.0, **sections: dict[str, Any]) -> Harness:
+        h = await Harness(config_factory(**sections), first_lookback=first_lookback).start()
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        await h.close()
