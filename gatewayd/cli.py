@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
 import sys
-import time
 from datetime import datetime
 from typing import Callable, Sequence
 
@@ -91,20 +91,47 @@ def load(args: argparse.Namespace) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        raise CommandError("\n".join(exc.problems), EXIT_USAGE) from None
+        raise CommandError(format_problems(path, exc.problems), EXIT_USAGE) from None
+
+
+def format_problems(path: str, problems: list[str]) -> str:
+    """One problem per line, ``key.path: reason``, under a line naming the file."""
+    if len(problems) == 1 and problems[0].startswith(f"{path}:"):
+        return problems[0]  # the file itself: unreadable, not TOML
+    count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+    return f"invalid configuration {path} ({count}):\n" + "\n".join(f"  {p}" for p in problems)
 
 
 # ------------------------------------------------------------------ commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
     from gatewayd.daemon import Daemon
-    from gatewayd.logs import setup_logging
+    from gatewayd.logs import get_logger, setup_logging
+    from gatewayd.store import StoreError
 
     config = load(args)
     setup_logging(config.log.level, config.log.format)
+    log = get_logger("gatewayd.cli")
+    # Until the daemon installs its own handlers: a stop request during
+    # start-up unwinds cleanly (store closed), a reload request is ignored
+    # instead of killing the process (SIGHUP's default action).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     daemon = Daemon(config, config_path=config_path(args.config))
-    return asyncio.run(daemon.run())
+    try:
+        return asyncio.run(daemon.run())
+    except KeyboardInterrupt:
+        log.info("gatewayd_stopped", during="start-up")
+        return EXIT_OK
+    except StoreError as exc:
+        log.error("gatewayd_start_failed", error=str(exc))
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("gatewayd_failed")
+        return EXIT_FAILURE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -269,3 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `gatewayd jobs | head`: the reader went away; not an error worth a traceback.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        return EXIT_FAILURE

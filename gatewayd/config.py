@@ -9,7 +9,9 @@ default on a fax gateway.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import ssl
 import re
 import socket
 import tomllib
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
+
+from gatewayd.passwords import is_password_hash
 
 DEFAULT_CONFIG_PATH = "/etc/gatewayd/config.toml"
 PROVIDER_MAX_BYTES = 10_000_000
@@ -205,6 +209,7 @@ class _Bad(Exception):
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -214,7 +219,7 @@ _SIZE_UNITS = {
 # Deliberately simple: a sane addr-spec, no display names, no quoted locals.
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$")
-_PREFIX_RE = re.compile(r"^\+[0-9]{1,15}$")
+_PREFIX_RE = re.compile(r"^\+[1-9][0-9]{0,14}$")
 
 
 def _show(value: Any) -> str:
@@ -228,13 +233,17 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise _Bad(f'expected a duration such as "30s", got {_show(value)}')
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise _Bad(f"expected a positive duration, got {value}")
+        if not math.isfinite(value) or value < 0:
+            raise _Bad(f"expected a duration of 0 seconds or more, got {value}")
         return float(value)
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        # compound: "1h30m", "2m 30s"
+        text = value.strip()
+        if text and _DURATION_PART_RE.sub("", text) == "" and text[0].isdigit():
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
     raise _Bad(f'expected a duration such as "30s", "5m" or "2h", got {_show(value)}')
 
 
@@ -262,9 +271,19 @@ def parse_host_port(value: Any) -> HostPort:
     if not m:
         raise _Bad(f'expected "host:port", got {_show(value)}')
     host, port = m.group(1), int(m.group(2))
+    if not _is_host(host):
+        raise _Bad(f'expected "host:port" with a host name or IP address, got {_show(value)}')
     if not 0 < port < 65536:
         raise _Bad(f"port must be 1-65535, got {port}")
     return HostPort(host, port)
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_DOMAIN_RE.match(host.rstrip(".")))
 
 
 def is_email_address(value: str) -> bool:
@@ -278,16 +297,23 @@ def parse_email(value: Any) -> str:
 
 
 def parse_mailbox_header(value: Any) -> str:
-    """An address with an optional display name: ``Fax Gateway <fax@host>``."""
-    from email.utils import parseaddr
+    """One address with an optional display name: ``Fax Gateway <fax@host>``."""
+    from email.headerregistry import HeaderRegistry
 
     if not isinstance(value, str):
         raise _Bad(f"expected an address, got {_show(value)}")
-    if any(c in value for c in "\r\n"):
+    if any(c in value for c in "\r\n\0"):
         raise _Bad("line breaks are not allowed")
-    _, addr = parseaddr(value)
-    if not addr or not is_email_address(addr) and not re.match(r"^[^@\s]+@[A-Za-z0-9.-]+$", addr):
-        raise _Bad(f'expected "Name <user@host>" or "user@host", got {_show(value)}')
+    bad = _Bad(f'expected one address, "Name <user@host>" or "user@host", got {_show(value)}')
+    try:
+        header = HeaderRegistry()("From", value.strip())
+    except Exception:
+        raise bad from None
+    if header.defects or len(header.addresses) != 1:
+        raise bad
+    addr = header.addresses[0].addr_spec
+    if not is_email_address(addr) and not re.match(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+$", addr):
+        raise bad
     return value.strip()
 
 
@@ -391,6 +417,18 @@ class _Section:
             return self.loader.read_secret(self.key(f"{name}_file"), file_name)
         return inline if inline is not None else default
 
+    def file(self, name: str) -> str:
+        """A file name (certificate, key, CA bundle); "" when unset.
+
+        Relative names are looked up in $CREDENTIALS_DIRECTORY first (systemd
+        LoadCredential=), then next to the configuration file. The result is
+        the absolute path found.
+        """
+        value = self.get(name, "", kind=str)
+        if not value:
+            return ""
+        return self.loader.find_file(self.key(name), value) or ""
+
     def finish(self) -> None:
         for name in self.table:
             if name not in self.used:
@@ -420,8 +458,29 @@ def _non_negative_int(v: Any) -> int:
 
 
 def _extension_id(v: Any) -> int:
+    """An extension id given explicitly: a positive integer."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise _Bad(f"expected an extension id (a positive integer), got {_show(v)}")
+    return v
+
+
+def _optional_extension_id(v: Any) -> int | None:
+    """[[senders]] / [[smtp.users]] extension: 0 (the default) means "not set"."""
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise _Bad(f"expected an extension id (integer), got {_show(v)}")
+        raise _Bad(f"expected an extension id (a positive integer, or 0 for the default), got {_show(v)}")
+    return v or None
+
+
+def _default_extension_id(v: Any) -> int:
+    """provider.extension: 0 means "none", every sender names its own."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad(f"expected an extension id (a positive integer, or 0 for none), got {_show(v)}")
+    return v
+
+
+def _hostname(v: Any) -> str:
+    if not isinstance(v, str) or (v and not _DOMAIN_RE.match(v)):
+        raise _Bad(f"expected a host name such as mail.example.com, got {_show(v)}")
     return v
 
 
@@ -454,14 +513,6 @@ def _str_no_newline(v: Any) -> str:
     return v
 
 
-def _readable_file(v: Any) -> str:
-    if not isinstance(v, str):
-        raise _Bad(f"expected a file name, got {_show(v)}")
-    if v and not os.access(v, os.R_OK):
-        raise _Bad(f"cannot read {v}")
-    return v
-
-
 def _number_key(v: str) -> str:
     if not re.fullmatch(r"\+?[0-9]{2,20}", v):
         raise _Bad(f"expected a number (digits), got {_show(v)}")
@@ -477,25 +528,54 @@ class _Loader:
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
 
-    def read_secret(self, path: str, name: str) -> str:
-        candidates = []
+    def has_problem(self, path: str) -> bool:
+        return any(p.startswith(f"{path}:") for p in self.problems)
+
+    def find_file(self, path: str, name: str) -> str | None:
+        """Resolve a file name as described in ``_Section.file``; records a
+        problem and returns None when it is missing or unreadable."""
+        if any(c in name for c in "\r\n\0"):
+            self.problem(path, "control characters are not allowed")
+            return None
         p = Path(name)
-        if not p.is_absolute():
+        candidates: list[Path] = []
+        if p.is_absolute():
+            candidates.append(p)
+        else:
             creds = self.env.get("CREDENTIALS_DIRECTORY")
             if creds:
                 candidates.append(Path(creds) / p)
             candidates.append(self.base_dir / p)
-        else:
-            candidates.append(p)
         for candidate in candidates:
             if candidate.is_file():
-                try:
-                    return candidate.read_text(encoding="utf-8").rstrip("\r\n")
-                except OSError as exc:
-                    self.problem(path, f"cannot read {candidate}: {exc.strerror}")
-                    return ""
-        self.problem(path, f"file not found: {name}" + (" (looked in $CREDENTIALS_DIRECTORY first)" if not p.is_absolute() and self.env.get("CREDENTIALS_DIRECTORY") else ""))
-        return ""
+                if not os.access(candidate, os.R_OK):
+                    self.problem(path, f"cannot read {candidate}: permission denied")
+                    return None
+                return str(candidate.absolute())
+        where = " or ".join(str(c.parent) for c in candidates)
+        self.problem(path, f"file not found: {name}" + ("" if p.is_absolute() else f" (looked in {where})"))
+        return None
+
+    def read_secret(self, path: str, name: str) -> str:
+        found = self.find_file(path, name)
+        if found is None:
+            return ""
+        try:
+            text = Path(found).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            self.problem(path, f"{found} is not UTF-8 text")
+            return ""
+        except OSError as exc:
+            self.problem(path, f"cannot read {found}: {exc.strerror}")
+            return ""
+        # One trailing newline (echo, editors) is not part of the secret.
+        secret = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        if not secret:
+            self.problem(path, f"{found} is empty")
+        elif any(c in secret for c in "\r\n\0"):
+            self.problem(path, f"{found} holds more than one line")
+            return ""
+        return secret
 
     def load(self, data: dict[str, Any], source: str) -> Config:
         known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log"}
@@ -531,7 +611,7 @@ class _Loader:
             token_url=token_url,
             client_id=s.get("client_id", "", _str_no_newline),
             client_secret=s.secret("client_secret"),
-            extension=s.get("extension", 0, _extension_id),
+            extension=s.get("extension", 0, _default_extension_id),
             timeout=s.get("timeout", d.timeout, parse_duration),
             status_poll_interval=s.get("status_poll_interval", d.status_poll_interval, parse_duration),
             auto_retries=s.get("auto_retries", d.auto_retries, _non_negative_int),
@@ -544,7 +624,7 @@ class _Loader:
             self.problem("provider.status_poll_interval", "must be at least 1s (the provider counts requests per hour)")
         if not cfg.client_id:
             self.problem("provider.client_id", "required")
-        if not cfg.client_secret and "client_secret" not in s.table and "client_secret_file" not in s.table:
+        if not cfg.client_secret and "client_secret_file" not in s.table:
             self.problem("provider.client_secret", "required (or client_secret_file)")
         return cfg
 
@@ -572,7 +652,7 @@ class _Loader:
             u = _Section(self, f"smtp.users[{i}]", raw)
             name = u.get("name", "", _str_no_newline)
             pw = u.get("password_hash", "", _str_no_newline)
-            ext = u.get("extension", None, _extension_id)
+            ext = u.get("extension", None, _optional_extension_id)
             u.finish()
             if not name:
                 self.problem(f"smtp.users[{i}].name", "required")
@@ -581,18 +661,18 @@ class _Loader:
             seen_names.add(name)
             if not pw:
                 self.problem(f"smtp.users[{i}].password_hash", "required (make one with `gatewayd hash-password`)")
-            elif not _looks_like_hash(pw):
+            elif not is_password_hash(pw):
                 self.problem(f"smtp.users[{i}].password_hash", "not a hash from `gatewayd hash-password`")
             users.append(SmtpUser(name, pw, ext))
-        hostname = s.get("hostname", "", _str_no_newline) or socket.getfqdn()
+        hostname = s.get("hostname", "", _hostname) or socket.getfqdn()
         cfg = SmtpConfig(
             listen=listen,
             hostname=hostname,
             domains=s.get_list("domains", d.domains, parse_domain),
             max_message_size=s.get("max_message_size", d.max_message_size, parse_size),
             max_connections=s.get("max_connections", d.max_connections, _positive_int),
-            tls_cert=s.get("tls_cert", "", _readable_file),
-            tls_key=s.get("tls_key", "", _readable_file),
+            tls_cert=s.file("tls_cert"),
+            tls_key=s.file("tls_key"),
             require_tls=s.get("require_tls", False, kind=bool),
             auth=s.choice("auth", d.auth, ("required", "optional", "off")),
             trusted_networks=s.get_list("trusted_networks", d.trusted_networks, parse_network),
@@ -601,6 +681,14 @@ class _Loader:
         s.finish()
         if not cfg.domains:
             self.problem("smtp.domains", "needs at least one fax domain")
+        if cfg.tls_cert and cfg.tls_key:
+            try:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key, password=lambda: "")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self.problem("smtp.tls_cert", f"cannot use {cfg.tls_cert} with {cfg.tls_key}: {exc} (PEM certificate chain and its unencrypted private key expected)")
+        if len(set(cfg.listen)) != len(cfg.listen):
+            self.problem("smtp.listen", "the same address is listed twice")
         if cfg.max_message_size < 1000:
             self.problem("smtp.max_message_size", "must be at least 1KB")
         return cfg
@@ -617,7 +705,7 @@ class _Loader:
             match = s.get_list("match", (), _pattern)
             rule = SenderRule(
                 match=match,
-                extension=s.get("extension", None, _extension_id),
+                extension=s.get("extension", None, _optional_extension_id),
                 max_pages=s.get("max_pages", None, _positive_int),
                 max_per_hour=s.get("max_per_hour", None, _positive_int),
                 index=i,
@@ -667,7 +755,7 @@ class _Loader:
             port=s.get("port", d.port, _port),
             username=s.get("username", "", _str_no_newline),
             password=s.secret("password"),
-            tls_ca_file=s.get("tls_ca_file", "", _readable_file),
+            tls_ca_file=self.ca_file(s),
             mailbox=s.get("mailbox", d.mailbox, _str_no_newline),
             processed_mailbox=s.get("processed_mailbox", d.processed_mailbox, _str_no_newline),
             failed_mailbox=s.get("failed_mailbox", d.failed_mailbox, _str_no_newline),
@@ -682,6 +770,8 @@ class _Loader:
                 self.problem("imap.host", "required when imap.enabled")
             if not cfg.username:
                 self.problem("imap.username", "required when imap.enabled")
+            if not cfg.password and "password_file" not in s.table:
+                self.problem("imap.password", "required when imap.enabled (or password_file)")
             if not cfg.addresses:
                 self.problem("imap.addresses", "needs at least one address when imap.enabled")
             if cfg.poll_interval < 1:
@@ -702,6 +792,9 @@ class _Loader:
                 key = _number_key(number)
             except _Bad as exc:
                 self.problem(path, str(exc))
+                continue
+            if any(k == key for k, _ in routes):
+                self.problem(path, "the same number is routed twice")
                 continue
             if not isinstance(addresses, list) or not addresses:
                 self.problem(path, "expected a non-empty list of email addresses")
@@ -725,6 +818,8 @@ class _Loader:
         s.finish()
         if cfg.poll_interval < 1:
             self.problem("inbound.poll_interval", "must be at least 1s (the provider counts requests per hour)")
+        if cfg.mailto_refresh < 1:
+            self.problem("inbound.mailto_refresh", "must be at least 1s (the provider counts requests per hour)")
         return cfg
 
     def mail(self, s: _Section) -> MailConfig:
@@ -734,16 +829,27 @@ class _Loader:
             security=s.choice("security", "none", ("none", "starttls", "tls")),
             username=s.get("username", "", _str_no_newline),
             password=s.secret("password"),
-            tls_ca_file=s.get("tls_ca_file", "", _readable_file),
+            tls_ca_file=self.ca_file(s),
             from_=s.get("from", d.from_, parse_mailbox_header),
             admin=s.get_list("admin", (), parse_email),
             reports=s.choice("reports", "all", ("all", "failures", "none")),
             attach_document=s.choice("attach_document", "failures", ("always", "failures", "never")),
         )
         s.finish()
-        if cfg.username and not cfg.password:
+        if cfg.username and not cfg.password and "password_file" not in s.table:
             self.problem("mail.password", "required when mail.username is set (or password_file)")
+        if cfg.password and not cfg.username:
+            self.problem("mail.username", "required when mail.password is set")
         return cfg
+
+    def ca_file(self, s: _Section) -> str:
+        path = s.file("tls_ca_file")
+        if path:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=path)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self.problem(s.key("tls_ca_file"), f"not a usable PEM CA bundle: {exc}")
+        return path
 
     def storage(self, s: _Section) -> StorageConfig:
         state_dir = s.get("state_dir", "", _str_no_newline)
@@ -774,11 +880,11 @@ class _Loader:
     def cross_check(self, c: Config) -> None:
         if not c.provider.extension:
             for rule in c.senders:
-                if rule.extension is None:
+                if rule.extension is None and not self.has_problem(f"senders[{rule.index}].extension"):
                     self.problem(f"senders[{rule.index}].extension", "required when provider.extension is not set")
             for i, user in enumerate(c.smtp.users):
-                if user.extension is None and not c.senders:
-                    self.problem(f"smtp.users[{i}].extension", "required when provider.extension is not set")
+                if user.extension is None and not self.has_problem(f"smtp.users[{i}].extension"):
+                    self.problem(f"smtp.users[{i}].extension", "required when provider.extension is not set (a sender matching no [[senders]] rule would have no extension)")
         if bool(c.smtp.tls_cert) != bool(c.smtp.tls_key):
             missing = "smtp.tls_key" if c.smtp.tls_cert else "smtp.tls_cert"
             self.problem(missing, "tls_cert and tls_key go together")
@@ -791,16 +897,14 @@ class _Loader:
                 self.problem("smtp.auth", '"required" needs TLS (smtp.tls_cert) or trusted networks, or passwords would cross the network in clear')
         if c.smtp.auth == "off" and c.smtp.users:
             self.problem("smtp.users", 'accounts are configured but smtp.auth = "off"')
+        if c.smtp.auth == "off" and not c.smtp.trusted_networks:
+            self.problem("smtp.trusted_networks", 'empty, but smtp.auth = "off" accepts only clients from trusted networks: nobody could send')
         if c.imap.enabled and not c.imap.trusted_authserv_id:
             self.problem("imap.trusted_authserv_id", "required when imap.enabled (the id of your MTA's Authentication-Results)")
         if c.imap.enabled and not c.senders:
             self.problem("senders", "imap.enabled needs [[senders]] rules: nobody could send otherwise")
-        if c.smtp.max_message_size < 1000:
-            pass  # reported in smtp()
 
 
-def _looks_like_hash(value: str) -> bool:
-    return value.startswith("$scrypt$") and value.count("$") == 4
 
 
 def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
@@ -817,12 +921,12 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         raise ConfigError([f"{p}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: TOML syntax error: {exc}"]) from None
-    return load_config_data(data, env=env, source=str(p), base_dir=p.parent)
+    return load_config_data(data, env=env, source=str(p), base_dir=p.absolute().parent)
 
 
 def load_config_data(data: dict[str, Any], env: dict[str, str] | None = None, source: str = "<data>", base_dir: Path | None = None) -> Config:
     env = dict(os.environ) if env is None else env
-    return _Loader(env, base_dir or Path.cwd()).load(data, source)
+    return _Loader(env, (base_dir or Path.cwd()).absolute()).load(data, source)
 
 
 def config_path(cli_value: str | None, env: dict[str, str] | None = None) -> str:

@@ -18,7 +18,7 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Third-party loggers that are chatty at INFO (httpx logs every request line,
 # including URLs with query strings) are held at WARNING unless debugging.
-_NOISY = ("httpx", "httpcore", "aiosmtpd", "mail.log", "aioimaplib", "aiosmtplib", "aiohttp.access")
+_NOISY = ("httpx", "httpcore", "aiosmtpd", "mail.log", "aioimaplib", "aiosmtplib", "aiohttp.access", "fontTools")
 
 
 def _shared_processors() -> list[Any]:
@@ -42,7 +42,9 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
         # Plain traceback text: never the frames' locals, which may hold secrets.
         exc = structlog.processors.format_exc_info
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # Plain traceback here too: rich/better-exceptions, when installed,
+        # would print frame locals (passwords, message bodies).
+        renderer = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
         exc = None
     numeric = _LEVELS.get(level, logging.INFO)
 

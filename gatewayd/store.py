@@ -56,6 +56,8 @@ JOB_STATES = (QUEUED, SUBMITTING, SUBMITTED, SENDING, SENT, FAILED, CANCELED, ER
 # A job in one of these states is over ("failed" only once its retries are
 # exhausted, so it is final only when the caller sets finished_at).
 FINAL_STATES = (SENT, CANCELED, ERROR, REJECTED, UNKNOWN)
+# States of a job on its way: never finished.
+ACTIVE_STATES = (QUEUED, SUBMITTING, SUBMITTED, SENDING)
 # States in which the provider may still change the job; the tracker follows these.
 AT_PROVIDER = (SUBMITTED, SENDING, FAILED)
 
@@ -261,6 +263,23 @@ _RECEIVED_COLUMNS = (
 _JOB_FIELDS = set(_JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at"}
 
 
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that named ``.tmp-<sha>-<pid>-<thread>`` still runs."""
+    try:
+        pid = int(tmp_name.split("-")[2])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # clean_documents runs at start, before this process writes
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -362,13 +381,21 @@ class Store:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise StoreError(f"the store in {self.state_dir} has schema {version}, newer than this gatewayd ({len(MIGRATIONS)})")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            while version < len(MIGRATIONS):
+                number = version + 1
                 try:
                     with self.transaction() as conn:
-                        for statement in script.split(";"):
+                        # Read again under the write lock: another process (the
+                        # daemon and a CLI command starting together) may have
+                        # migrated since.
+                        version = conn.execute("PRAGMA user_version").fetchone()[0]
+                        if version >= number:
+                            continue
+                        for statement in MIGRATIONS[version].split(";"):
                             if statement.strip():
                                 conn.execute(statement)
                         conn.execute(f"PRAGMA user_version={number}")
+                        version = number
                 except sqlite3.Error as exc:
                     raise StoreError(f"migration {number} failed: {exc}") from exc
 
@@ -389,8 +416,15 @@ class Store:
         """Write a document durably; returns its sha256. Idempotent."""
         sha = hashlib.sha256(data).hexdigest()
         final = self.document_path(sha)
-        if final.exists() and final.stat().st_size == len(data):
-            return sha
+        try:
+            if final.stat().st_size == len(data):
+                # Already durable. Refresh its age so clean_documents, which
+                # removes old unreferenced files, cannot take it away before
+                # the job that is about to reference it is committed.
+                os.utime(final)
+                return sha
+        except OSError:
+            pass
         try:
             final.parent.mkdir(exist_ok=True, mode=0o700)
             tmp = final.parent / f".tmp-{sha}-{os.getpid()}-{threading.get_ident()}"
@@ -425,8 +459,8 @@ class Store:
         before the job that references it is committed.
         """
         removed = 0
-        referenced = {row[0] for row in self._query("SELECT DISTINCT document FROM jobs WHERE finished_at IS NULL OR finished_at > ?", (self.clock() - 30 * 86400,))}
         now = time.time()
+        referenced = {row[0] for row in self._query("SELECT DISTINCT document FROM jobs WHERE finished_at IS NULL OR finished_at > ?", (self.clock() - 30 * 86400,))}
         for sub in self.documents_dir.iterdir():
             if not sub.is_dir():
                 continue
@@ -434,6 +468,11 @@ class Store:
                 name = path.name
                 try:
                     if name.startswith(".tmp-"):
+                        # An interrupted write: never referenced by any row.
+                        # Spare only one a live process (another gatewayd
+                        # command) may still be writing right now.
+                        if _writer_alive(name) and now - path.stat().st_mtime < 3600:
+                            continue
                         path.unlink()
                         removed += 1
                     elif name.endswith(".pdf") and name[:-4] not in referenced and now - path.stat().st_mtime > orphan_age:
@@ -499,16 +538,20 @@ class Store:
         now = self.clock()
         try:
             with self.transaction() as conn:
-                row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                row = conn.execute("SELECT state, finished_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is None:
                     raise JobNotFound(f"no job {job_id}")
-                from_state = row[0]
+                from_state, finished_at = row
                 if expect is not None and from_state not in expect:
                     return False
                 fields.setdefault("reason", reason)
                 fields["state"] = to_state
-                if to_state in FINAL_STATES and "finished_at" not in fields:
-                    fields["finished_at"] = now
+                if "finished_at" not in fields:
+                    if to_state in FINAL_STATES:
+                        # Keep the first end time when a final state is restated.
+                        fields["finished_at"] = finished_at if finished_at is not None else now
+                    elif to_state in ACTIVE_STATES:
+                        fields["finished_at"] = None  # e.g. a finished "failed" job retried
                 fields["updated_at"] = now
                 sets = ", ".join(f"{k} = ?" for k in fields)
                 conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
@@ -617,9 +660,12 @@ class Store:
     def mark_mail_sent(self, mail_id: int) -> None:
         """The relay said 250. A received fax riding on this mail is now relayed."""
         now = self.clock()
-        with self.transaction() as conn:
-            conn.execute("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?", (now, mail_id))
-            conn.execute("UPDATE received SET state = 'relayed', relayed_at = ? WHERE outbox_id = ? AND state = 'queued'", (now, mail_id))
+        try:
+            with self.transaction() as conn:
+                conn.execute("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?", (now, mail_id))
+                conn.execute("UPDATE received SET state = 'relayed', relayed_at = ? WHERE outbox_id = ? AND state = 'queued'", (now, mail_id))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot mark mail {mail_id} sent: {exc}") from exc
 
     def mark_mail_retry(self, mail_id: int, error: str, next_attempt_at: float) -> None:
         self._write("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?", (error, next_attempt_at, mail_id))
@@ -646,20 +692,39 @@ class Store:
         return {r[0] for r in self._query(f"SELECT uuid FROM received WHERE uuid IN ({marks})", tuple(uuids))}
 
     def queue_received(self, fax: ReceivedFax, mail_from: str, message: bytes) -> int:
-        """Record a received fax and its email in one commit; returns the outbox id."""
+        """Record a received fax and its email in one commit; returns the outbox id.
+
+        Exactly once: a fax already relayed, or queued with its email still
+        pending, keeps its one email (that outbox id is returned and nothing
+        is added). A fax held for lack of a recipient (``hold_received``), or
+        whose email the relay refused for good, may be queued again.
+        """
         now = self.clock()
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, 'received', ?, ?, ?, ?, 'pending', ?)",
-                (now, fax.uuid, mail_from, json.dumps(list(fax.recipients)), message, now),
-            )
-            outbox_id = int(cur.lastrowid)
-            conn.execute(
-                f"INSERT INTO received ({_RECEIVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, NULL, ?) "
-                "ON CONFLICT(uuid) DO UPDATE SET state = 'queued', recipients = excluded.recipients, outbox_id = excluded.outbox_id, note = excluded.note",
-                (fax.uuid, fax.extension_id, fax.caller_id, fax.destination, fax.fax_time, fax.file_size,
-                 fax.first_seen or now, json.dumps(list(fax.recipients)), outbox_id, fax.note),
-            )
+        try:
+            with self.transaction() as conn:
+                row = conn.execute(
+                    "SELECT r.state, r.outbox_id, o.state FROM received r LEFT JOIN outbox o ON o.id = r.outbox_id WHERE r.uuid = ?",
+                    (fax.uuid,),
+                ).fetchone()
+                if row is not None and row[1] is not None and (row[0] == "relayed" or (row[0] == "queued" and row[2] != "failed")):
+                    return int(row[1])
+                outbox_id = self._insert_received(conn, fax, mail_from, message, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot queue received fax {fax.uuid}: {exc}") from exc
+        return outbox_id
+
+    def _insert_received(self, conn: sqlite3.Connection, fax: ReceivedFax, mail_from: str, message: bytes, now: float) -> int:
+        cur = conn.execute(
+            "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, 'received', ?, ?, ?, ?, 'pending', ?)",
+            (now, fax.uuid, mail_from, json.dumps(list(fax.recipients)), message, now),
+        )
+        outbox_id = int(cur.lastrowid)
+        conn.execute(
+            f"INSERT INTO received ({_RECEIVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, NULL, ?) "
+            "ON CONFLICT(uuid) DO UPDATE SET state = 'queued', recipients = excluded.recipients, outbox_id = excluded.outbox_id, note = excluded.note",
+            (fax.uuid, fax.extension_id, fax.caller_id, fax.destination, fax.fax_time, fax.file_size,
+             fax.first_seen or now, json.dumps(list(fax.recipients)), outbox_id, fax.note),
+        )
         return outbox_id
 
     def hold_received(self, fax: ReceivedFax, note: str) -> None:
@@ -695,3 +760,145 @@ class Store:
 
     # ------------------------------------------------ area-specific queries
     # Components add the queries they need below, each in its own section.
+
+    # --- email to fax
+
+    def next_submission_due(self) -> float | None:
+        """When the sender next has work: the earliest next_attempt_at of a
+        queued or submitting job (0 for "now"), or None when there is none."""
+        rows = self._query(
+            "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM jobs WHERE state IN (?, ?) AND finished_at IS NULL",
+            (QUEUED, SUBMITTING),
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    # --- tracking and reports
+
+    def update_job_if(self, job_id: int, expect: Sequence[str], **fields: Any) -> bool:
+        """Change job columns without a state change or a history entry, only
+        while the job is in one of ``expect`` and not finished (compare and set:
+        e.g. the tracker noting the provider's status word while the CLI may be
+        acting on the same job). Returns False when the job moved on."""
+        unknown = set(fields) - _JOB_FIELDS
+        if unknown or "state" in fields:
+            raise ValueError(f"fields not allowed here: {sorted(unknown | ({'state'} & set(fields)))}")
+        if not expect:
+            raise ValueError("expect must name at least one state")
+        fields["updated_at"] = self.clock()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        marks = ",".join("?" * len(expect))
+        cur = self._write(
+            f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks}) AND finished_at IS NULL",
+            (*fields.values(), job_id, *expect),
+        )
+        return cur.rowcount == 1
+
+    def unreported_jobs(self, limit: int = 50) -> list[Job]:
+        """Finished jobs whose report has not been queued yet, oldest first."""
+        rows = self._query(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE finished_at IS NOT NULL AND reported_at IS NULL ORDER BY finished_at, id LIMIT ?",
+            (limit,),
+        )
+        return [Job(*r) for r in rows]
+
+    def queue_report(self, job_id: int, finished_at: float, mails: Sequence[tuple[str, str, Sequence[str], bytes, str]]) -> bool:
+        """Mark the job reported and queue its report email(s) in ONE commit.
+
+        ``mails`` holds (kind, mail_from, recipients, message, ref); it may be
+        empty (nothing to send, e.g. ``reports = "none"``). Compare and set on
+        ``finished_at``: a job that was reopened (``gatewayd retry``) or
+        already reported in the meantime is left alone and False returned, so
+        each outcome is reported at most once, across restarts.
+        """
+        now = self.clock()
+        try:
+            with self.transaction() as conn:
+                cur = conn.execute(
+                    "UPDATE jobs SET reported_at = ? WHERE id = ? AND reported_at IS NULL AND finished_at = ?",
+                    (now, job_id, finished_at),
+                )
+                if cur.rowcount != 1:
+                    return False
+                for kind, mail_from, recipients, message, ref in mails:
+                    conn.execute(
+                        "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                        (now, kind, ref, mail_from, json.dumps(list(recipients)), message, now),
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot queue the report of job {job_id}: {exc}") from exc
+        return True
+
+    def split_mail_deferred(self, mail_id: int, recipients: Sequence[str], error: str, next_attempt_at: float) -> int:
+        """Some recipients of an outbox mail were deferred (4xx per recipient):
+        they get their own row that keeps the attempt count and waits until
+        ``next_attempt_at`` (a fresh row due now would be retried at once,
+        forever). Returns the new row's id. Joins the caller's transaction."""
+        now = self.clock()
+        try:
+            with self.transaction() as conn:
+                row = conn.execute("SELECT kind, ref, mail_from, message, attempts FROM outbox WHERE id = ?", (mail_id,)).fetchone()
+                if row is None:
+                    raise StoreError(f"no outbox mail {mail_id}")
+                kind, ref, mail_from, message, attempts = row
+                cur = conn.execute(
+                    "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, attempts, next_attempt_at, last_error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    (now, kind, ref, mail_from, json.dumps(list(recipients)), message, attempts + 1, next_attempt_at, error),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot split outbox mail {mail_id}: {exc}") from exc
+        return int(cur.lastrowid)
+
+    def defer_mail_recipients(self, mail_id: int, recipients: Sequence[str], error: str, next_attempt_at: float) -> None:
+        """Nobody accepted an outbox mail yet: keep the SAME row pending for
+        the deferred ``recipients`` only (permanently refused ones are dropped
+        from it), so whatever rides on the row (a received fax) stays queued
+        until a relay really accepts it."""
+        self._write(
+            "UPDATE outbox SET recipients = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ? AND state = 'pending'",
+            (json.dumps(list(recipients)), error, next_attempt_at, mail_id),
+        )
+
+    # --- fax to email
+
+    def count_received(self, state: str) -> int:
+        """Received faxes in one ledger state (e.g. held: "no_recipient"), for metrics."""
+        return int(self._query("SELECT COUNT(*) FROM received WHERE state = ?", (state,))[0][0])
+
+    def received_with_mail(self, *, limit: int = 50) -> list[tuple[ReceivedFax, str | None, str]]:
+        """Newest received faxes with their email's outbox state and last error
+        (``None`` when no email was queued), for ``gatewayd received``."""
+        rows = self._query(
+            f"SELECT {', '.join('r.' + c.strip() for c in _RECEIVED_COLUMNS.split(','))}, o.state, COALESCE(o.last_error, '') "
+            "FROM received r LEFT JOIN outbox o ON o.id = r.outbox_id ORDER BY r.first_seen DESC, r.rowid DESC LIMIT ?",
+            (limit,),
+        )
+        return [(self._received(r[:12]), r[12], r[13]) for r in rows]
+
+    # --- imap
+
+    def imap_queue_reply_once(self, key: str, mail_from: str, recipients: Sequence[str], message: bytes, *, ref: str = "") -> bool:
+        """Queue the reply to a refused mailbox message, once per intake ``key``.
+
+        The outbox row and a marker in ``meta`` are one commit, so a message
+        that is seen again (its move to the failed folder failed, or the
+        daemon died first) never mails its sender twice. False when a reply
+        was already queued for ``key``.
+        """
+        marker = f"imap-reply:{key}"
+        now = self.clock()
+        try:
+            with self.transaction() as conn:
+                if conn.execute("SELECT 1 FROM meta WHERE key = ?", (marker,)).fetchone():
+                    return False
+                self.enqueue_mail("reply", mail_from, recipients, message, ref=ref)
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (marker, repr(now)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot queue the reply: {exc}") from exc
+        return True
+
+    def imap_prune_reply_markers(self, before: float) -> int:
+        """Forget reply markers older than ``before`` (a message is not refused twice months apart)."""
+        cur = self._write("DELETE FROM meta WHERE key LIKE 'imap-reply:%' AND CAST(value AS REAL) < ?", (before,))
+        return int(cur.rowcount)

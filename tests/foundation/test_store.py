@@ -1,0 +1,571 @@
+"""The durable store: migrations, concurrent readers, document durability,
+compare-and-set transitions, the outbox and the usage counters."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import textwrap
+import threading
+import time
+
+import pytest
+
+from foundation_support import PYTHON, base_config, gatewayd, to_toml
+from gatewayd.store import (
+    FINAL_STATES,
+    MIGRATIONS,
+    JobNotFound,
+    NewJob,
+    ReceivedFax,
+    Store,
+    StoreError,
+)
+
+PDF = b"%PDF-1.4\n% a fax document\n" + b"x" * 1000 + b"\n%%EOF\n"
+
+
+def new_job(n: int = 0, **kw) -> NewJob:
+    base = dict(number=f"+7812309{n:04d}", dst_num=f"7812309{n:04d}", extension=100, report_to="alice@example.com", source="smtp",
+                message_id=f"<m{n}@example.com>", subject=f"fax {n}")
+    base.update(kw)
+    return NewJob(**base)
+
+
+def enqueue(store: Store, count: int = 1, data: bytes = PDF, **kw) -> list[int]:
+    sha = store.save_document(data)
+    return store.enqueue_jobs(sha, 2, len(data), [new_job(i, **kw) for i in range(count)])
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "state")
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------- migrations
+
+
+def test_migrations_from_empty_and_reopen(tmp_path) -> None:
+    state = tmp_path / "state"
+    s = Store(state)
+    assert s.schema_version == len(MIGRATIONS) >= 2
+    tables = {r[0] for r in s._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "job_events", "outbox", "received", "sender_usage", "intake_keys", "meta"} <= tables
+    assert s._query("PRAGMA journal_mode")[0][0] == "wal"
+    assert s._query("PRAGMA synchronous")[0][0] == 2  # FULL
+    job_id = enqueue(s)[0]
+    s.set_meta("k", "v")
+    s.close()
+    s = Store(state)
+    try:
+        assert s.schema_version == len(MIGRATIONS)
+        assert s.get_job(job_id).state == "queued"
+        assert s.get_meta("k") == "v"
+    finally:
+        s.close()
+    assert (state / "gatewayd.sqlite3").exists()
+    assert (os.stat(state).st_mode & 0o777) == 0o700
+
+
+def test_upgrade_from_schema_1_keeps_jobs(tmp_path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    conn = sqlite3.connect(state / "gatewayd.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript("BEGIN;" + MIGRATIONS[0] + "PRAGMA user_version=1; COMMIT;")
+    conn.execute("INSERT INTO jobs (created_at, updated_at, state, number, dst_num, extension, source, document, pages, doc_bytes) "
+                 "VALUES (1, 1, 'sent', '+78123092631', '78123092631', 100, 'smtp', 'abc', 1, 10)")
+    conn.close()
+    s = Store(state)
+    try:
+        assert s.schema_version == len(MIGRATIONS)
+        job = s.get_job(1)
+        assert (job.state, job.number, job.reported_at) == ("sent", "+78123092631", None)
+    finally:
+        s.close()
+
+
+def test_newer_schema_is_refused(tmp_path) -> None:
+    state = tmp_path / "state"
+    Store(state).close()
+    conn = sqlite3.connect(state / "gatewayd.sqlite3")
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this gatewayd"):
+        Store(state)
+
+
+def test_processes_opening_a_new_store_together_all_succeed(tmp_path) -> None:
+    """The daemon and a CLI command starting at once both migrate safely."""
+    state = tmp_path / "state"
+    code = f"from gatewayd.store import Store; Store({str(state)!r}).close()"
+    procs = [subprocess.Popen([PYTHON, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    s = Store(state)
+    try:
+        assert s.schema_version == len(MIGRATIONS)
+    finally:
+        s.close()
+
+
+def test_stores_that_saw_an_empty_schema_wait_and_do_not_migrate_twice(tmp_path) -> None:
+    """Deterministic form of the race: every opener reads schema 0, then waits
+    for the write lock another process holds; only the first may migrate."""
+    state = tmp_path / "state"
+    state.mkdir()
+    blocker = sqlite3.connect(state / "gatewayd.sqlite3", isolation_level=None)
+    assert blocker.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    blocker.execute("BEGIN IMMEDIATE")
+    results: list[object] = []
+
+    def open_store() -> None:
+        try:
+            s = Store(state)
+            results.append(s.schema_version)
+            s.close()
+        except BaseException as exc:  # noqa: BLE001
+            results.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # all of them are past reading user_version, waiting for the lock
+    blocker.execute("COMMIT")
+    for t in threads:
+        t.join(30)
+    blocker.close()
+    assert results == [len(MIGRATIONS)] * 4
+
+
+# --------------------------------------------------- readers while writing
+
+
+def test_reader_store_while_writer_thread_writes(tmp_path) -> None:
+    writer = Store(tmp_path / "state")
+    reader = Store(tmp_path / "state")
+    errors: list[BaseException] = []
+    done = threading.Event()
+    written: list[int] = []
+
+    def write() -> None:
+        try:
+            for i in range(60):
+                (job_id,) = enqueue(writer, data=PDF + str(i).encode())
+                writer.transition(job_id, "submitting", "submitting", expect=["queued"])
+                writer.transition(job_id, "submitted", "provider id 7", expect=["submitting"], provider_id=1000 + i, submitted_at=time.time())
+                written.append(job_id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=write)
+    t.start()
+    reads = 0
+    last_count = 0
+    try:
+        while not done.is_set() or reads < 5:
+            jobs = reader.list_jobs(limit=1000)
+            assert len(jobs) >= last_count  # committed jobs never disappear
+            last_count = len(jobs)
+            order = ["queued", "submitting", "submitted"]
+            for job in jobs[:5]:
+                # A reader sees whole commits: a state and its history entry
+                # appear together, so the history read before the job never
+                # runs ahead of it, and the history read after never lags.
+                before = reader.job_events(job.id)
+                current = reader.get_job(job.id).state
+                after = reader.job_events(job.id)
+                assert order.index(before[-1].to_state) <= order.index(current) <= order.index(after[-1].to_state)
+            reader.job_counts()
+            reads += 1
+    finally:
+        t.join(30)
+    assert not errors, errors
+    assert len(written) == 60
+    assert reader.job_counts() == {"submitted": 60}
+    assert reads > 5
+    writer.close()
+    reader.close()
+
+
+def test_cli_reads_while_the_daemon_writes(tmp_path) -> None:
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(to_toml(base_config(state)))
+    writer = Store(state)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                (job_id,) = enqueue(writer, data=PDF + str(i).encode())
+                writer.transition(job_id, "submitting", "to the provider", expect=["queued"])
+                i += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        time.sleep(0.1)
+        for _ in range(3):
+            jobs = gatewayd("jobs", "-c", str(cfg), "--limit", "5")
+            assert jobs.returncode == 0, jobs.stderr
+            assert "submitting" in jobs.stdout or "queued" in jobs.stdout
+            job = gatewayd("job", "1", "-c", str(cfg))
+            assert job.returncode == 0, job.stderr
+            assert "queued -> submitting" in job.stdout
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    writer.close()
+
+
+# -------------------------------------------------------------- documents
+
+
+def test_document_is_content_addressed(store) -> None:
+    sha = store.save_document(PDF)
+    assert sha == hashlib.sha256(PDF).hexdigest()
+    path = store.documents_dir / sha[:2] / f"{sha}.pdf"
+    assert store.document_path(sha) == path and path.read_bytes() == PDF
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert store.save_document(PDF) == sha  # idempotent
+    assert store.read_document(sha) == PDF
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_fsync_then_rename_then_directory_fsync(store, monkeypatch) -> None:
+    calls: list[tuple[str, str]] = []
+    fd_paths: dict[int, str] = {}
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def spy_open(path, flags, *args, **kw):
+        fd = real_open(path, flags, *args, **kw)
+        fd_paths[fd] = str(path)
+        return fd
+
+    def spy_fsync(fd):
+        calls.append(("fsync", fd_paths.get(fd, "?")))
+        return real_fsync(fd)
+
+    def spy_replace(src, dst):
+        calls.append(("replace", f"{src} -> {dst}"))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    sha = store.save_document(PDF)
+    final = store.document_path(sha)
+    kinds = [c[0] for c in calls]
+    assert kinds[:2] == ["fsync", "replace"], calls
+    assert "/.tmp-" in calls[0][1]  # the data reached the disk under its temporary name
+    assert calls[1][1].endswith(f"-> {final}")
+    # then the directory holding the new name, and the documents directory
+    assert calls[2:] == [("fsync", str(final.parent)), ("fsync", str(store.documents_dir))], calls
+
+
+def test_failed_rename_leaves_nothing(store, monkeypatch) -> None:
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(StoreError, match="cannot write document"):
+        store.save_document(PDF)
+    sha = hashlib.sha256(PDF).hexdigest()
+    assert not store.document_path(sha).exists()
+    assert not list(store.documents_dir.rglob(".tmp-*"))
+
+
+def test_write_killed_before_rename_is_never_referenced_and_cleaned_at_start(tmp_path) -> None:
+    """A process dies between fsync and rename (kill -9): the temporary file is
+    all that is left, no row names it, and the next start removes it."""
+    state = tmp_path / "state"
+    Store(state).close()
+    code = textwrap.dedent(f"""
+        import os
+        from gatewayd.store import Store, NewJob
+        s = Store({str(state)!r})
+        os.replace = lambda src, dst: os._exit(9)  # dies right before the rename
+        sha = s.save_document(b"%PDF-1.4 interrupted")
+        s.enqueue_jobs(sha, 1, 20, [NewJob("+1", "1", 1, "", "cli")])  # never reached
+    """)
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    leftovers = list((state / "documents").rglob(".tmp-*"))
+    assert len(leftovers) == 1
+    sha = hashlib.sha256(b"%PDF-1.4 interrupted").hexdigest()
+    s = Store(state)
+    try:
+        assert not s.document_path(sha).exists()
+        assert s.list_jobs() == []
+        assert s.clean_documents() == 1
+        assert not leftovers[0].exists()
+    finally:
+        s.close()
+
+
+def test_daemon_start_cleans_leftover_temporary_files(tmp_path) -> None:
+    """clean_documents is what the daemon runs at start (Daemon.run)."""
+    import inspect
+
+    from gatewayd import daemon
+
+    assert "clean_documents()" in inspect.getsource(daemon.Daemon.run)
+    s = Store(tmp_path / "state")
+    try:
+        d = s.documents_dir / "ab"
+        d.mkdir()
+        dead = d / f".tmp-{'ab' * 32}-999999999-1"  # no such pid
+        dead.write_bytes(b"partial")
+        assert s.clean_documents() == 1 and not dead.exists()
+    finally:
+        s.close()
+
+
+def test_temporary_file_of_a_live_writer_is_spared_until_stale(tmp_path) -> None:
+    s = Store(tmp_path / "state")
+    sleeper = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    try:
+        d = s.documents_dir / "cd"
+        d.mkdir()
+        live = d / f".tmp-{'cd' * 32}-{sleeper.pid}-1"
+        live.write_bytes(b"being written by another gatewayd command")
+        assert s.clean_documents() == 0 and live.exists()
+        old = time.time() - 7200
+        os.utime(live, (old, old))  # stuck for two hours: stale
+        assert s.clean_documents() == 1 and not live.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        s.close()
+
+
+def test_clean_documents_keeps_referenced_and_young_files(tmp_path) -> None:
+    s = Store(tmp_path / "state")
+    try:
+        referenced = s.save_document(PDF)
+        s.enqueue_jobs(referenced, 1, len(PDF), [new_job()])
+        young_orphan = s.save_document(b"%PDF young orphan")
+        old_orphan = s.save_document(b"%PDF old orphan")
+        old = time.time() - 2 * 86400
+        for sha in (referenced, old_orphan):
+            os.utime(s.document_path(sha), (old, old))
+        assert s.clean_documents() == 1
+        assert s.document_path(referenced).exists()
+        assert s.document_path(young_orphan).exists()
+        assert not s.document_path(old_orphan).exists()
+        # saving the same content again refreshes an old file's age, so a
+        # start-up clean cannot take it away before its job is committed
+        again = s.save_document(PDF)
+        assert time.time() - s.document_path(again).stat().st_mtime < 60
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_enqueue_stores_jobs_history_and_usage(store) -> None:
+    ids = enqueue(store, 3, rule_key="senders[0]")
+    assert len(ids) == 3
+    for job_id in ids:
+        job = store.get_job(job_id)
+        assert (job.state, job.pages, job.doc_bytes, job.finished_at) == ("queued", 2, len(PDF), None)
+        (event,) = store.job_events(job_id)
+        assert (event.from_state, event.to_state, event.reason) == ("", "queued", "accepted from smtp")
+    assert store.usage_since("senders[0]", 0) == 3
+
+
+def test_intake_key_stores_once(store) -> None:
+    sha = store.save_document(PDF)
+    first = store.enqueue_jobs(sha, 1, len(PDF), [new_job(1), new_job(2)], intake_key="<m@x>:abc")
+    second = store.enqueue_jobs(sha, 1, len(PDF), [new_job(1), new_job(2)], intake_key="<m@x>:abc")
+    assert first == second and len(store.list_jobs()) == 2
+    assert store.intake_seen("<m@x>:abc") == first
+
+
+def test_transition_compare_and_set(store) -> None:
+    (job_id,) = enqueue(store)
+    assert store.transition(job_id, "submitting", "picked up", expect=["queued"]) is True
+    # a second worker (or the CLI) with a stale view loses, and changes nothing
+    assert store.transition(job_id, "canceled", "by user", expect=["queued"]) is False
+    job = store.get_job(job_id)
+    assert (job.state, job.reason, job.finished_at) == ("submitting", "picked up", None)
+    assert [e.to_state for e in store.job_events(job_id)] == ["queued", "submitting"]
+    assert store.transition(job_id, "submitted", "provider id 55", expect=["submitting"], provider_id=55, submitted_at=123.0)
+    job = store.get_job(job_id)
+    assert (job.state, job.provider_id, job.submitted_at) == ("submitted", 55, 123.0)
+    history = store.job_events(job_id)
+    assert [(e.from_state, e.to_state, e.reason) for e in history[1:]] == [("queued", "submitting", "picked up"), ("submitting", "submitted", "provider id 55")]
+
+
+def test_transition_compare_and_set_across_threads(tmp_path) -> None:
+    """Many stores (as many processes would) race for one job: exactly one wins."""
+    state = tmp_path / "state"
+    first = Store(state)
+    (job_id,) = enqueue(first)
+    stores = [Store(state) for _ in range(8)]
+    wins: list[bool] = []
+    barrier = threading.Barrier(len(stores))
+
+    def race(s: Store) -> None:
+        barrier.wait()
+        wins.append(s.transition(job_id, "submitting", "mine", expect=["queued"]))
+
+    threads = [threading.Thread(target=race, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(wins) == [False] * 7 + [True]
+    assert [e.to_state for e in first.job_events(job_id)] == ["queued", "submitting"]
+    for s in [first, *stores]:
+        s.close()
+
+
+def test_final_states_set_finished_at_once_and_retry_clears_it(store) -> None:
+    clock = [1000.0]
+    store.clock = lambda: clock[0]
+    (job_id,) = enqueue(store)
+    store.transition(job_id, "sending", "at the provider")
+    clock[0] = 2000.0
+    store.transition(job_id, "failed", "busy", finished_at=clock[0])  # retries exhausted: the caller says so
+    assert store.get_job(job_id).finished_at == 2000.0
+    clock[0] = 3000.0
+    store.transition(job_id, "submitted", "retried by the user")
+    assert store.get_job(job_id).finished_at is None  # followed again
+    assert [j.id for j in store.jobs_in_states(["submitted"])] == [job_id]
+    clock[0] = 4000.0
+    store.transition(job_id, "sent", "sent")
+    assert store.get_job(job_id).finished_at == 4000.0
+    clock[0] = 5000.0
+    store.transition(job_id, "sent", "provider restated it")
+    assert store.get_job(job_id).finished_at == 4000.0
+    assert "sent" in FINAL_STATES and "failed" not in FINAL_STATES
+
+
+def test_transition_rejects_bad_input(store) -> None:
+    (job_id,) = enqueue(store)
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.transition(job_id, "teleported")
+    with pytest.raises(ValueError, match="unknown job fields"):
+        store.transition(job_id, "sent", color="blue")
+    with pytest.raises(JobNotFound):
+        store.transition(999, "sent")
+    assert store.get_job(job_id).state == "queued"
+
+
+def test_a_failed_commit_changes_nothing(store) -> None:
+    (job_id,) = enqueue(store)
+    store._conn.execute("CREATE TRIGGER no_events BEFORE INSERT ON job_events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    with pytest.raises(StoreError, match="disk on fire"):
+        store.transition(job_id, "submitting", "x")
+    assert store.get_job(job_id).state == "queued"  # the job row's update was rolled back too
+
+
+# ---------------------------------------------------------------- outbox
+
+
+def fax(uuid: str = "1a66f8c6-936d-11e5-8563-d3163e2a7e2d") -> ReceivedFax:
+    return ReceivedFax(uuid=uuid, extension_id=122, caller_id="1844*001", destination="78123092631", fax_time="2015-11-25 15:08:06",
+                       file_size=23142, first_seen=0.0, state="queued", recipients=("sales@example.com",), outbox_id=None, relayed_at=None, note="")
+
+
+def test_mark_mail_sent_marks_the_received_fax_relayed(store) -> None:
+    outbox_id = store.queue_received(fax(), "fax@example.com", b"Subject: fax\r\n\r\nbody\r\n")
+    got = store.get_received(fax().uuid)
+    assert (got.state, got.outbox_id, got.relayed_at) == ("queued", outbox_id, None)
+    assert [m.id for m in store.due_mail(time.time() + 1)] == [outbox_id]
+    store.mark_mail_sent(outbox_id)
+    got = store.get_received(fax().uuid)
+    mail = store.get_mail(outbox_id)
+    assert got.state == "relayed" and mail.state == "sent"
+    assert got.relayed_at == mail.sent_at is not None
+    assert store.due_mail(time.time() + 1) == []
+
+
+def test_mark_mail_sent_is_one_commit(store) -> None:
+    """If marking the fax relayed fails, the mail is not marked sent either."""
+    outbox_id = store.queue_received(fax(), "fax@example.com", b"m")
+    store._conn.execute("CREATE TRIGGER stuck BEFORE UPDATE ON received BEGIN SELECT RAISE(ABORT, 'no'); END")
+    with pytest.raises(StoreError):
+        store.mark_mail_sent(outbox_id)
+    assert store.get_mail(outbox_id).state == "pending"
+    assert store.get_received(fax().uuid).state == "queued"
+
+
+def test_received_fax_is_queued_once(store) -> None:
+    first = store.queue_received(fax(), "fax@example.com", b"m1")
+    again = store.queue_received(fax(), "fax@example.com", b"m2")  # a poller seeing it twice
+    assert again == first
+    assert len(store.list_mail(kind="received")) == 1
+    store.mark_mail_sent(first)
+    assert store.queue_received(fax(), "fax@example.com", b"m3") == first  # relayed: never again
+    assert len(store.list_mail(kind="received")) == 1
+
+
+def test_held_fax_can_be_queued_later(store) -> None:
+    store.hold_received(fax("u-2"), "no recipient")
+    assert store.get_received("u-2").state == "no_recipient"
+    outbox_id = store.queue_received(fax("u-2"), "fax@example.com", b"m")
+    assert store.get_received("u-2").state == "queued" and store.get_received("u-2").outbox_id == outbox_id
+
+
+def test_refused_mail_can_be_requeued(store) -> None:
+    first = store.queue_received(fax("u-3"), "fax@example.com", b"m")
+    store.mark_mail_failed(first, "550 no such user")
+    second = store.queue_received(fax("u-3"), "fax@example.com", b"m")
+    assert second != first and store.get_received("u-3").outbox_id == second
+
+
+def test_outbox_retry_and_stats(store) -> None:
+    clock = [1000.0]
+    store.clock = lambda: clock[0]
+    mail_id = store.enqueue_mail("report", "fax@example.com", ["alice@example.com"], b"msg", ref="job 1")
+    clock[0] = 1100.0
+    assert store.outbox_stats() == (1, 100.0)
+    store.mark_mail_retry(mail_id, "451 try later", 2000.0)
+    assert store.due_mail(1500.0) == [] and [m.id for m in store.due_mail(2000.0)] == [mail_id]
+    m = store.get_mail(mail_id)
+    assert (m.attempts, m.last_error, m.recipients, m.message) == (1, "451 try later", ("alice@example.com",), b"msg")
+
+
+# ------------------------------------------------------------ usage counters
+
+
+def test_usage_counters_survive_reopening(tmp_path) -> None:
+    state = tmp_path / "state"
+    s = Store(state)
+    enqueue(s, 2, rule_key="senders[1]")
+    enqueue(s, 1, data=PDF + b"2", rule_key="senders[0]")
+    s.close()
+    s = Store(state)
+    try:
+        assert s.usage_since("senders[1]", time.time() - 3600) == 2
+        assert s.usage_since("senders[0]", time.time() - 3600) == 1
+        assert s.usage_since("senders[1]", time.time() + 1) == 0
+        s.prune_usage(time.time() + 1)
+        assert s.usage_since("senders[1]", 0) == 0
+    finally:
+        s.close()
+
+
+async def test_run_uses_one_thread_off_the_loop(store) -> None:
+    (job_id,) = await store.run(enqueue, store)
+    names = {await store.run(lambda: threading.current_thread().name) for _ in range(3)}
+    assert len(names) == 1 and names != {threading.main_thread().name}
+    assert (await store.run(store.get_job, job_id)).state == "queued"
+    assert await store.run(store.ping)
