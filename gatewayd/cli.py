@@ -289,6 +289,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # One-shot commands log only warnings, to stderr: stdout is their output.
+    # `run` and `demo` configure logging again from their own settings.
+    from gatewayd.logs import setup_logging
+
+    setup_logging("warning", "auto", sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except CommandError as exc:

@@ -772,6 +772,17 @@ class Store:
         )
         return None if rows[0][0] is None else float(rows[0][0])
 
+    def unresolved_submission(self, extension: int, dst_num: str, *, exclude: int | None = None) -> Job | None:
+        """A job of this extension to this number whose upload is unresolved
+        ("submitting"): another upload to the number must wait for it, or
+        reconciliation could not tell the two faxes apart."""
+        rows = self._query(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND extension = ? AND dst_num = ? AND id != ? "
+            "AND finished_at IS NULL ORDER BY id LIMIT 1",
+            (SUBMITTING, extension, dst_num, -1 if exclude is None else exclude),
+        )
+        return Job(*rows[0]) if rows else None
+
     # --- tracking and reports
 
     def update_job_if(self, job_id: int, expect: Sequence[str], **fields: Any) -> bool:

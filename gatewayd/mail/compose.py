@@ -18,7 +18,11 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Sequence
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls and the Unicode line/paragraph separators: str.splitlines()
+# breaks on \x85, \u2028 and \u2029 too, and the email package refuses a header
+# value that splits into lines, so any of them in a subject would make the
+# email impossible to build (and a report stuck for ever).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def safe_header_text(value: str, limit: int = 200) -> str:

@@ -151,7 +151,8 @@ class OutboxWorker:
             await store.run(self._partial, mail, result)
         else:
             await store.run(store.mark_mail_sent, mail.id)
-        self.rt.metrics.mail_deliveries.labels("sent" if result.accepted else "failed").inc()
+        outcome = "sent" if result.accepted else "deferred" if result.temporary else "failed"
+        self.rt.metrics.mail_deliveries.labels(outcome).inc()
         log.info("mail_delivered", accepted=list(result.accepted), deferred=sorted(result.temporary), refused=sorted(result.permanent))
 
     # These run on the store thread, each as one commit.
@@ -166,9 +167,19 @@ class OutboxWorker:
         store = self.rt.store
         with store.transaction():
             if result.temporary:
-                # The deferred recipients get their own row, retried on the usual schedule.
-                store.enqueue_mail(mail.kind, mail.mail_from, sorted(result.temporary), mail.message, ref=mail.ref)
-            if result.accepted or result.temporary:
+                # Deferred recipients wait on the usual backoff schedule with the
+                # attempt count kept: a fresh row due now would be retried at
+                # once, for ever, as long as the relay says 4xx.
+                error = "; ".join(f"{r}: {e}" for r, e in sorted(result.temporary.items()))
+                retry_at = self.rt.clock() + backoff_delay(mail.attempts)
+                if result.accepted:
+                    store.split_mail_deferred(mail.id, sorted(result.temporary), error, retry_at)
+                    store.mark_mail_sent(mail.id)
+                else:
+                    # Nobody has it yet: the row stays pending (a received fax
+                    # riding on it must not count as relayed).
+                    store.defer_mail_recipients(mail.id, sorted(result.temporary), error, retry_at)
+            elif result.accepted:
                 store.mark_mail_sent(mail.id)
             else:
                 store.mark_mail_failed(mail.id, "; ".join(f"{r}: {e}" for r, e in result.permanent.items()))

@@ -1,0 +1,68 @@
+"""Fixtures for the tracking/report/outbox tests. Helpers live in
+reports_support.py (pytest runs with --import-mode=importlib, so this
+directory is put on sys.path)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reports_support import Gateway, OffsetClock, make_config  # noqa: E402
+
+from gatewayd.config import Config  # noqa: E402
+from gatewayd.mailsink import MailSink  # noqa: E402
+from gatewayd.provider.simulator import ProviderSimulator, SimClock, run_simulator  # noqa: E402
+
+
+@pytest.fixture
+def sim_clock() -> SimClock:
+    return SimClock(frozen=True)
+
+
+@pytest.fixture
+async def sim(sim_clock: SimClock) -> AsyncIterator[ProviderSimulator]:
+    async with run_simulator(clock=sim_clock) as s:
+        yield s
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[MailSink]:
+    async with MailSink(maildir=tmp_path / "mail") as s:
+        yield s
+
+
+@pytest.fixture
+def clock() -> OffsetClock:
+    return OffsetClock()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+async def make_gateway(state_dir: Path, sim: ProviderSimulator, sink: MailSink, clock: OffsetClock) -> AsyncIterator[Callable[..., Gateway]]:
+    """Factory: each call is a new daemon run on the same state directory."""
+    running: list[Gateway] = []
+
+    def factory(config: Config | None = None, **mail: Any) -> Gateway:
+        gw = Gateway(config or make_config(state_dir, sim, sink, **mail), clock)
+        running.append(gw)
+        return gw
+
+    yield factory
+    for gw in running:
+        if not gw.rt.stopping.is_set():
+            await gw.stop()
+
+
+@pytest.fixture
+async def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
+    return make_gateway()
