@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import signal
 import time
@@ -83,12 +84,24 @@ class Runtime:
 
 
 class Supervisor:
-    """Runs services' ``run()`` as tasks; restarts a crashed one with backoff."""
+    """Runs services' ``run()`` as tasks; restarts a crashed one with backoff.
 
-    def __init__(self, stopping: asyncio.Event, *, min_backoff: float = 1.0, max_backoff: float = 60.0) -> None:
+    ``on_restart(name)`` is called for each restart (the daemon counts them
+    in ``gatewayd_service_restarts_total``).
+    """
+
+    def __init__(
+        self,
+        stopping: asyncio.Event,
+        *,
+        min_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
         self.stopping = stopping
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.on_restart = on_restart
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.restarts: dict[str, int] = {}
 
@@ -107,12 +120,18 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self.stopping.is_set():
+                    log.exception("service_failed_while_stopping", service=name)
+                    return
                 log.exception("service_crashed", service=name)
             self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self.on_restart is not None:
+                with contextlib.suppress(Exception):
+                    self.on_restart(name)
             if time.monotonic() - started > 5 * self.max_backoff:
                 backoff = self.min_backoff  # it ran fine for a long while
             delay = backoff * (0.5 + random.random() / 2)
-            log.info("service_restart_scheduled", service=name, delay=round(delay, 2))
+            log.info("service_restart_scheduled", service=name, delay=round(delay, 2), restarts=self.restarts[name])
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=delay)
             backoff = min(self.max_backoff, backoff * 2)
@@ -122,6 +141,7 @@ class Supervisor:
             return
         done, pending = await asyncio.wait(self.tasks.values(), timeout=timeout)
         for task in pending:
+            log.warning("service_cancelled_at_stop", service=task.get_name())
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=1.0)
@@ -146,18 +166,24 @@ def build_services(rt: Runtime) -> list[Service]:
     services.append(Sender(rt))
     services.append(SmtpListener(rt, Intake(rt)))
     # --- wiring: status tracking and outbox
+    from gatewayd.email_to_fax.tracker import Tracker
+    from gatewayd.mail.outbox import OutboxWorker
+    from gatewayd.mail.report import Reporter
+
+    services.extend([Tracker(rt), Reporter(rt), OutboxWorker(rt)])
     # --- wiring: fax to email
     if rt.config.inbound.enabled:
         from gatewayd.fax_to_email.poller import InboundPoller
 
-        services.append(InboundPoller(rt))
-        if not any(s.name == "outbox" for s in services):
-            # Received faxes reach their recipients only through the outbox:
-            # make sure it runs even if no other flow wired it.
-            from gatewayd.mail.outbox import OutboxWorker
-
-            services.append(OutboxWorker(rt))
+        services.append(InboundPoller(rt))  # its emails go out through the OutboxWorker above
     # --- wiring: imap
+    if rt.config.imap.enabled:
+        from gatewayd.email_to_fax.imap import ImapIntake
+        from gatewayd.email_to_fax.intake import Intake as MailboxIntake
+
+        # Its own Intake (same code path as SMTP, own document-build slots):
+        # a slow mailbox never holds up an SMTP client waiting for its 250.
+        services.append(ImapIntake(rt, MailboxIntake(rt)))
     # --- wiring: http
     if rt.config.http.listen is not None:
         from gatewayd.http import HttpServer
@@ -193,6 +219,7 @@ class Daemon:
         self._reload_requested.set()
 
     async def run(self) -> int:
+        """Start everything, tell systemd READY, serve until SIGTERM/SIGINT."""
         loop = asyncio.get_running_loop()
         store = Store(self.config.state_dir)
         removed = store.clean_documents()
@@ -203,33 +230,61 @@ class Daemon:
         provider = self.provider_factory(self.config, metrics)
         rt = Runtime(config=self.config, store=store, provider=provider, metrics=metrics, health=health)
         self.rt = rt
+        self._retired_providers: list[Any] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_status = ""
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        supervisor = Supervisor(rt.stopping)
+        supervisor = Supervisor(rt.stopping, on_restart=lambda name: metrics.service_restarts.labels(name).inc())
         try:
             self.services = self.services_factory(rt)
-            for service in self.services:
-                await service.start()
-                log.info("service_started", service=service.name)
+            await self._start_services(rt, supervisor)
             for service in self.services:
                 supervisor.spawn(service.name, service.run)
             supervisor.spawn("watchdog", lambda: self._watchdog(rt))
             supervisor.spawn("reloader", lambda: self._reloader(rt))
-            self.notifier.notify("READY=1", f"STATUS={self._status_line(rt)}")
-            log.info("gatewayd_ready", state_dir=str(self.config.state_dir), services=[s.name for s in self.services])
+            supervisor.spawn("status", lambda: self._status_reporter(rt))
+            # Every listener is bound and the store is open: systemd may now
+            # send traffic (and start units ordered after us).
+            self._last_status = await self._status(rt)
+            self.notifier.ready(self._last_status)
+            log.info(
+                "gatewayd_ready", state_dir=str(self.config.state_dir), services=[s.name for s in self.services],
+                watchdog_interval=self.notifier.watchdog_interval(), notify=self.notifier.enabled,
+            )
             await rt.stopping.wait()
             log.info("gatewayd_stopping")
-            self.notifier.notify("STOPPING=1")
+            self.notifier.stopping()
             await self._stop_services(supervisor)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            with contextlib.suppress(Exception):
-                await provider.aclose()
+            rt.stopping.set()
+            if self._background:
+                await asyncio.wait(self._background, timeout=2.0)
+            for client in [rt.provider, *self._retired_providers]:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
             store.close()
         log.info("gatewayd_stopped")
         return 0
+
+    async def _start_services(self, rt: Runtime, supervisor: Supervisor) -> None:
+        """``start()`` each service in order; on a failure, stop those started and raise."""
+        started: list[Service] = []
+        for service in self.services:
+            try:
+                await service.start()
+            except BaseException as exc:
+                log.error("service_start_failed", service=service.name, error=f"{type(exc).__name__}: {exc}")
+                self.notifier.status(f"start failed: {service.name}: {exc}")
+                rt.stopping.set()
+                self.services = started
+                await self._stop_services(supervisor)
+                raise
+            started.append(service)
+            log.info("service_started", service=service.name)
 
     async def _stop_services(self, supervisor: Supervisor) -> None:
         async def stop_all() -> None:
@@ -246,57 +301,149 @@ class Daemon:
             log.warning("services_stop_timeout")
         await supervisor.wait_stopped(STOP_TIMEOUT / 2)
 
+    # ------------------------------------------------------------ status
+
+    @staticmethod
+    def _store_status(store: Store) -> str:
+        """The STATUS= line; runs on the store's thread and raises when the store does not answer."""
+        if not store.ping():
+            raise RuntimeError("store ping failed")
+        # "failed" jobs count only while they wait for an automatic retry.
+        retrying = len(store.jobs_in_states(("failed",)))
+        return format_status(store.job_counts(), *store.outbox_stats(), retrying=retrying)
+
     def _status_line(self, rt: Runtime) -> str:
+        """The STATUS= line, read on the calling thread (prefer ``_status``)."""
         try:
-            counts = rt.store.job_counts()
-            depth, _ = rt.store.outbox_stats()
+            return self._store_status(rt.store)
         except Exception:
             return "store not answering"
-        waiting = sum(counts.get(s, 0) for s in ("queued", "submitting"))
-        following = sum(counts.get(s, 0) for s in ("submitted", "sending", "failed"))
-        return f"{waiting} to submit, {following} at the provider, {depth} emails in the outbox"
+
+    async def _status(self, rt: Runtime, timeout: float = 5.0) -> str:
+        try:
+            return await asyncio.wait_for(rt.store.run(self._store_status, rt.store), timeout=timeout)
+        except Exception:
+            return "store not answering"
+
+    async def _status_reporter(self, rt: Runtime) -> None:
+        """STATUS= when the queues change (``systemctl status`` shows it)."""
+        if not self.notifier.enabled:
+            await rt.stopping.wait()
+            return
+        while not await rt.sleep(STATUS_EVERY):
+            status = await self._status(rt)
+            if status != self._last_status:
+                self._last_status = status
+                self.notifier.status(status)
 
     async def _watchdog(self, rt: Runtime) -> None:
-        """WATCHDOG=1 only while the loop turns and the store answers."""
+        """WATCHDOG=1 only while the loop turns and the store answers.
+
+        Every ``interval`` (half of WatchdogSec) the store is asked for the
+        status line on its own thread; the ping goes out only when that
+        answer arrives in time, from this loop. A blocked loop sends nothing
+        (this coroutine does not run), and neither does a store that raises
+        or hangs: systemd then kills and restarts the service.
+        """
         interval = self.notifier.watchdog_interval()
         if interval is None:
             await rt.stopping.wait()
             return
-        while not await rt.sleep(interval):
+        log.info("watchdog_enabled", interval=interval)
+        missed = 0
+        while not rt.stopping.is_set():
+            began = time.monotonic()
             try:
-                ok = await asyncio.wait_for(rt.store.run(rt.store.ping), timeout=interval)
-            except Exception:
-                ok = False
-            if ok:
-                self.notifier.notify("WATCHDOG=1", f"STATUS={self._status_line(rt)}")
+                status = await asyncio.wait_for(rt.store.run(self._store_status, rt.store), timeout=interval)
+            except Exception as exc:
+                missed += 1
+                if missed == 1 or missed % 20 == 0:
+                    log.error("watchdog_store_not_answering", error=f"{type(exc).__name__}: {exc}", missed_pings=missed)
             else:
-                log.error("watchdog_store_not_answering")
+                if missed:
+                    log.info("watchdog_store_answering_again", missed_pings=missed)
+                    missed = 0
+                self._last_status = status
+                self.notifier.watchdog(status)
+            if await rt.sleep(interval - (time.monotonic() - began)):
+                return
+
+    # ------------------------------------------------------------ reload
 
     async def _reloader(self, rt: Runtime) -> None:
         while not rt.stopping.is_set():
             waiter = asyncio.create_task(self._reload_requested.wait())
             stopper = asyncio.create_task(rt.stopping.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
             if rt.stopping.is_set():
                 return
             self._reload_requested.clear()
-            self.reload(rt)
+            await self.areload(rt)
 
-    def reload(self, rt: Runtime) -> bool:
-        """Re-read the file; apply it when valid, keep the running one otherwise."""
+    async def areload(self, rt: Runtime) -> bool:
+        """SIGHUP: re-read the file off the loop; apply it when valid, keep the running one otherwise."""
         if not self.config_path:
             log.warning("reload_without_config_file")
             return False
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.notifier.reloading()
+        log.info("reload_requested", path=str(self.config_path))
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            return await self._reject(rt, exc.problems)
+        except Exception as exc:  # a bug in the loader must not take the daemon down
+            log.exception("reload_failed")
+            return await self._reject(rt, [f"{type(exc).__name__}: {exc}"])
+        try:
+            applied = self._apply(rt, new)
+        except Exception:  # systemd waits for READY=1 after RELOADING=1: always answer
+            log.exception("reload_failed")
+            applied = False
+        status = await self._status(rt)
+        self._last_status = status
+        self.notifier.ready(status if applied else f"reload rejected, running configuration kept; {status}")
+        return applied
+
+    def reload(self, rt: Runtime) -> bool:
+        """Synchronous reload (reads the file on the calling thread); see ``areload``."""
+        if not self.config_path:
+            log.warning("reload_without_config_file")
+            return False
+        self.notifier.reloading()
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("reload_rejected", problems=exc.problems)
-            self.notifier.notify("READY=1", "STATUS=reload rejected: configuration invalid, running configuration kept")
+            log.error("reload_rejected", path=str(self.config_path), problems=exc.problems)
+            self.notifier.ready("reload rejected: configuration invalid, running configuration kept")
             return False
-        restart_needed = restart_only_changes(rt.config, new)
+        applied = self._apply(rt, new)
+        self.notifier.ready(self._status_line(rt))
+        return applied
+
+    async def _reject(self, rt: Runtime, problems: list[str]) -> bool:
+        log.error("reload_rejected", path=str(self.config_path), problems=problems)
+        status = await self._status(rt)
+        self.notifier.ready(f"reload rejected ({len(problems)} problem(s) in {self.config_path}), running configuration kept; {status}")
+        return False
+
+    def _apply(self, rt: Runtime, loaded: Config) -> bool:
+        """Make ``loaded`` the running configuration; keys that need a restart keep their running values."""
+        old = rt.config
+        pending = restart_only_changes(old, loaded)
+        new = keep_restart_only(old, loaded)
+        if provider_changed(old, new):
+            try:
+                client = self.provider_factory(new, rt.metrics)
+            except Exception as exc:
+                log.error("reload_rejected", path=str(self.config_path), problems=[f"provider: {exc}"])
+                return False
+            self._retire_provider(rt, rt.provider, old.provider.timeout)
+            rt.provider = client
+            log.info("provider_client_replaced", base_url=new.provider.base_url, client_id=new.provider.client_id)
         rt.config = new
         self.config = new
         setup_logging(new.log.level, new.log.format)
@@ -305,28 +452,87 @@ class Daemon:
                 hook(new)
             except Exception:
                 log.exception("reload_hook_failed")
-        log.info("reload_applied", needs_restart=restart_needed)
-        self.notifier.notify("READY=1", f"STATUS={self._status_line(rt)}")
+        if pending:
+            log.warning("reload_needs_restart", keys=pending, hint="these keep their running values until `systemctl restart gatewayd`")
+        log.info("reload_applied", path=str(self.config_path), changed=changed_sections(old, new), needs_restart=pending)
         return True
+
+    def _retire_provider(self, rt: Runtime, client: Any, timeout: float) -> None:
+        """Close a replaced provider client once calls already running on it are surely over."""
+        self._retired_providers.append(client)
+
+        async def close_later() -> None:
+            await rt.sleep(4 * timeout + 120)  # attempts x timeout, plus backoff
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            with contextlib.suppress(ValueError):
+                self._retired_providers.remove(client)
+
+        try:
+            task = asyncio.get_running_loop().create_task(close_later(), name="provider-retire")
+        except RuntimeError:  # no loop (synchronous reload from a test): closed at stop
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+STATUS_EVERY = 5.0  # seconds between STATUS= checks when no watchdog pings carry it
+
+
+def format_status(counts: dict[str, int], outbox_depth: int, outbox_oldest: float | None, *, retrying: int = 0) -> str:
+    """The STATUS= line: jobs not yet at the provider, jobs it is working on
+    (including failed ones awaiting an automatic retry), emails not yet relayed."""
+    waiting = sum(counts.get(s, 0) for s in ("queued", "submitting"))
+    following = sum(counts.get(s, 0) for s in ("submitted", "sending")) + retrying
+    line = f"{waiting} to submit, {following} at the provider, {outbox_depth} emails in the outbox"
+    if outbox_depth and outbox_oldest is not None:
+        line += f" (oldest {_age(outbox_oldest)})"
+    return line
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+# Keys read once at start: a reload keeps their running values (and says so).
+RESTART_ONLY: tuple[tuple[str, str], ...] = (
+    ("smtp", "listen"),
+    ("smtp", "tls_cert"),
+    ("smtp", "tls_key"),
+    ("storage", "state_dir"),
+    ("http", "listen"),
+    ("imap", "enabled"),
+    ("inbound", "enabled"),
+)
+
+# Keys the provider client is built from: a reload that changes one builds a new client.
+PROVIDER_CLIENT_KEYS = ("base_url", "token_url", "client_id", "client_secret", "timeout")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """Keys whose change takes effect only after a restart (see docs/configuration.md)."""
-    changed = []
-    pairs = {
-        "smtp.listen": (old.smtp.listen, new.smtp.listen),
-        "smtp.tls_cert": (old.smtp.tls_cert, new.smtp.tls_cert),
-        "smtp.tls_key": (old.smtp.tls_key, new.smtp.tls_key),
-        "storage.state_dir": (old.storage.state_dir, new.storage.state_dir),
-        "http.listen": (old.http.listen, new.http.listen),
-        "provider.base_url": (old.provider.base_url, new.provider.base_url),
-        "provider.token_url": (old.provider.token_url, new.provider.token_url),
-        "provider.client_id": (old.provider.client_id, new.provider.client_id),
-        "provider.client_secret": (old.provider.client_secret, new.provider.client_secret),
-        "imap.enabled": (old.imap.enabled, new.imap.enabled),
-        "inbound.enabled": (old.inbound.enabled, new.inbound.enabled),
-    }
-    for key, (a, b) in pairs.items():
-        if a != b:
-            changed.append(key)
-    return changed
+    return [f"{section}.{key}" for section, key in RESTART_ONLY if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)]
+
+
+def keep_restart_only(old: Config, new: Config) -> Config:
+    """``new`` with the restart-only keys set back to their running values."""
+    sections: dict[str, Any] = {}
+    for section, key in RESTART_ONLY:
+        current = sections.get(section, getattr(new, section))
+        sections[section] = dataclasses.replace(current, **{key: getattr(getattr(old, section), key)})
+    return dataclasses.replace(new, **sections)
+
+
+def provider_changed(old: Config, new: Config) -> bool:
+    return any(getattr(old.provider, k) != getattr(new.provider, k) for k in PROVIDER_CLIENT_KEYS)
+
+
+def changed_sections(old: Config, new: Config) -> list[str]:
+    """Top-level sections that differ (for the reload log line; never values, which may be secrets)."""
+    names = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+    return [name for name in names if getattr(old, name) != getattr(new, name)]

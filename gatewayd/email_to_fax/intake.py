@@ -1,0 +1,198 @@
+"""The one way a message becomes fax jobs: SMTP, IMAP and ``gatewayd send`` all call here.
+
+``Intake.accept`` parses the message, checks the sender's hourly budget,
+builds one fax document (cover page + attachments), writes it durably and
+stores one job per destination in a single commit. Only then does it return
+the job ids, so a caller that answers "250 queued" after it has kept its
+promise (SPEC section 7).
+
+Refusals are ``IntakeRefused`` subclasses carrying the SPEC's SMTP reply.
+Anything else that goes wrong (the store, the disk, a bug) is logged and
+becomes ``TemporaryFailure`` (451): the client keeps the message and tries
+again, which is always safe because nothing was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from collections.abc import Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gatewayd.email_to_fax.documents import CoverPage, DocumentBuilder, FaxDocument, wants_cover
+from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
+from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename, sniff_kind
+from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
+from gatewayd.logs import get_logger
+from gatewayd.store import NewJob
+
+log = get_logger(__name__)
+
+# A note longer than this is cut: it goes into a report's body, not a database dump.
+_MAX_NOTE = 2000
+
+
+class Intake:
+    """Turns an authorised message into durable jobs (SPEC sections 4, 5 and 7)."""
+
+    def __init__(self, rt: Any, builder: DocumentBuilder | None = None) -> None:
+        self.rt = rt
+        self.builder = builder or DocumentBuilder(max_concurrent=2)
+
+    async def accept(
+        self,
+        raw: bytes,
+        *,
+        authorisation: Authorisation,
+        destinations: Sequence[Destination],
+        source: str,
+        report_to: str,
+        intake_key: str | None = None,
+        parsed: ParsedMessage | None = None,
+    ) -> list[int]:
+        """Store the message as one job per destination; returns the job ids.
+
+        Raises an ``IntakeRefused`` subclass; never anything else (except
+        cancellation): unexpected failures are logged and become 451.
+        """
+        try:
+            return await self._accept(raw, authorisation, destinations, source, report_to, intake_key, parsed)
+        except IntakeRefused:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the edge: everything else is "try again"
+            log.exception("intake_failed", source=source, error=f"{type(exc).__name__}: {exc}")
+            raise TemporaryFailure() from exc
+
+    async def _accept(
+        self,
+        raw: bytes,
+        authorisation: Authorisation,
+        destinations: Sequence[Destination],
+        source: str,
+        report_to: str,
+        intake_key: str | None,
+        parsed: ParsedMessage | None,
+    ) -> list[int]:
+        rt = self.rt
+        store = rt.store
+        config = rt.config
+        if not destinations:
+            raise ValueError("accept() needs at least one destination")
+        if intake_key:
+            # IMAP may see the same message again after a crash: same answer, no new work.
+            seen = await store.run(store.intake_seen, intake_key)
+            if seen is not None:
+                log.info("intake_duplicate", source=source, job_ids=seen)
+                return list(seen)
+        if parsed is None:
+            # Parsing a 25 MB message is CPU work: off the event loop.
+            parsed = await asyncio.to_thread(parse_message, raw)
+        limiter = RateLimiter(store, rt.clock)
+        await store.run(limiter.check, authorisation.rule, len(destinations))
+
+        docs = config.documents
+        cover = None
+        if wants_cover(docs.cover_page, parsed.body_text):
+            cover = CoverPage(
+                sender=_sender_line(parsed, report_to),
+                recipient=", ".join(d.number for d in destinations),
+                date=parsed.date or email.utils.formatdate(rt.clock(), localtime=True),
+                subject=parsed.subject,
+                body=parsed.body_text,
+            )
+        document: FaxDocument = await self.builder.build(
+            parsed.attachments,
+            cover=cover,
+            page_size=docs.page_size,
+            max_pages=min(authorisation.max_pages, docs.max_pages),
+            unsupported=parsed.unsupported,
+        )
+        sha = await store.run(store.save_document, document.pdf)
+        note = _note(parsed)
+        jobs = [
+            NewJob(
+                number=d.number,
+                dst_num=d.dst_num,
+                extension=authorisation.extension,
+                report_to=report_to,
+                source=source,
+                message_id=parsed.message_id or "",
+                subject=parsed.subject,
+                rule_key=authorisation.rule.key if authorisation.rule is not None else "",
+                note=note,
+            )
+            for d in destinations
+        ]
+        ids = await store.run(store.enqueue_jobs, sha, document.pages, len(document.pdf), jobs, intake_key=intake_key)
+        rt.wake("sender")
+        log.info(
+            "intake_accepted", source=source, job_ids=ids, numbers=[d.number for d in destinations],
+            pages=document.pages, doc_bytes=len(document.pdf), extension=authorisation.extension,
+            user=authorisation.user, rule=jobs[0].rule_key or None, message_id=parsed.message_id,
+        )
+        return list(ids)
+
+
+def _sender_line(parsed: ParsedMessage, report_to: str) -> str:
+    if parsed.from_display and parsed.from_addr:
+        return f"{parsed.from_display} <{parsed.from_addr}>"
+    return parsed.from_addr or report_to or ""
+
+
+def _note(parsed: ParsedMessage) -> str:
+    """What was not faxed, in words for the report (SPEC: never silently dropped)."""
+    parts = []
+    if parsed.unsupported:
+        parts.append("not faxed: " + "; ".join(f"{u.filename} ({u.reason})" for u in parsed.unsupported))
+    if parsed.skipped_inline:
+        parts.append("inline images of the message body not faxed: " + ", ".join(parsed.skipped_inline))
+    note = ". ".join(parts)
+    return note if len(note) <= _MAX_NOTE else note[: _MAX_NOTE - 3] + "..."
+
+
+# ------------------------------------------------------------ from files (CLI)
+
+_KIND_TYPES = MappingProxyType({
+    "pdf": "application/pdf", "tiff": "image/tiff", "jpeg": "image/jpeg", "png": "image/png",
+    "gif": "image/gif", "bmp": "image/bmp", "webp": "image/webp",
+})
+
+
+def attachment_from_bytes(filename: str, data: bytes) -> Attachment:
+    """An attachment recognised by its magic bytes, as the email path does."""
+    name = safe_filename(filename, "document")
+    kind = sniff_kind(data)
+    if kind is None:
+        raise AttachmentRejected(name, "not a PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP file")
+    return Attachment(filename=name, kind=kind, data=data, declared_type=_KIND_TYPES[kind])
+
+
+def message_from_files(paths: Sequence[str | Path], *, sender: str = "", subject: str = "", body: str = "") -> ParsedMessage:
+    """The ``ParsedMessage`` ``gatewayd send`` hands to ``Intake.accept``.
+
+    Raises OSError for a file that cannot be read, ``AttachmentRejected`` for
+    one that is not a faxable kind, ``NoFaxDocument`` for no files.
+    """
+    if not paths:
+        raise NoFaxDocument("no files given")
+    attachments = tuple(attachment_from_bytes(Path(p).name, Path(p).read_bytes()) for p in paths)
+    return ParsedMessage(
+        subject=subject,
+        message_id=None,
+        from_addr=sender or None,
+        from_display=None,
+        date=None,
+        body_text=body,
+        attachments=attachments,
+        unsupported=(),
+        skipped_inline=(),
+        header_addresses=MappingProxyType({}),
+        authentication_results=(),
+    )
+
+
+__all__ = ["Intake", "attachment_from_bytes", "message_from_files"]

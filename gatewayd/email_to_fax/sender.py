@@ -1,0 +1,367 @@
+"""Submits queued fax jobs to the provider, at most once each (SPEC section 5).
+
+The provider's fax POST has no idempotency key, so the order of events is
+what keeps a fax from being sent twice:
+
+1. ``queued -> submitting`` is committed *before* the POST (with the time the
+   POST starts in ``submitted_at``);
+2. the POST;
+3. ``submitting -> submitted`` with the provider's id.
+
+A job found in ``submitting`` (the answer was lost, or the daemon died between
+1 and 3) is never POSTed again blindly: it is *reconciled* against the
+provider's list of sent faxes (``GET .../fax/out/``). A fax to the same
+number, created around the submission time and not owned by another job, is
+adopted; only when the provider has no such fax, twice, a little while apart,
+does the job go back to ``queued``.
+
+One submission at a time per extension (so reconciliation of a job can never
+race the POST of another job to the same number), a few extensions at once;
+and no POST to a number while an earlier job to it is still unresolved, so a
+reconciliation never has two of our faxes to the same number to choose from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gatewayd.logs import bind_context, get_logger
+from gatewayd.provider.client import (
+    AmbiguousSubmit,
+    AuthError,
+    DocumentRefused,
+    NotFound,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    Rejected,
+    SentFax,
+)
+from gatewayd.store import QUEUED, REJECTED, ERROR, SUBMITTED, SUBMITTING, Job, StoreError
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SenderTuning:
+    """Timings of the sender; tests shorten them, production keeps the defaults."""
+
+    idle_poll: float = 5.0  # how often the store is looked at without a wake-up (CLI jobs)
+    concurrency: int = 4  # extensions submitting at the same time
+    backoff_base: float = 5.0  # first wait after "provider unavailable"
+    backoff_cap: float = 600.0  # ~10 minutes
+    auth_backoff: float = 900.0  # credentials refused: an administrator must act
+    recheck_delay: float = 5.0  # the provider's list may lag a just-created fax
+    reconcile_delay: float = 2.0  # first look after a lost answer
+    # A fax created by our POST carries a provider datetime between the start
+    # of the POST and its end; this much clock skew is allowed either side.
+    match_skew: float = 900.0
+    stop_grace: float = 3.0  # a POST in flight at stop may finish this long
+
+
+REQUEUE_REASON = "provider has no record of the submission"
+
+
+class Sender:
+    """Service "sender": queued jobs -> provider, and reconciliation of lost answers."""
+
+    name = "sender"
+
+    def __init__(self, rt: Any, tuning: SenderTuning | None = None) -> None:
+        self.rt = rt
+        self.tuning = tuning or SenderTuning()
+        self._workers: dict[int, asyncio.Task[None]] = {}  # extension -> its drain task
+        self._slots = asyncio.Semaphore(self.tuning.concurrency)
+        self._failures = 0  # consecutive "provider unavailable", for the backoff
+        self._hold_until = 0.0  # provider rate limit or auth trouble: no calls before this
+        self._first_miss: dict[int, float] = {}  # job id -> when reconciliation first found nothing
+
+    # ---------------------------------------------------------------- service
+
+    async def start(self) -> None:
+        # Jobs left in "submitting" by a previous run are reconciled first:
+        # make them due now, whatever backoff they carried.
+        store = self.rt.store
+        stuck = await store.run(store.jobs_in_states, [SUBMITTING])
+        for job in stuck:
+            await store.run(store.update_job, job.id, next_attempt_at=self.rt.clock())
+        if stuck:
+            log.info("sender_reconcile_pending", jobs=[j.id for j in stuck])
+
+    async def run(self) -> None:
+        try:
+            while not self.rt.stopping.is_set():
+                pause = self.tuning.idle_poll
+                try:
+                    pause = await self._pass()
+                except Exception:
+                    # The store may be failing; look again later, never spin.
+                    log.exception("sender_pass_failed")
+                    pause = min(self.tuning.backoff_cap, max(self.tuning.backoff_base, 5.0))
+                if await self.rt.nap("sender", pause):
+                    break
+        finally:
+            await self._finish_workers()
+
+    async def stop(self) -> None:
+        # run() returns when rt.stopping is set; in-flight POSTs get a grace.
+        await self._finish_workers()
+
+    # -------------------------------------------------------------- scheduling
+
+    async def _pass(self) -> float:
+        """Start a drain task for each extension with due work; return the nap."""
+        store = self.rt.store
+        now = self.rt.clock()
+        self._workers = {ext: t for ext, t in self._workers.items() if not t.done()}
+        if now < self._hold_until:
+            return self._hold_until - now
+        due = await store.run(store.due_jobs, SUBMITTING, now, 200)
+        due += await store.run(store.due_jobs, QUEUED, now, 200)
+        by_extension: dict[int, list[int]] = {}
+        for job in due:
+            by_extension.setdefault(job.extension, []).append(job.id)
+        for extension, ids in by_extension.items():
+            if extension not in self._workers:
+                self._workers[extension] = asyncio.create_task(self._drain(extension, ids), name=f"sender-{extension}")
+        next_due = await store.run(store.next_submission_due)
+        if next_due is None or next_due <= self.rt.clock():
+            # Nothing, or only work a running drain task already has: it wakes
+            # us when it ends. No polling while a long upload runs.
+            return self.tuning.idle_poll
+        return max(0.05, min(self.tuning.idle_poll, next_due - self.rt.clock()))
+
+    async def _finish_workers(self) -> None:
+        tasks = [t for t in self._workers.values() if not t.done()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.tuning.stop_grace)
+        for task in pending:
+            # A POST cut here leaves its job in "submitting": reconciled at the next start.
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    async def _drain(self, extension: int, job_ids: Sequence[int]) -> None:
+        """One extension's due jobs, one at a time, in order (submitting first)."""
+        store = self.rt.store
+        try:
+            for job_id in job_ids:
+                if self.rt.stopping.is_set() or self.rt.clock() < self._hold_until:
+                    return
+                try:
+                    async with self._slots:
+                        await self._handle(job_id)
+                except Exception:
+                    # A bug or a failing store: this job waits (a job already in
+                    # "submitting" is reconciled later, never resent), the others
+                    # go on after a pause, so a persistent failure cannot spin.
+                    log.exception("sender_job_failed", job_id=job_id, extension=extension)
+                    with contextlib.suppress(Exception):
+                        await store.run(store.update_job, job_id, next_attempt_at=self.rt.clock() + self.tuning.backoff_cap)
+                    if await self.rt.sleep(self.tuning.backoff_base):
+                        return
+        finally:
+            self.rt.wake("sender")  # look for more right away
+
+    async def _handle(self, job_id: int) -> None:
+        store = self.rt.store
+        job = await store.run(store.get_job, job_id)
+        if job.finished_at is not None:
+            return
+        with bind_context(job_id=job.id, extension=job.extension):
+            if job.state == QUEUED:
+                await self._submit(job)
+            elif job.state == SUBMITTING:
+                await self._reconcile(job)
+
+    # -------------------------------------------------------------- submitting
+
+    async def _submit(self, job: Job) -> None:
+        store, rt = self.rt.store, self.rt
+        # The provider's list tells faxes apart only by number and time: while
+        # an earlier upload to this number is unresolved, a second one could
+        # be adopted by the wrong job (one document sent twice, one never).
+        blocker = await store.run(store.unresolved_submission, job.extension, job.dst_num, exclude=job.id)
+        if blocker is not None:
+            wait_until = max(rt.clock() + 1.0, blocker.next_attempt_at or 0.0)
+            await store.run(store.update_job, job.id, next_attempt_at=wait_until,
+                            reason=f"waiting for job {blocker.id} to the same number to be reconciled")
+            return
+        try:
+            document = await store.run(store.read_document, job.document)
+        except StoreError as exc:
+            log.error("sender_document_missing", error=str(exc))
+            await store.run(store.transition, job.id, ERROR, "the fax document is missing from the state directory", expect=[QUEUED])
+            return
+        started = rt.clock()
+        # Committed before the POST: a crash from here on is reconciled, not resent.
+        moved = await store.run(
+            store.transition, job.id, SUBMITTING, "submitting to the provider",
+            expect=[QUEUED], submitted_at=started,
+            next_attempt_at=started + self._reconcile_after(),
+        )
+        if not moved:
+            return  # canceled or taken meanwhile
+        try:
+            fax = await rt.provider.send_fax(job.extension, job.dst_num, document, f"fax-{job.id}.pdf")
+        except AmbiguousSubmit as exc:
+            rt.metrics.submissions.labels("ambiguous").inc()
+            log.warning("sender_answer_lost", error=str(exc))
+            await store.run(store.update_job, job.id, reason="the provider's answer was lost; checking its list before any resend",
+                            next_attempt_at=rt.clock() + self.tuning.reconcile_delay)
+            rt.wake("sender")
+            return
+        except ProviderUnavailable as exc:  # nothing was sent
+            self._failures += 1
+            delay = self._backoff()
+            rt.metrics.submissions.labels("unavailable").inc()
+            log.warning("sender_provider_unavailable", error=str(exc), retry_in=round(delay, 1))
+            await self._requeue(job, f"provider unavailable: {exc}", delay)
+            return
+        except RateLimited as exc:  # refused before anything was created
+            rt.metrics.rate_limit_waits.labels("provider").inc()
+            wait = max(1.0, float(exc.retry_after))
+            self._hold_until = max(self._hold_until, rt.clock() + wait)
+            log.warning("sender_rate_limited", retry_after=round(wait, 1))
+            await self._requeue(job, f"provider rate limit, waiting {int(wait)} s", wait)
+            return
+        except AuthError as exc:
+            # Credentials or rights: no fax was created; nothing a retry soon fixes.
+            wait = self.tuning.auth_backoff
+            self._hold_until = max(self._hold_until, rt.clock() + wait)
+            rt.metrics.submissions.labels("auth_error").inc()
+            log.error("sender_provider_auth_refused", error=str(exc), retry_in=int(wait),
+                      hint="check provider.client_id/client_secret and the application's rights")
+            await self._requeue(job, f"provider refused our credentials: {exc}", wait)
+            return
+        except (Rejected, NotFound, DocumentRefused) as exc:
+            rt.metrics.submissions.labels("rejected").inc()
+            words = _provider_words(exc)
+            log.warning("sender_rejected", reason=words)
+            await store.run(store.transition, job.id, REJECTED, f"refused by the provider: {words}", expect=[SUBMITTING])
+            return
+        except ValueError as exc:  # e.g. an empty dst_num: refused locally, nothing sent
+            rt.metrics.submissions.labels("rejected").inc()
+            await store.run(store.transition, job.id, REJECTED, f"cannot be submitted: {exc}", expect=[SUBMITTING])
+            return
+        except ProviderError as exc:  # any other client error: may or may not have been sent
+            log.error("sender_submit_unclear", error=str(exc))
+            await store.run(store.update_job, job.id, reason=f"unclear provider error, reconciling: {exc}",
+                            next_attempt_at=rt.clock() + self.tuning.reconcile_delay)
+            return
+        self._failures = 0
+        await self._mark_submitted(job, fax, "accepted by the provider", started)
+        rt.metrics.submissions.labels("ok").inc()
+        log.info("sender_submitted", provider_id=fax.id, number=job.number, pages=job.pages)
+
+    async def _mark_submitted(self, job: Job, fax: SentFax, why: str, started: float | None) -> None:
+        store = self.rt.store
+        await store.run(
+            store.transition, job.id, SUBMITTED, f"{why} as fax {fax.id}", expect=[SUBMITTING],
+            provider_id=fax.id, provider_status=fax.status, submitted_at=started or self.rt.clock(),
+            attempts=job.attempts + 1, next_attempt_at=None,
+        )
+        self._first_miss.pop(job.id, None)
+
+    async def _requeue(self, job: Job, reason: str, delay: float) -> None:
+        store = self.rt.store
+        await store.run(store.transition, job.id, QUEUED, reason, expect=[SUBMITTING],
+                        next_attempt_at=self.rt.clock() + delay, submitted_at=None)
+
+    def _backoff(self) -> float:
+        raw = self.tuning.backoff_base * 2 ** max(0, self._failures - 1)
+        return min(self.tuning.backoff_cap, raw) * (0.8 + 0.4 * random.random())
+
+    def _reconcile_after(self) -> float:
+        # If this process loses track of a POST (it never does short of a
+        # crash), the job is looked at again only after the POST's timeout.
+        timeout = float(getattr(self.rt.config.provider, "timeout", 30.0))
+        return timeout * 2 + 30.0
+
+    # ----------------------------------------------------------- reconciling
+
+    async def _reconcile(self, job: Job) -> None:
+        """A job whose POST may or may not have created a fax: look before resending."""
+        store, rt = self.rt.store, self.rt
+        started = job.submitted_at if job.submitted_at is not None else job.updated_at
+        window = self._window(started)
+        try:
+            faxes = await rt.provider.list_sent_faxes(job.extension, since=window[0])
+        except RateLimited as exc:
+            rt.metrics.rate_limit_waits.labels("provider").inc()
+            self._hold_until = max(self._hold_until, rt.clock() + max(1.0, exc.retry_after))
+            await self._reconcile_later(job, f"provider rate limit while reconciling: {exc}", max(1.0, exc.retry_after))
+            return
+        except (ProviderError, ValueError) as exc:
+            # Never resend on an unknown: the job stays in "submitting".
+            self._failures += 1
+            await self._reconcile_later(job, f"cannot reconcile yet: {exc}", self._backoff())
+            return
+        self._failures = 0
+        owned = await store.run(store.provider_ids_in_use, job.extension)
+        candidates = sorted(
+            (f for f in faxes if _same_number(f.dst_num, job.dst_num) and f.id not in owned
+             and f.datetime is not None and window[0] <= f.datetime <= window[1]),
+            key=lambda f: (f.datetime, f.id),
+        )
+        if candidates:
+            chosen = candidates[0]
+            if len(candidates) > 1:
+                log.warning("sender_reconcile_several", candidates=[f.id for f in candidates], adopted=chosen.id)
+            await self._mark_submitted(job, chosen, "found at the provider after a lost answer", job.submitted_at)
+            rt.metrics.submissions.labels("adopted").inc()
+            log.info("sender_reconciled", provider_id=chosen.id, status=chosen.status)
+            return
+        first = self._first_miss.get(job.id)
+        if first is None:
+            # The list may lag the POST: look once more before concluding.
+            self._first_miss[job.id] = rt.clock()
+            await self._reconcile_later(job, "no matching fax at the provider yet; checking again", self.tuning.recheck_delay)
+            return
+        self._first_miss.pop(job.id, None)
+        near = [f for f in faxes if _same_number(f.dst_num, job.dst_num) and f.id not in owned]
+        if near:
+            # Same number, unowned, outside the window: a clock or time-zone
+            # problem would look like this. Logged for the administrator.
+            log.warning("sender_reconcile_outside_window", faxes=[(f.id, f.datetime.isoformat() if f.datetime else None) for f in near[:5]],
+                        window=[w.isoformat() for w in window])
+        moved = await store.run(store.transition, job.id, QUEUED, REQUEUE_REASON, expect=[SUBMITTING],
+                                next_attempt_at=rt.clock(), submitted_at=None)
+        if moved:
+            rt.metrics.submissions.labels("requeued").inc()
+            log.info("sender_requeued_after_reconcile")
+
+    async def _reconcile_later(self, job: Job, reason: str, delay: float) -> None:
+        store = self.rt.store
+        log.info("sender_reconcile_deferred", reason=reason, retry_in=round(delay, 1))
+        await store.run(store.update_job, job.id, reason=reason, next_attempt_at=self.rt.clock() + delay)
+
+    def _window(self, started: float) -> tuple[dt.datetime, dt.datetime]:
+        """Provider datetimes a fax created by the POST started at ``started`` may carry."""
+        skew = self.tuning.match_skew
+        timeout = float(getattr(self.rt.config.provider, "timeout", 30.0))
+        lo = dt.datetime.fromtimestamp(started - skew, dt.timezone.utc)
+        hi = dt.datetime.fromtimestamp(started + timeout + skew, dt.timezone.utc)
+        # The provider gives whole seconds: widen by one so truncation never excludes.
+        return lo - dt.timedelta(seconds=1), hi + dt.timedelta(seconds=1)
+
+
+def _same_number(a: str, b: str) -> bool:
+    # The provider may echo the number with or without a leading "+".
+    return a.lstrip("+") == b.lstrip("+")
+
+
+def _provider_words(exc: ProviderError) -> str:
+    if isinstance(exc, DocumentRefused):
+        return str(exc)
+    return exc.message or str(exc)
+
+
+__all__ = ["Sender", "SenderTuning", "REQUEUE_REASON"]

@@ -1,0 +1,616 @@
+"""The SMTP listener (SPEC section 4): aiosmtpd served in the daemon's own loop.
+
+Every reply of the SPEC's table is given at the stage where the decision is
+final: sender at MAIL, each recipient at RCPT (a refused recipient does not
+affect the others), the message at the end of DATA, and ``250 queued as``
+only after the jobs are committed. No exception ever reaches aiosmtpd (which
+would answer ``500``): every decision runs under a guard that turns the
+unexpected into ``451 4.3.0 temporary failure, try again``.
+
+Stock aiosmtpd behaviour replaced here, and why:
+
+* MAIL: the SIZE check and the null sender ``<>`` (aiosmtpd refuses it as
+  a syntax error; the policy decides instead, so an authenticated account
+  may send with it, without a report).
+* DATA: read by ``_read_data`` (one method, so a faster reader can replace
+  it), which keeps the bytes exactly as sent, notices bare LF, enforces
+  ``max_message_size`` with the SPEC reply and resets the idle timeout per
+  line instead of per command.
+* AUTH PLAIN/LOGIN: aiosmtpd collects the credentials; scrypt runs in a
+  worker thread, never on the loop. Offered only over TLS or to trusted
+  networks; a few failures close the session.
+* STARTTLS required: ``530 5.7.0 must issue STARTTLS first``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+
+from gatewayd.email_to_fax.errors import BareLineFeed, IntakeRefused, MessageTooBig, SenderNotAuthorised, TemporaryFailure
+from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
+from gatewayd.logs import bind_context, get_logger
+from gatewayd.passwords import hash_password, verify_password
+
+log = get_logger(__name__)
+
+TEMPORARY = TemporaryFailure().reply  # "451 4.3.0 temporary failure, try again"
+TOO_MANY_CONNECTIONS = "421 4.7.0 too many connections"
+SHUTTING_DOWN = "421 4.3.2 service shutting down, try again later"
+MUST_STARTTLS = "530 5.7.0 must issue STARTTLS first"
+AUTH_FAILED = "535 5.7.8 authentication credentials invalid"
+MAX_RECIPIENTS = 100  # per message; more is answered 452 (RFC 5321 section 4.5.3.1.8)
+
+_SIZE_PARAM = re.compile(r"(?:^|\s)SIZE=(\S*)", re.IGNORECASE)
+_NULL_SENDER = re.compile(r"^\s*<>(\s|$)")
+
+
+@dataclass(frozen=True)
+class SmtpTuning:
+    """Timeouts and limits not in the configuration file (docs/smtp.md lists them)."""
+
+    command_timeout: float = 300.0  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
+    data_timeout: float = 180.0  # idle time allowed between two lines of DATA
+    stop_grace: float = 2.5  # transactions in progress at stop may finish this long
+    store_grace: float = 1.0  # then a message being stored gets this much more to answer
+    max_auth_failures: int = 3  # then 421 and the connection is closed
+
+
+@dataclass(frozen=True)
+class DataResult:
+    """The message as received by ``_read_data``."""
+
+    content: bytes | None  # None when discarded for size
+    size: int
+    too_big: bool
+    bare_lf: bool
+
+
+class FaxEnvelope(Envelope):
+    """aiosmtpd's envelope plus what the policy decided for this transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.authorisation: Authorisation | None = None
+        self.destinations: list[Destination] = []
+        self.refused: list[tuple[str, str]] = []  # (recipient, reply)
+        self.logged = False
+
+
+# ------------------------------------------------------------------ protocol
+
+
+class FaxSMTP(SMTP):
+    """One SMTP session. Decisions are made by the listener's ``_Decisions``."""
+
+    def __init__(self, listener: SmtpListener, **kw: Any) -> None:
+        self.listener = listener
+        self.phase = "idle"  # "idle" | "transaction" | "data" | "deciding"
+        self.peer_ip = ""
+        self.trusted = False
+        self.failed_auths = 0
+        super().__init__(listener.decisions, **kw)
+        listener.sessions.add(self)  # counted from creation, so max_connections holds under bursts
+
+    # -- aiosmtpd plumbing
+
+    def _create_envelope(self) -> FaxEnvelope:
+        return FaxEnvelope()
+
+    def _set_post_data_state(self) -> None:
+        # Also reached by RSET, HELO/EHLO and a new connection: log a
+        # transaction that ended without DATA before its envelope goes.
+        old = getattr(self, "envelope", None)
+        if isinstance(old, FaxEnvelope):
+            self.listener.decisions.log_abandoned(self, old)
+        super()._set_post_data_state()
+        self.phase = "idle"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            peer = self.session.peer
+            self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            self.trusted = self.listener.sender_policy().is_trusted(self.peer_ip)
+            # AUTH (and its advertisement) only over TLS, or in clear from a trusted network.
+            self._auth_require_tls = not self.trusted
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.listener.sessions.discard(self)
+        if isinstance(self.envelope, FaxEnvelope):
+            self.listener.decisions.log_abandoned(self, self.envelope)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd just closes; a client deserves to know why (RFC 5321 4.5.3.2).
+        if self.open and self.phase != "deciding":
+            self.listener.count_reply("421")
+            log.info("smtp_timeout", peer=self.peer_ip, phase=self.phase)
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(f"421 4.4.2 {self.hostname} timeout, closing connection\r\n".encode("ascii", "replace"))
+        super()._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        line = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        if len(line) >= 4 and line[:3].isdigit() and line[3] == " ":
+            self.listener.count_reply(line[:3])
+        await super().push(status)
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_protocol is not None
+
+    def needs_starttls(self) -> bool:
+        return bool(self.listener.rt.config.smtp.require_tls and self.tls_context is not None and not self.tls_active)
+
+    @property
+    def user(self) -> str | None:
+        return self.session.auth_data if self.session.authenticated and isinstance(self.session.auth_data, str) else None
+
+    async def goodbye(self, line: str) -> None:
+        """Answer ``line`` and close (shutdown, too many AUTH failures)."""
+        if not self.open:
+            return
+        transport = self.transport
+        try:
+            await self.push(line)
+        except Exception:  # noqa: BLE001 - the peer may be gone (TLS transports say so in odd ways)
+            pass
+        if transport is not None:
+            transport.close()
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    # -- commands
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if self.needs_starttls():
+            await self.push(MUST_STARTTLS)
+            return
+        rest = self._strip_command_keyword("FROM:", arg or "")
+        if rest is not None:
+            size = _SIZE_PARAM.search(rest)
+            if size and size.group(1).isdigit() and self.data_size_limit and int(size.group(1)) > self.data_size_limit:
+                await self.push(MessageTooBig().reply)
+                return
+            if _NULL_SENDER.match(rest):
+                if self.envelope.mail_from:
+                    await self.push("503 5.5.1 nested MAIL command")
+                    return
+                params = rest.strip()[2:].upper().split()
+                await self.push(await self.listener.decisions.handle_MAIL(self, self.session, self.envelope, "<>", params))
+                return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.needs_starttls():
+            await self.push(MUST_STARTTLS)
+            return
+        cfg = self.listener.rt.config.smtp
+        if cfg.auth == "off" or not cfg.users:
+            await self.push("502 5.5.1 AUTH not available")
+            return
+        await super().smtp_AUTH(arg)
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd's PLAIN/LOGIN call this synchronously: only hand the
+        # credentials on here; _verified checks them off the loop.
+        return AuthResult(success=True, handled=False, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verified(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verified(await super().auth_LOGIN(_, args))
+
+    async def _verified(self, result: AuthResult) -> AuthResult:
+        if not result.success or not isinstance(result.auth_data, LoginPassword):
+            return result  # aiosmtpd already answered (bad base64, "*")
+        login, password = result.auth_data
+        name = login.decode("utf-8", "replace")
+        try:
+            ok = await self.listener.verify(name, password)
+        except Exception:  # noqa: BLE001 - never a 500, never a hang
+            log.exception("smtp_auth_check_failed")
+            return AuthResult(success=False, handled=False, message=TEMPORARY)
+        if ok:
+            log.info("smtp_auth_ok", peer=self.peer_ip, user=name)
+            return AuthResult(success=True, auth_data=name)
+        self.failed_auths += 1
+        log.warning("smtp_auth_failed", peer=self.peer_ip, user=name[:64], failures=self.failed_auths)
+        if self.failed_auths >= self.listener.tuning.max_auth_failures:
+            await self.push(AUTH_FAILED)
+            await self.goodbye("421 4.7.0 too many authentication failures")
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=AUTH_FAILED)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if self.needs_starttls():
+            await self.push(MUST_STARTTLS)
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, FaxEnvelope)
+        if not envelope.mail_from:
+            await self.push("503 5.5.1 need MAIL command")
+            return
+        if not envelope.destinations:
+            await self.push("554 5.5.1 no valid recipients" if envelope.refused else "503 5.5.1 need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 syntax: DATA")
+            return
+        await self.push("354 end data with <CR><LF>.<CR><LF>")
+        self.phase = "data"
+        result = await self._read_data()
+        self.phase = "deciding"
+        try:
+            reply = await self.listener.decisions.data(self, envelope, result)
+        finally:
+            self._set_post_data_state()
+        await self.push(reply)
+        if self.listener.closing:
+            await self.goodbye(SHUTTING_DOWN)
+
+    async def _read_data(self) -> DataResult:
+        """Read DATA up to the lone dot; the bytes exactly as sent, un-dot-stuffed.
+
+        Lines longer than the reader's limit are taken in pieces (only the
+        total size is limited). The idle timeout restarts with every line.
+        Past ``data_size_limit`` the content is dropped but read to the end,
+        so the client gets the SPEC reply instead of a broken connection.
+        """
+        limit = self.data_size_limit or 0
+        reader = self._reader
+        chunks: list[bytes] = []
+        size = 0
+        too_big = bare_lf = False
+        at_line_start = True
+        while True:
+            self._reset_timeout(self.listener.tuning.data_timeout)
+            try:
+                piece = await reader.readuntil(b"\r\n")
+                complete = True
+            except asyncio.LimitOverrunError as exc:
+                # No CRLF within the limit; exc.consumed never splits a CRLF.
+                piece = await reader.read(exc.consumed)
+                complete = False
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError("connection closed during DATA") from None
+            if at_line_start and complete and piece == b".\r\n":
+                break
+            if at_line_start and piece[:1] == b".":
+                piece = piece[1:]
+            if b"\n" in (piece[:-2] if complete else piece):
+                bare_lf = True
+            size += len(piece)
+            if limit and size > limit and not too_big:
+                too_big = True
+                chunks = []
+            if not too_big:
+                chunks.append(piece)
+            at_line_start = complete
+        self._reset_timeout()
+        return DataResult(None if too_big else b"".join(chunks), size, too_big, bare_lf)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection over the limit (or during shutdown): one 421 line, then closed."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self.line.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+# ----------------------------------------------------------------- decisions
+
+
+def _guarded(hook: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str]]:
+    """An unexpected exception in a hook answers 451, never aiosmtpd's 500."""
+
+    async def wrapper(self: _Decisions, server: FaxSMTP, *args: Any) -> str:
+        try:
+            return await hook(self, server, *args)
+        except asyncio.CancelledError:
+            raise
+        except IntakeRefused as exc:
+            return exc.reply
+        except Exception as exc:  # noqa: BLE001 - the edge of the listener
+            log.exception("smtp_hook_failed", hook=hook.__name__, peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
+            return TEMPORARY
+
+    wrapper.__name__ = hook.__name__
+    return wrapper
+
+
+class _Decisions:
+    """aiosmtpd's handler: what to answer at EHLO, MAIL, RCPT, RSET and DATA."""
+
+    def __init__(self, listener: SmtpListener) -> None:
+        self.listener = listener
+
+    @property
+    def rt(self) -> Any:
+        return self.listener.rt
+
+    async def handle_EHLO(self, server: FaxSMTP, session: Any, envelope: FaxEnvelope, hostname: str, responses: list[str]) -> list[str]:
+        try:
+            session.host_name = hostname  # the 5-argument hook must set it itself
+            cfg = self.rt.config.smtp
+            offer_auth = cfg.auth != "off" and bool(cfg.users) and (server.tls_active or server.trusted) and not server.needs_starttls()
+            return [r for r in responses if offer_auth or not r[4:].upper().startswith("AUTH")]
+        except Exception:  # noqa: BLE001
+            log.exception("smtp_hook_failed", hook="handle_EHLO")
+            return responses
+
+    @_guarded
+    async def handle_MAIL(self, server: FaxSMTP, session: Any, envelope: FaxEnvelope, address: str, options: list[str]) -> str:
+        try:
+            auth = self._authorise(server, address)
+        except IntakeRefused as exc:
+            self._log(server, envelope, exc.reply, mail_from=address)
+            return exc.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.authorisation = auth
+        server.phase = "transaction"
+        return "250 2.1.0 sender ok"
+
+    @_guarded
+    async def handle_RCPT(self, server: FaxSMTP, session: Any, envelope: FaxEnvelope, address: str, options: list[str]) -> str:
+        try:
+            reply = await self._recipient(server, envelope, address)
+        except IntakeRefused as exc:
+            reply = exc.reply
+        if not reply.startswith("2"):
+            envelope.refused.append((address, reply))
+        return reply
+
+    async def _recipient(self, server: FaxSMTP, envelope: FaxEnvelope, address: str) -> str:
+        cfg = self.rt.config
+        # Again at RCPT: a reload since MAIL may have revoked the account or rule.
+        auth = self._authorise(server, envelope.mail_from)
+        local = split_recipient(address, cfg.smtp.domains)
+        destination = self.listener.number_policy().check(local, address)
+        if any(d.dst_num == destination.dst_num for d in envelope.destinations):
+            return "250 2.1.5 recipient ok (same number as an earlier recipient: one fax)"
+        if len(envelope.destinations) >= MAX_RECIPIENTS:
+            return "452 4.5.3 too many recipients"
+        store = self.rt.store
+        limiter = RateLimiter(store, self.rt.clock)
+        await store.run(limiter.check, auth.rule, len(envelope.destinations) + 1)
+        envelope.authorisation = auth
+        envelope.destinations.append(destination)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 recipient ok"
+
+    def _authorise(self, server: FaxSMTP, address: str) -> Authorisation:
+        sender = "" if address == "<>" else address
+        return self.listener.sender_policy().authorise_smtp(envelope_sender=sender, user=server.user, client_ip=server.peer_ip)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's last resort (a failure outside the hooks): still a 451.
+        log.error("smtp_session_error", error=f"{type(error).__name__}: {error}")
+        return TEMPORARY
+
+    @_guarded
+    async def data(self, server: FaxSMTP, envelope: FaxEnvelope, result: DataResult) -> str:
+        """The reply to the end of DATA; jobs are committed before a 250."""
+        ids: list[int] = []
+        try:
+            if result.too_big:
+                raise MessageTooBig()
+            if result.bare_lf:
+                raise BareLineFeed()
+            auth = envelope.authorisation
+            if auth is None:
+                raise SenderNotAuthorised()
+            assert result.content is not None
+            with bind_context(peer=server.peer_ip):
+                ids = await self.listener.intake.accept(
+                    result.content,
+                    authorisation=auth,
+                    destinations=list(envelope.destinations),
+                    source="smtp",
+                    report_to=auth.report_to,
+                )
+            reply = "250 2.0.0 queued as " + " ".join(str(i) for i in ids)
+        except IntakeRefused as exc:
+            reply = exc.reply
+        except Exception as exc:  # noqa: BLE001 - never a 500 from DATA
+            log.exception("smtp_hook_failed", hook="data", peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
+            reply = TEMPORARY
+        self._log(server, envelope, reply, size=result.size, job_ids=ids)
+        return reply
+
+    def log_abandoned(self, server: FaxSMTP, envelope: FaxEnvelope) -> None:
+        if envelope.mail_from and not envelope.logged:
+            self._log(server, envelope, "", outcome="no DATA")
+
+    def _log(self, server: FaxSMTP, envelope: FaxEnvelope, reply: str, **extra: Any) -> None:
+        """One event per transaction, with the reply that ended it."""
+        envelope.logged = True
+        fields: dict[str, Any] = {
+            "peer": server.peer_ip,
+            "user": server.user,
+            "tls": server.tls_active,
+            "mail_from": extra.pop("mail_from", envelope.mail_from),
+            "recipients": [d.number for d in envelope.destinations],
+            "refused": [f"{a}: {r}" for a, r in envelope.refused] or None,
+            "reply": reply,
+        }
+        fields.update(extra)
+        level = log.info if reply.startswith("2") else log.warning if reply else log.info
+        level("smtp_transaction", **fields)
+
+
+# ------------------------------------------------------------------ service
+
+
+class SmtpListener:
+    """Service "smtp": one aiosmtpd server per ``smtp.listen`` address, in this loop."""
+
+    name = "smtp"
+
+    def __init__(self, rt: Any, intake: Intake, *, tuning: SmtpTuning | None = None, tls_context: ssl.SSLContext | None = None) -> None:
+        self.rt = rt
+        self.intake = intake
+        self.tuning = tuning or SmtpTuning()
+        self.decisions = _Decisions(self)
+        self.sessions: set[FaxSMTP] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.closing = False
+        self._tls_context = tls_context
+        self._dummy_hash = ""
+        self._policy_for: tuple[Any, SenderPolicy, NumberPolicy] | None = None
+
+    # -- policy, rebuilt when the configuration object is replaced (SIGHUP)
+
+    def _policies(self) -> tuple[SenderPolicy, NumberPolicy]:
+        config = self.rt.config
+        if self._policy_for is None or self._policy_for[0] is not config:
+            self._policy_for = (config, SenderPolicy(config), NumberPolicy(config.numbers))
+        return self._policy_for[1], self._policy_for[2]
+
+    def sender_policy(self) -> SenderPolicy:
+        return self._policies()[0]
+
+    def number_policy(self) -> NumberPolicy:
+        return self._policies()[1]
+
+    # -- helpers for sessions
+
+    def count_reply(self, code: str) -> None:
+        self.rt.metrics.smtp_replies.labels(code).inc()
+
+    async def verify(self, name: str, password: bytes) -> bool:
+        """Check an AUTH password in a worker thread (scrypt is deliberately slow)."""
+        user = next((u for u in self.rt.config.smtp.users if u.name == name), None)
+        try:
+            text = password.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        # An unknown account costs the same scrypt as a known one: no user oracle.
+        encoded = user.password_hash if user is not None else self._dummy_hash
+        ok = await asyncio.to_thread(verify_password, text or "", encoded)
+        return ok and user is not None and text is not None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) actually bound, port 0 in the config resolved."""
+        out = []
+        for server in self.servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                out.append((str(name[0]), int(name[1])))
+        return out
+
+    def _make_tls_context(self) -> ssl.SSLContext | None:
+        if self._tls_context is not None:
+            return self._tls_context
+        cfg = self.rt.config.smtp
+        if not cfg.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        return context
+
+    def _protocol(self, tls_context: ssl.SSLContext | None) -> asyncio.Protocol:
+        cfg = self.rt.config.smtp
+        if self.closing:
+            self.count_reply("421")
+            return _Refuse(SHUTTING_DOWN)
+        if len(self.sessions) >= cfg.max_connections:
+            self.count_reply("421")
+            log.warning("smtp_too_many_connections", limit=cfg.max_connections)
+            return _Refuse(TOO_MANY_CONNECTIONS)
+        return FaxSMTP(
+            self,
+            data_size_limit=cfg.max_message_size,
+            hostname=cfg.hostname or None,
+            ident="ESMTP gatewayd",
+            tls_context=tls_context,
+            require_starttls=False,  # enforced by FaxSMTP with the SPEC's wording
+            timeout=self.tuning.command_timeout,
+            auth_required=False,  # decided by the policy at MAIL
+            auth_require_tls=True,  # relaxed per session for trusted networks
+            loop=asyncio.get_running_loop(),
+        )
+
+    # -- Service
+
+    async def start(self) -> None:
+        cfg = self.rt.config.smtp
+        tls_context = self._make_tls_context()
+        # A real hash of a random password: verifying an unknown user costs the same.
+        self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_hex(16))
+        loop = asyncio.get_running_loop()
+        try:
+            for address in cfg.listen:
+                server = await loop.create_server(lambda: self._protocol(tls_context), address.host, address.port, reuse_address=True)
+                self.servers.append(server)
+        except OSError:
+            for server in self.servers:
+                server.close()
+            self.servers.clear()
+            self.rt.health.listener("smtp", False)
+            raise
+        self.rt.health.listener("smtp", True)
+        log.info("smtp_listening", addresses=[f"{h}:{p}" for h, p in self.addresses], tls=tls_context is not None,
+                 auth=cfg.auth, require_tls=cfg.require_tls)
+
+    async def run(self) -> None:
+        # The servers run on their own; this only keeps the service alive.
+        await self.rt.stopping.wait()
+
+    async def stop(self) -> None:
+        """No new connections; transactions in progress may finish; 421 to the rest."""
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        self.rt.health.listener("smtp", False)
+        # Sessions between transactions are told right away.
+        for session in list(self.sessions):
+            if session.phase == "idle" and session.open:
+                await session.goodbye(SHUTTING_DOWN)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tuning.stop_grace
+        while loop.time() < deadline and any(s.open for s in self.sessions):
+            await asyncio.sleep(0.05)
+        # Past the grace, a session still reading DATA gets 421 (nothing was
+        # stored, the client keeps the message); one whose message is being
+        # stored is left to answer for itself: cutting it could lose a 250.
+        for session in list(self.sessions):
+            if session.phase != "deciding" and session.open:
+                await session.goodbye(SHUTTING_DOWN)
+        deadline = loop.time() + self.tuning.store_grace
+        while loop.time() < deadline and any(s.phase == "deciding" for s in self.sessions):
+            await asyncio.sleep(0.05)
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+        log.info("smtp_stopped")
+
+
+__all__ = ["DataResult", "FaxSMTP", "SmtpListener", "SmtpTuning"]

@@ -1,0 +1,349 @@
+"""Helpers for the email-to-fax tests: real configs (TOML through the real
+loader), a gateway (store, intake, SMTP listener, sender) running in the
+test's event loop, a raw SMTP client that sends bytes exactly as given, and
+a certificate made at test time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gatewayd.config import Config, HostPort, load_config
+from gatewayd.daemon import Runtime
+from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.sender import Sender, SenderTuning
+from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
+from gatewayd.health import Health
+from gatewayd.metrics import Metrics
+from gatewayd.provider.client import ProviderClient
+from gatewayd.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+DOMAIN = "fax.example.com"
+NUMBER_1 = "+78123092631"  # St Petersburg
+NUMBER_2 = "+74951234567"  # Moscow
+SENDER = "alice@example.com"
+
+_GATEWAYD_ENV = ("GATEWAYD_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed; this test needs it (see TEST_DEBS in the Makefile)"
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _GATEWAYD_ENV}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for gatewayd configs: tables, arrays of tables, scalars, lists."""
+    lines: list[str] = []
+
+    def table(prefix: str, body: dict[str, Any], header: str | None) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and all(isinstance(i, dict) for i in v))}
+        if header:
+            lines.append(header)
+        for k, v in scalars.items():
+            key = k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+            lines.append(f"{key} = {_toml_value(v)}")
+        lines.append("")
+        for k, v in body.items():
+            if k in scalars:
+                continue
+            name = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                table(name, v, f"[{name}]")
+            else:
+                for item in v:
+                    table(name, item, f"[[{name}]]")
+
+    table("", data, None)
+    return "\n".join(lines) + "\n"
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def config_data(state_dir: Path, *, base_url: str = "http://127.0.0.1:9/api/ver1.0", token_url: str = "", smtp_port: int = 2525) -> dict[str, Any]:
+    provider: dict[str, Any] = {"base_url": base_url, "client_id": "demo", "client_secret": "demo", "extension": 122, "timeout": "5s"}
+    if token_url:
+        provider["token_url"] = token_url
+    return {
+        "provider": provider,
+        "smtp": {
+            "listen": f"127.0.0.1:{smtp_port}",
+            "hostname": "gw.test",
+            "domains": [DOMAIN],
+            "max_message_size": "5MB",
+            "trusted_networks": ["127.0.0.1/32", "::1/128"],
+        },
+        "senders": [{"match": ["*@example.com"]}],
+        "documents": {"cover_page": "auto"},
+        "inbound": {"enabled": False},
+        "storage": {"state_dir": str(state_dir)},
+        "http": {"listen": ""},
+        "log": {"level": "warning", "format": "json"},
+    }
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(to_toml(data), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, data: dict[str, Any], name: str = "config.toml") -> Config:
+    return load_config(write_config(tmp_path / name, data), env={})
+
+
+def with_port_zero(config: Config) -> Config:
+    """The config loader refuses port 0; tests bind any free port."""
+    return dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, listen=(HostPort("127.0.0.1", 0),)))
+
+
+# ----------------------------------------------------------------- gateway
+
+
+@dataclasses.dataclass
+class Gateway:
+    rt: Runtime
+    listener: SmtpListener
+    intake: Intake
+    sender: Sender | None
+    tasks: list[asyncio.Task[Any]]
+
+    @property
+    def store(self) -> Store:
+        return self.rt.store
+
+    @property
+    def port(self) -> int:
+        return self.listener.addresses[0][1]
+
+    def jobs(self) -> list[Any]:
+        return sorted(self.store.list_jobs(limit=10_000), key=lambda j: j.id)
+
+    def replies(self, code: str) -> float:
+        return self.rt.metrics.registry.get_sample_value("gatewayd_smtp_replies_total", {"code": code}) or 0.0
+
+
+FAST_SENDER = SenderTuning(idle_poll=0.2, backoff_base=0.2, backoff_cap=1.0, auth_backoff=1.0, recheck_delay=0.3, reconcile_delay=0.1, stop_grace=2.0)
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(config: Config, *, sim: Any = None, sender: bool = False, smtp_tuning: SmtpTuning | None = None,
+                      sender_tuning: SenderTuning | None = None, tls_context: Any = None) -> AsyncIterator[Gateway]:
+    """Store, intake and SMTP listener (and the sender, with a simulator) in this loop."""
+    config = with_port_zero(config)
+    store = Store(config.state_dir)
+    provider = None
+    if sim is not None:
+        provider = ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0)
+    rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health())
+    intake = Intake(rt)
+    listener = SmtpListener(rt, intake, tuning=smtp_tuning or SmtpTuning(stop_grace=1.0), tls_context=tls_context)
+    the_sender = Sender(rt, sender_tuning or FAST_SENDER) if sender else None
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        if the_sender is not None:
+            await the_sender.start()
+            tasks.append(asyncio.create_task(the_sender.run()))
+        await listener.start()
+        tasks.append(asyncio.create_task(listener.run()))
+        yield Gateway(rt, listener, intake, the_sender, tasks)
+    finally:
+        rt.stopping.set()
+        await listener.stop()
+        if the_sender is not None:
+            await the_sender.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if provider is not None:
+            await provider.aclose()
+        store.close()
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# ------------------------------------------------------------- raw client
+
+
+class RawSMTP:
+    """A minimal SMTP client that never rewrites what it sends (bare LFs stay bare)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.greeting = ""
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1", *, ehlo: bool = True) -> RawSMTP:
+        reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer)
+        try:
+            client.greeting = await client.reply()
+            if ehlo:
+                reply = await client.cmd("EHLO client.test")
+                assert reply.startswith("250"), reply
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def reply(self, timeout: float = 30.0) -> str:
+        """The last line of the next reply ("250 2.0.0 ..."); all lines in self.lines."""
+        self.lines = []
+        while True:
+            raw = await asyncio.wait_for(self.reader.readline(), timeout)
+            if not raw:
+                raise ConnectionError("server closed the connection")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return line
+
+    async def cmd(self, line: str) -> str:
+        self.writer.write(line.encode("utf-8") + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def data(self, raw: bytes) -> str:
+        reply = await self.cmd("DATA")
+        if not reply.startswith("354"):
+            return reply
+        stuffed = re.sub(rb"(^|\r\n)\.", rb"\1..", raw)
+        if not stuffed.endswith(b"\r\n"):
+            stuffed += b"\r\n"
+        self.writer.write(stuffed + b".\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def send(self, raw: bytes, sender: str = SENDER, recipients: tuple[str, ...] = (f"{NUMBER_1}@{DOMAIN}",)) -> tuple[str, list[str], str]:
+        """One transaction: (MAIL reply, RCPT replies, DATA reply or "")."""
+        mail = await self.cmd(f"MAIL FROM:<{sender}>")
+        rcpts = [await self.cmd(f"RCPT TO:<{r}>") for r in recipients]
+        if not mail.startswith("250") or not any(r.startswith("250") for r in rcpts):
+            await self.cmd("RSET")
+            return mail, rcpts, ""
+        return mail, rcpts, await self.data(raw)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(b"QUIT\r\n")
+            await self.writer.drain()
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+# ------------------------------------------------------------- documents
+
+
+def pdfinfo(data: bytes, tmp_path: Path, name: str = "doc.pdf") -> dict[str, str]:
+    """Poppler's own reading of a PDF (independent of the code under test)."""
+    require_tool("pdfinfo")
+    path = tmp_path / name
+    path.write_bytes(data)
+    out = subprocess.run(["pdfinfo", "-f", "1", "-l", "9999", str(path)], capture_output=True, text=True, check=True, timeout=30).stdout
+    info: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def page_sizes_pt(info: dict[str, str]) -> list[tuple[float, float]]:
+    sizes = []
+    for key, value in info.items():
+        if re.fullmatch(r"Page\s+\d+ size", key):
+            m = re.match(r"([\d.]+) x ([\d.]+) pts", value)
+            assert m, value
+            sizes.append((float(m.group(1)), float(m.group(2))))
+    return sizes
+
+
+# ------------------------------------------------------------ certificates
+
+
+def cert_pair(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost, made now."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path

@@ -1,0 +1,81 @@
+"""``gatewayd send`` as a real process: same policy and pipeline, picked up by a
+running sender, refusals in the SPEC's words with exit 1, usage errors exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from corpus import make_image, make_pdf
+from e2f_support import NUMBER_1, NUMBER_2, PYTHON, REPO, clean_env, load, merge, run_gateway, wait_for, write_config
+
+from gatewayd.store import Store
+
+
+async def gatewayd(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(PYTHON, "-m", "gatewayd", *args, cwd=REPO, env=clean_env(),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_send_is_picked_up_by_the_running_sender(tmp_path: Path, sim_data: dict, sim) -> None:
+    cfg = write_config(tmp_path / "config.toml", sim_data)
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(make_pdf(2))
+    png = tmp_path / "scan.bin"  # no telling extension: recognised by its bytes
+    png.write_bytes(make_image("PNG", (800, 1100)))
+    async with run_gateway(load(tmp_path, sim_data), sim=sim, sender=True) as gw:
+        rc, out, err = await gatewayd("send", NUMBER_1, str(pdf), str(png), "-c", str(cfg))
+        assert (rc, err) == (0, "")
+        job_id = int(out.strip().removeprefix("queued as "))
+        assert out == f"queued as {job_id}\n"
+        rc, out, err = await gatewayd("-c", str(cfg), "send", "8 (495) 123-45-67", str(pdf), "--from", "Alice@Example.com",
+                                      "--subject", "Signed", "--extension", "123")
+        assert rc == 0, err
+        second = int(out.strip().removeprefix("queued as "))
+        await wait_for(lambda: all(gw.store.get_job(i).state == "submitted" for i in (job_id, second)), what="CLI jobs submitted")
+        first_job, second_job = gw.store.get_job(job_id), gw.store.get_job(second)
+    assert (first_job.source, first_job.report_to, first_job.extension, first_job.pages, first_job.rule_key) == ("cli", "", 122, 3, "")
+    assert (second_job.number, second_job.report_to, second_job.extension, second_job.subject) == (NUMBER_2, "Alice@Example.com", 123, "Signed")
+    assert second_job.rule_key == "senders[0]"
+    assert sorted(f.filename for f in sim.sent_faxes()) == sorted([f"fax-{job_id}.pdf", f"fax-{second}.pdf"])
+
+
+async def test_refusals_and_usage_errors(tmp_path: Path, data: dict) -> None:
+    data = merge(data, {"numbers": {"deny": ["+7495"]}, "senders": [{"match": ["*@example.com"], "max_per_hour": 1}]})
+    cfg = str(write_config(tmp_path / "config.toml", data))
+    Store(tmp_path / "state").close()  # the daemon has run once
+    pdf = tmp_path / "a.pdf"
+    pdf.write_bytes(make_pdf(1))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a fax document\n")
+
+    cases = [
+        (["send", "abc", str(pdf)], 1, "gatewayd send: <abc>: not a fax number\n"),
+        (["send", NUMBER_2, str(pdf)], 1, f"gatewayd send: {NUMBER_2}: destination not allowed\n"),
+        (["send", NUMBER_1, str(pdf), "--from", "mallory@evil.example"], 1, "gatewayd send: sender not authorised\n"),
+        (["send", NUMBER_1, str(text)], 1, "gatewayd send: notes.txt: not a PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP file\n"),
+        (["send", NUMBER_1, str(tmp_path / "missing.pdf")], 2, None),
+        (["send", NUMBER_1, str(pdf), "--from", "not an address"], 2, None),
+    ]
+    for args, code, stderr in cases:
+        rc, out, err = await gatewayd(*args, "-c", cfg)
+        assert rc == code, (args, err)
+        assert out == ""
+        if stderr is not None:
+            assert err == stderr
+        else:
+            assert err.startswith("gatewayd send: ") and "Traceback" not in err
+    # The hourly limit of the --from rule applies; without --from there is none.
+    rc, out, _ = await gatewayd("send", NUMBER_1, str(pdf), "--from", "bob@example.com", "-c", cfg)
+    assert rc == 0 and out.startswith("queued as ")
+    rc, _, err = await gatewayd("send", NUMBER_1, str(pdf), "--from", "bob@example.com", "-c", cfg)
+    assert (rc, err) == (1, "gatewayd send: rate limit reached, try later\n")
+    rc, out, _ = await gatewayd("send", NUMBER_1, str(pdf), "-c", cfg)
+    assert rc == 0
+    store = Store(tmp_path / "state")
+    try:
+        assert [j.source for j in store.list_jobs()] == ["cli", "cli"]
+    finally:
+        store.close()
