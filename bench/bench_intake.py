@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Figure (a): intake, full path, 20 concurrent sessions, PDF attachments.
+
+For each attachment size (the smallest real PDF, 100 KB, 1 MB) the same
+message file is sent with Postfix's own load generator, ``smtp-source -s 20
+-m N -F FILE`` (a new connection per message), to:
+
+* a private Postfix 3.7 on loopback accepting into its (fsynced) queue and
+  discarding (the reference, measured in this run);
+* ``gatewayd run`` as it is (stock aiosmtpd DATA phase);
+* ``gatewayd run`` with bench/fastdata_hook.py (the chunked DATA reader and
+  the intake gate, as proposed for smtp.py).
+
+Every message must be answered 250 and stored as a job (gatewayd's full
+path: parse, sender policy, document build, document fsync + SQLite commit).
+The provider simulator answers fax POSTs with 429 so the sender holds: the
+figure is intake, not uploads. Then at 100 KB the bench's asyncio client (20
+sessions) times each message from the end of DATA to the reply (p50/p99),
+against Postfix and gatewayd alike.
+
+Targets: >= 1.0x Postfix msgs/s at 100 KB, >= 0.6x at 1 MB, p99 end of DATA
+-> 250 under 100 ms at 100 KB. Prints MET/MISSED; exits non-zero only when
+something does not work (a refused message, a tool missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    BenchError,
+    Gatewayd,
+    Postfix,
+    Simulator,
+    fax_message,
+    fmt_ms,
+    hold_provider,
+    machine,
+    pdf_of_size,
+    percentile,
+    run_clients,
+    smtp_source,
+    summarize_replies,
+    verdict,
+    workdir,
+    write_lf_message,
+)
+
+SIZES = [("smallest PDF", 0), ("100 KB", 100_000), ("1 MB", 1_000_000)]
+COUNTS = {0: 600, 100_000: 400, 1_000_000: 120}
+SESSIONS = 20
+VARIANTS = [("gatewayd (stock DATA)", False), ("gatewayd + fastdata", True)]
+
+
+def wait_jobs(gw: Gatewayd, expected: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    n = gw.jobs()
+    while n < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        n = gw.jobs()
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts (e.g. 0.25 for a quick look)")
+    parser.add_argument("--latency-messages", type=int, default=300)
+    args = parser.parse_args(argv)
+
+    print("== (a) intake throughput: smtp-source -s 20, PDF attachments ==")
+    print(f"machine: {machine()}")
+    rows: list[tuple[str, int, str, float, int]] = []
+    with workdir("intake") as root, Simulator() as sim:
+        hold_provider(sim)
+        for label, size in SIZES:
+            pdf = pdf_of_size(size, seed=size + 1)
+            raw = fax_message(pdf)
+            msg_file = write_lf_message(raw, root / f"msg-{size}.eml")
+            count = max(20, int(COUNTS[size] * args.scale))
+            print(f"\n-- {label}: PDF {len(pdf):,} bytes, message {len(raw):,} bytes, {count} messages --")
+            with Postfix() as pf:
+                elapsed = smtp_source(pf.port, msg_file, sessions=SESSIONS, messages=count)
+            ref = count / elapsed
+            print(f"  Postfix 3.7 (queue, fsync, discard): {ref:8.1f} msgs/s  ({count} in {elapsed:.2f} s)")
+            rows.append((label, size, "postfix", ref, count))
+            for name, hooked in VARIANTS:
+                with Gatewayd(root / f"gw-{size}-{int(hooked)}", sim.base_url, hooked=hooked) as gw:
+                    elapsed = smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=count)
+                    stored = wait_jobs(gw, count)
+                if stored != count:
+                    raise BenchError(f"{name}: {count} messages answered 250 but {stored} jobs stored")
+                rate = count / elapsed
+                print(f"  {name:32s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref:.2f}x Postfix, {stored} jobs stored)")
+                rows.append((label, size, name, rate, count))
+
+        print("\n-- 100 KB: end of DATA -> reply, bench asyncio client, 20 sessions --")
+        raw = fax_message(pdf_of_size(100_000, seed=100_001))
+        n = max(40, int(args.latency_messages * args.scale))
+        p99s: dict[str, float] = {}
+        with Postfix() as pf:
+            results, elapsed = asyncio.run(run_clients(pf.port, raw, sessions=SESSIONS, messages=n))
+        _report_latency("Postfix 3.7", results, elapsed, p99s)
+        for name, hooked in VARIANTS:
+            with Gatewayd(root / f"gw-lat-{int(hooked)}", sim.base_url, hooked=hooked) as gw:
+                results, elapsed = asyncio.run(run_clients(gw.port, raw, sessions=SESSIONS, messages=n))
+            _report_latency(name, results, elapsed, p99s)
+
+    print("\n-- targets --")
+    ref = {size: rate for _, size, who, rate, _ in rows if who == "postfix"}
+    for name, _ in VARIANTS:
+        r100 = next(rate for _, size, who, rate, _ in rows if who == name and size == 100_000)
+        r1m = next(rate for _, size, who, rate, _ in rows if who == name and size == 1_000_000)
+        print(f"  {name}: 100 KB {r100 / ref[100_000]:.2f}x Postfix (target >= 1.0x) {verdict(r100 >= ref[100_000])}; "
+              f"1 MB {r1m / ref[1_000_000]:.2f}x (target >= 0.6x) {verdict(r1m >= 0.6 * ref[1_000_000])}; "
+              f"p99 end of DATA -> 250 at 100 KB {fmt_ms(p99s[name])} (target < 100 ms) {verdict(p99s[name] < 0.100)}")
+    return 0
+
+
+def _report_latency(name: str, results: list, elapsed: float, p99s: dict[str, float]) -> None:
+    replies = summarize_replies(results)
+    if set(replies) != {"250"}:
+        raise BenchError(f"{name}: replies {replies}")
+    lat = [r.latency for r in results]
+    p99s[name] = percentile(lat, 99)
+    print(f"  {name:32s}: p50 {fmt_ms(percentile(lat, 50))}, p99 {fmt_ms(p99s[name])}, max {fmt_ms(max(lat))}; "
+          f"{len(results) / elapsed:.1f} msgs/s with this client")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Figure (b): memory with 20 clients each sending a ~10 MB attachment at once.
+
+20 asyncio clients (truly concurrent: each writes its whole body without
+waiting for the others, unlike smtp-source which writes bodies blocking)
+open their sessions, reach ``354`` together, then all send a message whose
+PDF attachment is 9.8 MB (the largest that still fits the provider's
+10,000,000-byte limit after conversion, so every message goes the full path
+to a stored job; ~13.4 MB on the wire in base64). The daemon's peak RSS is
+``VmHWM`` from /proc/PID/status of the ``gatewayd run`` subprocess (its RSS
+before the load is shown too). Every client must get ``250`` and 20 jobs
+must be stored. Measured for the stock daemon and with bench/fastdata_hook.py.
+
+Target: peak RSS under 400 MiB, every message answered correctly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RCPT,
+    SENDER,
+    BenchError,
+    Gatewayd,
+    Simulator,
+    _reply,
+    dot_stuff,
+    fax_message,
+    hold_provider,
+    machine,
+    pdf_of_size,
+    verdict,
+    workdir,
+)
+
+CLIENTS = 20
+PDF_BYTES = 9_800_000
+TARGET_MIB = 400
+
+
+async def concurrent_send(port: int, stuffed: bytes, clients: int, timeout: float = 300.0) -> list[str]:
+    """All sessions reach 354, then every body is written at the same moment."""
+    ready = 0
+    go = asyncio.Event()
+
+    async def client() -> str:
+        nonlocal ready
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await _reply(reader, timeout)
+            for line in (b"EHLO bench.localdomain\r\n", f"MAIL FROM:<{SENDER}>\r\n".encode(), f"RCPT TO:<{RCPT}>\r\n".encode(), b"DATA\r\n"):
+                writer.write(line)
+                reply = await _reply(reader, timeout)
+                if not reply.startswith(("250", "354")):
+                    return reply
+            ready += 1
+            if ready == clients:
+                go.set()
+            await asyncio.wait_for(go.wait(), timeout)
+            writer.write(stuffed)
+            await writer.drain()
+            reply = await _reply(reader, timeout)
+            writer.write(b"QUIT\r\n")
+            return reply
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            return f"client error: {type(exc).__name__}: {exc}"
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+
+    return list(await asyncio.gather(*(client() for _ in range(clients))))
+
+
+def measure(root: Path, sim: Simulator, stuffed: bytes, hooked: bool, clients: int) -> tuple[int, int, float, list[str], int]:
+    with Gatewayd(root / f"gw-{int(hooked)}", sim.base_url, hooked=hooked) as gw:
+        time.sleep(0.5)
+        idle = gw.vm_rss_kib()
+        started = time.perf_counter()
+        replies = asyncio.run(concurrent_send(gw.port, stuffed, clients))
+        elapsed = time.perf_counter() - started
+        hwm = gw.vm_hwm_kib()
+        jobs = gw.jobs()
+    return idle, hwm, elapsed, replies, jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    args = parser.parse_args(argv)
+    print("== (b) memory: 20 concurrent clients, ~10 MB PDF each ==")
+    print(f"machine: {machine()}")
+    pdf = pdf_of_size(PDF_BYTES, seed=7)
+    raw = fax_message(pdf)
+    stuffed = dot_stuff(raw)
+    print(f"attachment {len(pdf):,} bytes, message {len(raw):,} bytes on the wire, {args.clients} clients at once")
+    results = {}
+    with workdir("memory") as root, Simulator() as sim:
+        hold_provider(sim)
+        for name, hooked in (("gatewayd (stock DATA)", False), ("gatewayd + fastdata", True)):
+            idle, hwm, elapsed, replies, jobs = measure(root, sim, stuffed, hooked, args.clients)
+            codes = sorted({r[:3] for r in replies})
+            ok = all(r.startswith("250 2.0.0 queued as ") for r in replies) and jobs == args.clients
+            print(f"  {name:24s}: peak RSS (VmHWM) {hwm / 1024:7.1f} MiB (idle {idle / 1024:.1f} MiB, "
+                  f"{(hwm - idle) / 1024 / args.clients:.1f} MiB per message), {elapsed:.1f} s, replies {codes}, {jobs} jobs stored")
+            if not ok:
+                bad = [r for r in replies if not r.startswith("250")]
+                print(f"    NOT ANSWERED CORRECTLY: {bad[:3]}")
+            results[name] = (hwm, ok)
+    print("\n-- targets --")
+    for name, (hwm, ok) in results.items():
+        print(f"  {name}: peak RSS {hwm / 1024:.1f} MiB (target < {TARGET_MIB} MiB) {verdict(hwm / 1024 < TARGET_MIB)}; "
+              f"every message answered 250 and stored: {verdict(ok)}")
+    if not all(ok for _, ok in results.values()):
+        raise BenchError("some messages were not answered 250 / not stored")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(1)

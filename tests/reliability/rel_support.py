@@ -1,0 +1,385 @@
+"""Helpers for the fault-injection suite: gatewayd as a real subprocess
+(``gatewayd run``), the whole daemon in-process with short timings and a
+clock the test can move, SMTP load, and independent checks of what reached
+the provider (the simulator's own records) and the state directory (SQLite
+``integrity_check``, no half-written files)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2f_support import to_toml
+
+from gatewayd.config import Config, HostPort, load_config_data
+from gatewayd.daemon import Runtime
+from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.sender import Sender, SenderTuning
+from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
+from gatewayd.email_to_fax.tracker import Tracker
+from gatewayd.health import Health
+from gatewayd.mail.outbox import OutboxWorker
+from gatewayd.mail.report import Reporter
+from gatewayd.metrics import Metrics
+from gatewayd.provider.client import ProviderClient
+from gatewayd.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+DOMAIN = "fax.example.com"
+SENDER = "alice@example.com"
+NUMBERS = ["+78123092631", "+74951234567", "+78123092632", "+74951234568"]
+QUEUED_RE = re.compile(r"^250 2\.0\.0 queued as ([0-9 ]+)$")
+SPEC_451 = "451 4.3.0 temporary failure, try again"
+FAST_SENDER = SenderTuning(idle_poll=0.2, backoff_base=0.2, backoff_cap=1.0, auth_backoff=1.0, recheck_delay=0.3,
+                           reconcile_delay=0.1, stop_grace=2.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_data(state_dir: Path, *, sim: Any, smtp_port: int, relay: str = "127.0.0.1:9", **sections: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "provider": {"base_url": sim.base_url, "token_url": sim.token_url, "client_id": "demo", "client_secret": "demo",
+                     "extension": 122, "timeout": "5s", "status_poll_interval": "1s", "retry_delay": "1s"},
+        "smtp": {"listen": f"127.0.0.1:{smtp_port}", "hostname": "gw.test", "domains": [DOMAIN], "max_message_size": "5MB",
+                 "trusted_networks": ["127.0.0.1/32"]},
+        "senders": [{"match": ["*@example.com"]}],
+        "documents": {"cover_page": "never"},
+        "inbound": {"enabled": False},
+        "mail": {"relay": relay, "from": "Fax Gateway <fax-gateway@gw.test>", "admin": ["admin@gw.test"]},
+        "storage": {"state_dir": str(state_dir)},
+        "http": {"listen": ""},
+        "log": {"level": "info", "format": "json"},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(name), dict):
+            data[name].update(values)
+        else:
+            data[name] = values
+    return data
+
+
+def load(data: dict[str, Any]) -> Config:
+    return load_config_data(data, env={})
+
+
+# ------------------------------------------------------------------ messages
+
+
+def pdf_bytes(pages: int = 1, padding: int = 0, seed: int = 0) -> bytes:
+    """A valid PDF; ``padding`` random bytes in an unused stream make it bigger."""
+    import io
+
+    import pikepdf
+
+    pdf = pikepdf.new()
+    for _ in range(pages):
+        pdf.add_blank_page(page_size=(595.28, 841.89))
+    if padding:
+        pdf.Root.Filler = pdf.make_stream(random.Random(seed).randbytes(padding))
+    buf = io.BytesIO()
+    pdf.save(buf, compress_streams=False)
+    return buf.getvalue()
+
+
+def message(pdf: bytes, *, subject: str, to: str = f"{NUMBERS[0]}@{DOMAIN}", sender: str = SENDER) -> bytes:
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '.')}.{time.time_ns()}@client.test>"
+    msg.set_content("")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="doc.pdf")
+    return msg.as_bytes()
+
+
+def stuffed(raw: bytes) -> bytes:
+    data = (b"\r\n" + raw).replace(b"\r\n.", b"\r\n..")[2:]
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+async def read_reply(reader: asyncio.StreamReader, timeout: float = 30.0) -> str:
+    while True:
+        raw = await asyncio.wait_for(reader.readline(), timeout)
+        if not raw:
+            raise ConnectionError("server closed the connection")
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if len(line) < 4 or line[3] != "-":
+            return line
+
+
+async def smtp_send(port: int, raw: bytes, *, rcpt: Sequence[str] = (f"{NUMBERS[0]}@{DOMAIN}",), timeout: float = 30.0) -> str:
+    """One transaction; the final reply, or "conn: ..." when the connection broke."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    except OSError as exc:
+        return f"conn: {exc}"
+    try:
+        greeting = await read_reply(reader, timeout)
+        if not greeting.startswith("220"):
+            return greeting
+        for line in ["EHLO client.test", f"MAIL FROM:<{SENDER}>", *[f"RCPT TO:<{r}>" for r in rcpt], "DATA"]:
+            writer.write(line.encode() + b"\r\n")
+            reply = await read_reply(reader, timeout)
+            if not reply.startswith(("250", "354")):
+                return reply
+        writer.write(stuffed(raw))
+        await writer.drain()
+        return await read_reply(reader, timeout)
+    except (OSError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        return f"conn: {type(exc).__name__}: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            writer.write(b"QUIT\r\n")
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+def job_ids(reply: str) -> list[int]:
+    m = QUEUED_RE.match(reply)
+    return [int(x) for x in m.group(1).split()] if m else []
+
+
+# ------------------------------------------------------------------ provider
+
+
+def faxes_by_job(sim: Any) -> dict[int, list[Any]]:
+    """The simulator's sent faxes by gatewayd job id (the sender names uploads fax-<job id>.pdf)."""
+    out: dict[int, list[Any]] = {}
+    for fax in sim.sent.values():
+        m = re.fullmatch(r"fax-(\d+)\.pdf", fax.filename or "")
+        assert m, f"upload with an unexpected name {fax.filename!r}"
+        out.setdefault(int(m.group(1)), []).append(fax)
+    return out
+
+
+def assert_exactly_once(sim: Any, acknowledged: Sequence[int], stored: Sequence[int]) -> None:
+    """Every acknowledged job reached the provider once; no job reached it twice."""
+    sent = faxes_by_job(sim)
+    duplicates = {j: [f.id for f in fs] for j, fs in sent.items() if len(fs) > 1}
+    assert not duplicates, f"jobs sent more than once: {duplicates}"
+    missing = sorted(set(acknowledged) - set(sent))
+    assert not missing, f"jobs answered 250 that never reached the provider: {missing}"
+    unknown = sorted(set(sent) - set(stored))
+    assert not unknown, f"faxes at the provider for jobs the store does not have: {unknown}"
+
+
+# --------------------------------------------------------------- state checks
+
+
+def integrity(state_dir: Path) -> str:
+    conn = sqlite3.connect(f"file:{state_dir / 'gatewayd.sqlite3'}?mode=ro", uri=True, timeout=15)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def stored_jobs(state_dir: Path) -> list[tuple[int, str, str, int]]:
+    """(id, state, document sha, doc_bytes) of every job, read with plain sqlite3."""
+    conn = sqlite3.connect(f"file:{state_dir / 'gatewayd.sqlite3'}?mode=ro", uri=True, timeout=15)
+    try:
+        return [tuple(r) for r in conn.execute("SELECT id, state, document, doc_bytes FROM jobs ORDER BY id")]  # type: ignore[misc]
+    finally:
+        conn.close()
+
+
+def assert_documents_whole(state_dir: Path) -> None:
+    """Every job's document exists with the recorded size; no referenced partial file."""
+    import hashlib
+
+    for job_id, _state, sha, size in stored_jobs(state_dir):
+        path = state_dir / "documents" / sha[:2] / f"{sha}.pdf"
+        assert path.exists(), f"job {job_id}: document {sha} missing"
+        data = path.read_bytes()
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"job {job_id}: document {sha} damaged"
+
+
+# ------------------------------------------------------------- as subprocess
+
+
+@dataclass
+class DaemonProcess:
+    proc: asyncio.subprocess.Process
+    port: int
+    log_path: Path
+
+    async def wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise AssertionError(f"gatewayd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        raise AssertionError(f"gatewayd not listening after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-n:]
+        return ""
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+        """SIGTERM; (exit code, seconds it took)."""
+        started = time.monotonic()
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout + 5)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"gatewayd did not stop {timeout + 5} s after SIGTERM:\n{self.log_tail()}") from None
+        return code, time.monotonic() - started
+
+
+async def start_daemon(workdir: Path, data: dict[str, Any], *, hooked: bool = False, name: str = "gatewayd") -> DaemonProcess:
+    """``gatewayd run -c FILE`` (or through bench/fastdata_hook.py) as a subprocess."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / f"{name}.toml"
+    config.write_text(to_toml(data), encoding="utf-8")
+    entry = [str(REPO / "bench" / "fastdata_hook.py")] if hooked else ["-m", "gatewayd"]
+    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAYD_CONFIG", "NOTIFY_SOCKET", "STATE_DIRECTORY", "WATCHDOG_USEC")}
+    env["PYTHONPATH"] = str(REPO)
+    log_path = workdir / f"{name}.log"
+    log = open(log_path, "ab")
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, *entry, "run", "-c", str(config), stdout=log, stderr=log, cwd=REPO, env=env)
+    finally:
+        log.close()
+    port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
+    daemon = DaemonProcess(proc, port, log_path)
+    await daemon.wait_listening()
+    return daemon
+
+
+# --------------------------------------------------------------- in-process
+
+
+class OffsetClock:
+    """Wall clock the test moves forward (outbox backoff) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class InProcess:
+    """The daemon's components on one Runtime in the test's loop, with short timings."""
+
+    rt: Runtime
+    clock: OffsetClock
+    services: list[Any]
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def store(self) -> Store:
+        return self.rt.store
+
+    @property
+    def port(self) -> int:
+        listener = next(s for s in self.services if isinstance(s, SmtpListener))
+        return listener.addresses[0][1]
+
+    def wake_all(self) -> None:
+        for name in ("sender", "tracker", "reports", "outbox", "inbound"):
+            self.rt.wake(name)
+
+
+@contextlib.asynccontextmanager
+async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | None = None, store: Store | None = None) -> AsyncIterator[InProcess]:
+    config = _port_zero(config)
+    clock = OffsetClock()
+    store = store or Store(config.state_dir, clock=clock)
+    provider = ProviderClient.from_config(config.provider, backoff_base=0.01, backoff_cap=0.05)
+    rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health(), clock=clock)
+    services: list[Any] = [Sender(rt, FAST_SENDER), Tracker(rt, max_backoff=1.0), Reporter(rt, poll_interval=0.2),
+                           OutboxWorker(rt, poll_interval=0.2)]
+    if extra is not None:
+        services += extra(rt)
+    services.append(SmtpListener(rt, Intake(rt), tuning=SmtpTuning(stop_grace=1.0)))
+    h = InProcess(rt, clock, services)
+    try:
+        for s in services:
+            await s.start()
+        h.tasks = [asyncio.create_task(_keep(s)) for s in services]
+        yield h
+    finally:
+        rt.stopping.set()
+        for s in reversed(services):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.stop(), 5)
+        for t in h.tasks:
+            t.cancel()
+        await asyncio.gather(*h.tasks, return_exceptions=True)
+        await provider.aclose()
+        store.close()
+
+
+async def _keep(service: Any) -> None:
+    """Like the daemon's supervisor: a crashed run() is restarted (and the crash kept for the test)."""
+    while True:
+        try:
+            await service.run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            service.crashes = getattr(service, "crashes", []) + [repr(exc)]
+            await asyncio.sleep(0.2)
+
+
+def _port_zero(config: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, listen=(HostPort("127.0.0.1", 0),)))
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
