@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the integration tests use (real tools, not mocks).
-TEST_DEBS := swaks ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core s-nail libtiff-tools
+TEST_DEBS := swaks ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core s-nail libtiff-tools systemd
 # The benchmarks also compare against Postfix (smtp-source) and ImageMagick.
 BENCH_DEBS := $(TEST_DEBS) postfix imagemagick
 PYTEST_ARGS ?=

@@ -546,6 +546,9 @@ class _Loader:
             if creds:
                 candidates.append(Path(creds) / p)
             candidates.append(self.base_dir / p)
+            # Where the systemd unit's LoadCredential= sources live: lets the
+            # CLI, run from a shell, find the same secrets as the service.
+            candidates.append(self.base_dir / "credentials" / p)
         for candidate in candidates:
             if candidate.is_file():
                 if not os.access(candidate, os.R_OK):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import socket
 import sys
 import time
@@ -19,7 +20,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TextIO
 
-from gatewayd.config import Config, load_config_data
+from gatewayd.config import Config, load_config, load_config_data
 from gatewayd.daemon import Daemon
 from gatewayd.logs import setup_logging
 from gatewayd.mailsink import MailSink, SunkMail
@@ -52,34 +53,72 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def demo_config(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, relay: str) -> Config:
-    return load_config_data(
-        {
-            "provider": {
-                "base_url": sim.base_url,
-                "token_url": sim.token_url,
-                "client_id": "demo",
-                "client_secret": "demo",
-                "extension": EXTENSION,
-                "status_poll_interval": "1s",
-                "retry_delay": "5s",
-            },
-            "smtp": {
-                "listen": f"127.0.0.1:{smtp_port}",
-                "hostname": "gatewayd-demo.localhost",
-                "domains": [FAX_DOMAIN],
-                "trusted_networks": ["127.0.0.1/32", "::1/128"],
-            },
-            "senders": [{"match": ["*@example.com"], "max_per_hour": 100}],
-            "numbers": {"default_region": "RU"},
-            "inbound": {"enabled": True, "extensions": [EXTENSION], "poll_interval": "2s"},
-            "mail": {"relay": relay, "from": f"Fax Gateway <fax-gateway@{FAX_DOMAIN}>", "admin": ["admin@example.com"], "attach_document": "always"},
-            "storage": {"state_dir": str(state_dir)},
-            "http": {"listen": f"127.0.0.1:{http_port}"},
-            "log": {"level": "warning", "format": "console"},
+def demo_settings(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, relay: str) -> dict[str, Any]:
+    """The demo's configuration, as the TOML file it writes holds it."""
+    return {
+        "provider": {
+            "base_url": sim.base_url,
+            "token_url": sim.token_url,
+            "client_id": "demo",
+            "client_secret": "demo",
+            "extension": EXTENSION,
+            "status_poll_interval": "1s",
+            "retry_delay": "5s",
         },
-        source="(demo)",
+        "smtp": {
+            "listen": f"127.0.0.1:{smtp_port}",
+            "hostname": "gatewayd-demo.localhost",
+            "domains": [FAX_DOMAIN],
+            "trusted_networks": ["127.0.0.1/32", "::1/128"],
+        },
+        "senders": [{"match": ["*@example.com"], "max_per_hour": 100}],
+        "numbers": {"default_region": "RU"},
+        "inbound": {"enabled": True, "extensions": [EXTENSION], "poll_interval": "2s"},
+        "mail": {"relay": relay, "from": f"Fax Gateway <fax-gateway@{FAX_DOMAIN}>", "admin": ["admin@example.com"], "attach_document": "always"},
+        "storage": {"state_dir": str(state_dir)},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "log": {"level": "warning", "format": "console"},
+    }
+
+
+def demo_config(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, relay: str) -> Config:
+    data = demo_settings(state_dir=state_dir, smtp_port=smtp_port, http_port=http_port, sim=sim, relay=relay)
+    return load_config_data(data, source="(demo)")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are TOML basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for the demo's configuration: tables, arrays of tables, scalars and lists."""
+    out: list[str] = []
+    for section, body in data.items():
+        rows = body if isinstance(body, list) else [body]
+        for row in rows:
+            out.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
+            out.extend(f"{key} = {_toml_value(value)}" for key, value in row.items())
+            out.append("")
+    return "\n".join(out)
+
+
+def write_demo_config(path: Path, data: dict[str, Any]) -> Config:
+    """Write the configuration the demo runs with and load it back through the real loader."""
+    header = (
+        "# Written by `gatewayd demo`; valid while the demo runs (the simulator and\n"
+        "# mail sink ports change at every start). Use it with the command line:\n"
+        f"#   gatewayd jobs -c {path}\n\n"
     )
+    path.write_text(header + to_toml(data), encoding="utf-8")
+    return load_config(path)
 
 
 def sample_pdf() -> bytes:
@@ -132,8 +171,11 @@ class Tour:
         self.out = out
         self.step = 0
         self.tty = getattr(out, "isatty", lambda: False)()
+        self._last_progress = 0.0
+        self._in_progress = False
 
     def say(self, text: str = "") -> None:
+        self.end_progress()
         print(text, file=self.out, flush=True)
 
     def heading(self, text: str) -> None:
@@ -141,13 +183,17 @@ class Tour:
         self.say(f"\n[{self.step}] {text}")
 
     def progress(self, text: str) -> None:
+        """A line that updates in place on a terminal; every 5 s otherwise (logs, CI)."""
         if self.tty:
             print(f"\r    {text:70}", end="", file=self.out, flush=True)
-        else:
-            self.say(f"    {text}")
+            self._in_progress = True
+        elif time.monotonic() - self._last_progress >= 5:
+            self._last_progress = time.monotonic()
+            print(f"    {text}", file=self.out, flush=True)
 
     def end_progress(self) -> None:
-        if self.tty:
+        if self._in_progress:
+            self._in_progress = False
             print(file=self.out, flush=True)
 
 
@@ -162,6 +208,7 @@ async def _wait_for_mail(sink: MailSink, predicate: Any, timeout: float) -> Sunk
 
 
 async def _follow_job(daemon: Daemon, job_id: int, tour: Tour, timeout: float) -> Any:
+    assert daemon.rt is not None
     store = daemon.rt.store
     seen = None
     started = time.monotonic()
@@ -170,7 +217,6 @@ async def _follow_job(daemon: Daemon, job_id: int, tour: Tour, timeout: float) -
     while time.monotonic() - started < timeout:
         job = await store.run(store.get_job, job_id)
         if job.state != seen:
-            tour.end_progress() if seen in ("sending",) else None
             seen = job.state
             detail = f" (provider id {job.provider_id})" if job.provider_id else ""
             tour.say(f"    job {job_id}: {job.state}{detail}")
@@ -189,7 +235,7 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
     out = out or sys.stdout
     tour = Tour(out)
     workdir = workdir.absolute()
-    state_dir, maildir = workdir / "state", workdir / "mail"
+    state_dir, maildir, config_file = workdir / "state", workdir / "mail", workdir / "config.toml"
     workdir.mkdir(parents=True, exist_ok=True)
     if smtp_port == 0:
         smtp_port = free_port()
@@ -205,16 +251,25 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
         async with MailSink(maildir=maildir) as sink:
             tour.heading("Mail sink")
             tour.say(f"    SMTP relay at {sink.relay}; every email it receives becomes a file in {maildir}/new/")
-            config = demo_config(state_dir=state_dir, smtp_port=smtp_port, http_port=http_port, sim=sim, relay=sink.relay)
-            daemon = Daemon(config, notifier=Notifier(None))
+            settings = demo_settings(state_dir=state_dir, smtp_port=smtp_port, http_port=http_port, sim=sim, relay=sink.relay)
+            config = write_demo_config(config_file, settings)
+            daemon = Daemon(config, config_path=str(config_file), notifier=Notifier(None))
             daemon_task = asyncio.create_task(daemon.run(), name="gateway")
-            await _wait_listening(smtp_port, daemon_task)
-            tour.heading("Gateway")
-            tour.say(f"    SMTP listener on 127.0.0.1:{smtp_port} for <number>@{FAX_DOMAIN}; state in {state_dir}")
-            tour.say(f"    health: http://127.0.0.1:{http_port}/healthz   metrics: http://127.0.0.1:{http_port}/metrics")
+            code = 1
             try:
-                await _tour(daemon, sim, sink, tour, smtp_port)
-                _print_try_it(tour, smtp_port, maildir)
+                await _wait_listening(smtp_port, daemon_task)
+                tour.heading("Gateway")
+                tour.say(f"    configuration {config_file}")
+                tour.say(f"    SMTP listener on 127.0.0.1:{smtp_port} for <number>@{FAX_DOMAIN}; state in {state_dir}")
+                tour.say(f"    health: http://127.0.0.1:{http_port}/healthz   metrics: http://127.0.0.1:{http_port}/metrics")
+                tour_task = asyncio.create_task(_tour(daemon, sim, sink, tour, smtp_port), name="tour")
+                await asyncio.wait({tour_task, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not tour_task.done():  # the gateway stopped (Ctrl-C) during the tour
+                    tour_task.cancel()
+                    tour.say("\nthe gateway stopped before the tour ended.")
+                    return await daemon_task
+                tour_task.result()  # a DemoError stops here
+                _print_try_it(tour, smtp_port, maildir, config_file, http_port)
                 if exit_after_tour:
                     daemon.request_stop()
                 else:
@@ -250,13 +305,15 @@ async def _tour(daemon: Daemon, sim: Any, sink: MailSink, tour: Tour, smtp_port:
     to = f"{SAMPLE_NUMBER}@{FAX_DOMAIN}"
     tour.heading(f"Sending a fax: an email with a PDF from {SAMPLE_SENDER} to {to}")
     msg = sample_email(sample_pdf(), smtp_to=to)
-    errors, reply = await aiosmtplib.send(msg, hostname="127.0.0.1", port=smtp_port, sender=SAMPLE_SENDER, recipients=[to])
-    tour.say(f"    the gateway answered: {reply}")
+    try:
+        _, reply = await aiosmtplib.send(msg, hostname="127.0.0.1", port=smtp_port, sender=SAMPLE_SENDER, recipients=[to])
+    except aiosmtplib.SMTPResponseException as exc:
+        raise DemoError(f"the sample fax was not accepted: {exc.code} {exc.message}") from None
+    tour.say(f"    the gateway answered: 250 {reply}")
     job_ids = [int(x) for x in reply.rsplit("queued as", 1)[-1].split()] if "queued as" in reply else []
     if not job_ids:
         raise DemoError(f"the sample fax was not accepted: {reply}")
     job = await _follow_job(daemon, job_ids[0], tour, timeout=60)
-    tour.end_progress()
     if job.state == "sent":
         tour.say(f"    fax sent: {job.pages} page(s) to {job.number} after {job.attempts} attempt(s)")
     else:
@@ -273,7 +330,7 @@ async def _tour(daemon: Daemon, sim: Any, sink: MailSink, tour: Tour, smtp_port:
     tour.say(f"      -> {received.path}")
 
 
-def _print_try_it(tour: Tour, smtp_port: int, maildir: Path) -> None:
+def _print_try_it(tour: Tour, smtp_port: int, maildir: Path, config_file: Path, http_port: int) -> None:
     tour.heading("Try it yourself")
     tour.say("    send a fax with swaks:")
     tour.say(f"      swaks --server 127.0.0.1:{smtp_port} --from {SAMPLE_SENDER} --to +78123092631@{FAX_DOMAIN} \\")
@@ -286,7 +343,11 @@ def _print_try_it(tour: Tour, smtp_port: int, maildir: Path) -> None:
         f"smtplib.SMTP('127.0.0.1', {smtp_port}).send_message(e)\""
     )
     tour.say(f"    status reports and received faxes land in {maildir}/new/ (one file per email)")
-    tour.say("    inspect jobs:  gatewayd jobs -c <config>   (the demo's state is in the --dir folder)")
+    tour.say("    inspect the gateway from another terminal:")
+    tour.say(f"      gatewayd jobs -c {config_file}")
+    tour.say(f"      gatewayd job 1 -c {config_file}")
+    tour.say(f"      gatewayd received -c {config_file}")
+    tour.say(f"      curl -s http://127.0.0.1:{http_port}/healthz")
 
 
 def main(args: argparse.Namespace) -> int:

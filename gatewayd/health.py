@@ -1,4 +1,18 @@
-"""What /healthz reports: the store, the listeners and the provider's reachability."""
+"""What /healthz reports: the store, the listeners and the provider's reachability.
+
+Healthy (200) when all of these hold (SPEC section 8):
+
+* the store answers (a query on its thread, within a deadline);
+* every listener that registered itself is up (``smtp``, ``http``, and the
+  ``imap`` mailbox when enabled);
+* the provider's last call succeeded, or its last success (or, if it never
+  succeeded, the daemon's start) is younger than three poll intervals, so
+  one failed poll does not flap the verdict;
+* the daemon is not shutting down.
+
+Otherwise 503, with the same JSON body whose ``problems`` name each failing
+part, e.g. ``provider: no successful call for 95s (last error: ...)``.
+"""
 
 from __future__ import annotations
 
@@ -14,45 +28,76 @@ class Health:
     clock: Callable[[], float] = time.monotonic
     listeners: dict[str, bool] = field(default_factory=dict)
     polls: dict[str, float] = field(default_factory=dict)  # name -> monotonic time of the last good poll
+    changed: dict[str, float] = field(default_factory=dict)  # listener -> when it last changed state
+    started: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
 
     def listener(self, name: str, up: bool) -> None:
+        if self.listeners.get(name) != up:
+            self.changed[name] = self.clock()
         self.listeners[name] = up
 
     def polled(self, name: str) -> None:
         self.polls[name] = self.clock()
 
-    def check(self, *, store_ok: bool, provider: Any, poll_interval: float, queues: dict[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
-        """(healthy, JSON body). The provider counts as down when its last call
-        failed and no call succeeded for three poll intervals."""
+    def provider_verdict(self, provider: Any, poll_interval: float) -> tuple[bool, str | None]:
+        """(ok, problem). The provider's ``last_success_at``/``last_error_at``
+        are on this object's clock (monotonic)."""
         now = self.clock()
-        problems: list[str] = []
-        if not store_ok:
-            problems.append("store not answering")
-        for name, up in sorted(self.listeners.items()):
-            if not up:
-                problems.append(f"listener {name} down")
         last_ok = getattr(provider, "last_success_at", None)
         last_err_at = getattr(provider, "last_error_at", None)
         last_err = getattr(provider, "last_error", None)
-        grace = 3 * poll_interval
-        provider_ok = True
-        if last_err_at is not None and (last_ok is None or last_ok < last_err_at):
-            since = last_ok if last_ok is not None else last_err_at
-            if now - since > grace:
-                provider_ok = False
-                problems.append(f"provider unreachable for {int(now - since)}s: {last_err}")
+        if last_err_at is None or (last_ok is not None and last_ok >= last_err_at):
+            return True, None  # never failed, or the last call succeeded
+        # Never succeeded: count from our own start (the client keeps only
+        # its latest failure, which moves with every retry).
+        since = last_ok if last_ok is not None else min(self.started, last_err_at)
+        if now - since <= 3 * poll_interval:
+            return True, None
+        if last_ok is None:
+            return False, f"provider: unreachable since start ({int(now - since)}s; last error: {last_err})"
+        return False, f"provider: no successful call for {int(now - since)}s (last error: {last_err})"
+
+    def check(
+        self,
+        *,
+        store_ok: bool,
+        provider: Any,
+        poll_interval: float,
+        queues: dict[str, Any] | None = None,
+        stopping: bool = False,
+    ) -> tuple[bool, dict[str, Any]]:
+        """(healthy, JSON body)."""
+        now = self.clock()
+        problems: list[str] = []
+        if stopping:
+            problems.append("shutting down")
+        if not store_ok:
+            problems.append("store: not answering")
+        for name, up in sorted(self.listeners.items()):
+            if not up:
+                problems.append(f"listener {name}: down")
+        provider_ok, provider_problem = self.provider_verdict(provider, poll_interval)
+        if provider_problem:
+            problems.append(provider_problem)
+        last_ok = getattr(provider, "last_success_at", None)
+        last_err_at = getattr(provider, "last_error_at", None)
         body: dict[str, Any] = {
             "status": "ok" if not problems else "unhealthy",
             "problems": problems,
             "store": "ok" if store_ok else "down",
-            "listeners": self.listeners,
+            "listeners": {name: "up" if up else "down" for name, up in sorted(self.listeners.items())},
             "provider": {
                 "ok": provider_ok,
                 "last_success_age": None if last_ok is None else round(now - last_ok, 1),
-                "last_error": last_err,
+                "last_error": getattr(provider, "last_error", None),
                 "last_error_age": None if last_err_at is None else round(now - last_err_at, 1),
+                "down_after": round(3 * poll_interval, 1),
             },
             "last_poll_age": {k: round(now - v, 1) for k, v in sorted(self.polls.items())},
+            "uptime": round(now - self.started, 1),
         }
         if queues is not None:
             body["queues"] = queues

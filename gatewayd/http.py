@@ -1,18 +1,94 @@
-"""``/healthz`` and ``/metrics`` on ``[http].listen`` (aiohttp, loopback by default)."""
+"""``/healthz`` and ``/metrics`` on ``[http].listen`` (aiohttp, loopback by default).
+
+Both read the store on its own thread (never on the event loop) with a
+deadline: a store that does not answer makes ``/healthz`` say so instead of
+hanging the prober. docs/operations.md explains the body and every metric.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from gatewayd.logs import get_logger
-from gatewayd.metrics import CONTENT_TYPE_LATEST
+from gatewayd.metrics import ACTIVE_JOB_STATES, CONTENT_TYPE_LATEST
 from gatewayd.store import JOB_STATES
 
 log = get_logger(__name__)
+
+STORE_DEADLINE = 3.0  # seconds the store may take to answer a probe
+
+
+@dataclass
+class StoreFacts:
+    ok: bool
+    jobs: dict[str, int] = field(default_factory=dict)
+    oldest_job_age: dict[str, float] = field(default_factory=dict)  # active state -> seconds
+    outbox_depth: int = 0
+    outbox_oldest: float | None = None
+    held_inbound: int | None = None
+
+
+def read_store_facts(store: Any, now: float) -> StoreFacts:
+    """Runs on the store's thread."""
+    jobs = store.job_counts()
+    depth, oldest = store.outbox_stats()
+    ages: dict[str, float] = {}
+    for job in store.jobs_in_states(ACTIVE_JOB_STATES):
+        ages[job.state] = max(ages.get(job.state, 0.0), now - job.created_at)
+    count_received = getattr(store, "count_received", None)
+    held = count_received("no_recipient") if count_received is not None else None
+    return StoreFacts(True, jobs, ages, depth, oldest, held)
+
+
+def poll_interval(config: Any) -> float:
+    """The longest provider poll interval: the provider is judged against three of it."""
+    intervals = [config.provider.status_poll_interval]
+    if config.inbound.enabled:
+        intervals.append(config.inbound.poll_interval)
+    return max(intervals)
+
+
+async def gather_health(rt: Any) -> tuple[bool, dict[str, Any], StoreFacts]:
+    """Read the store (with a deadline), judge health, refresh the gauges."""
+    store = rt.store
+    try:
+        facts = await asyncio.wait_for(store.run(read_store_facts, store, rt.clock()), timeout=STORE_DEADLINE)
+    except Exception as exc:  # the store not answering is exactly what we report
+        log.warning("health_store_check_failed", error=f"{type(exc).__name__}: {exc}")
+        facts = StoreFacts(False)
+    queues = None
+    if facts.ok:
+        queues = {
+            "jobs": {state: n for state, n in sorted(facts.jobs.items()) if n},
+            "oldest_job_age": {state: round(age, 1) for state, age in sorted(facts.oldest_job_age.items())},
+            "outbox": {"pending": facts.outbox_depth, "oldest_age": None if facts.outbox_oldest is None else round(facts.outbox_oldest, 1)},
+            "inbound_held": facts.held_inbound,
+        }
+    interval = poll_interval(rt.config)
+    healthy, body = rt.health.check(
+        store_ok=facts.ok, provider=rt.provider, poll_interval=interval, queues=queues, stopping=rt.stopping.is_set(),
+    )
+    m = rt.metrics
+    if facts.ok:
+        for state in JOB_STATES:
+            m.jobs.labels(state).set(facts.jobs.get(state, 0))
+        for state in ACTIVE_JOB_STATES:
+            m.jobs_oldest.labels(state).set(facts.oldest_job_age.get(state, 0.0))
+        m.outbox_depth.set(facts.outbox_depth)
+        m.outbox_oldest.set(facts.outbox_oldest or 0)
+        if facts.held_inbound is not None:
+            m.inbound_held.set(facts.held_inbound)
+    m.healthy.set(1 if healthy else 0)
+    m.provider_up.set(1 if body["provider"]["ok"] else 0)
+    remaining = getattr(rt.provider, "rate_limit_remaining", None)
+    if isinstance(remaining, int):
+        m.provider_quota_remaining.set(remaining)
+    return healthy, body, facts
 
 
 class HttpServer:
@@ -33,10 +109,16 @@ class HttpServer:
 
     async def start(self) -> None:
         listen = self.rt.config.http.listen
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            self.rt.health.listener("http", False)
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else listen.port
         self.rt.health.listener("http", True)
@@ -46,46 +128,21 @@ class HttpServer:
         await self.rt.stopping.wait()
 
     async def stop(self) -> None:
+        self.rt.health.listener("http", False)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _store_facts(self) -> tuple[bool, dict[str, int], tuple[int, float | None]]:
-        store = self.rt.store
-
-        def facts() -> tuple[dict[str, int], tuple[int, float | None]]:
-            return store.job_counts(), store.outbox_stats()
-
-        try:
-            counts, outbox = await asyncio.wait_for(store.run(facts), timeout=5)
-            return True, counts, outbox
-        except Exception as exc:  # the store not answering is exactly what we report
-            log.warning("health_store_check_failed", error=str(exc))
-            return False, {}, (0, None)
-
-    def _poll_interval(self) -> float:
-        cfg = self.rt.config
-        intervals = [cfg.provider.status_poll_interval]
-        if cfg.inbound.enabled:
-            intervals.append(cfg.inbound.poll_interval)
-        return max(intervals)
-
     async def healthz(self, request: web.Request) -> web.Response:
-        store_ok, counts, (depth, oldest) = await self._store_facts()
-        queues = {
-            "jobs": {state: counts.get(state, 0) for state in JOB_STATES if counts.get(state)},
-            "outbox": {"pending": depth, "oldest_age": None if oldest is None else round(oldest, 1)},
-        }
-        healthy, body = self.rt.health.check(store_ok=store_ok, provider=self.rt.provider, poll_interval=self._poll_interval(), queues=queues)
-        return web.Response(status=200 if healthy else 503, text=json.dumps(body, indent=1) + "\n", content_type="application/json")
+        healthy, body, _ = await gather_health(self.rt)
+        return web.Response(
+            status=200 if healthy else 503,
+            text=json.dumps(body, indent=1) + "\n",
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        store_ok, counts, (depth, oldest) = await self._store_facts()
-        m = self.rt.metrics
-        if store_ok:
-            for state in JOB_STATES:
-                m.jobs.labels(state).set(counts.get(state, 0))
-            m.outbox_depth.set(depth)
-            m.outbox_oldest.set(oldest or 0)
-        body = m.render()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        await gather_health(self.rt)
+        body = self.rt.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})

@@ -18,7 +18,7 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Third-party loggers that are chatty at INFO (httpx logs every request line,
 # including URLs with query strings) are held at WARNING unless debugging.
-_NOISY = ("httpx", "httpcore", "aiosmtpd", "mail.log", "aioimaplib", "aiosmtplib", "aiohttp.access", "fontTools")
+_NOISY = ("httpx", "httpcore", "aiosmtpd", "mail.log", "aioimaplib", "aiosmtplib", "aiohttp.access", "fontTools", "pikepdf")
 
 
 def _shared_processors() -> list[Any]:

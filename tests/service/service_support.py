@@ -1,0 +1,383 @@
+"""Helpers for the service tests: a bound sd_notify socket that records what
+the daemon says, ``gatewayd run`` as a real subprocess, configs written as
+TOML files, and a raw SMTP client that reports every reply.
+
+Everything listens on 127.0.0.1 (TCP) or on an AF_UNIX socket in the test's
+temporary directory / the abstract namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+DOMAIN = "fax.example.com"
+NUMBER = "+78123092631"
+DISCARD_PROVIDER = "http://127.0.0.1:9/api/ver1.0"  # nothing answers: calls fail fast
+
+_GATEWAYD_ENV = ("GATEWAYD_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _GATEWAYD_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Sections (tables or arrays of tables) of scalars and lists."""
+    out: list[str] = []
+    for section, body in data.items():
+        if not isinstance(body, (dict, list)):
+            out.insert(0, f"{section} = {_toml_value(body)}")
+            continue
+        for row in body if isinstance(body, list) else [body]:
+            out.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
+            out.extend(f"{k} = {_toml_value(v)}" for k, v in row.items())
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class Ports:
+    smtp: int = field(default_factory=free_port)
+    http: int = field(default_factory=free_port)
+
+
+def gateway_config(state_dir: Path, ports: Ports, *, provider_url: str = DISCARD_PROVIDER, token_url: str | None = None,
+                   senders: list[dict[str, Any]] | None = None, inbound: dict[str, Any] | None = None,
+                   relay: str = "127.0.0.1:9", **sections: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "provider": {
+            "base_url": provider_url,
+            "client_id": "demo",
+            "client_secret": "demo",
+            "extension": 122,
+            "status_poll_interval": "1s",
+            "retry_delay": "2s",
+            "timeout": "5s",
+        },
+        "smtp": {"listen": f"127.0.0.1:{ports.smtp}", "hostname": "gw.test", "domains": [DOMAIN]},
+        "senders": senders if senders is not None else [{"match": ["*@allowed.test"]}],
+        "inbound": inbound if inbound is not None else {"enabled": False},
+        "mail": {"relay": relay, "from": "Fax Gateway <fax@gw.test>"},
+        "storage": {"state_dir": str(state_dir)},
+        "http": {"listen": f"127.0.0.1:{ports.http}"},
+        "log": {"level": "info", "format": "json"},
+    }
+    if token_url:
+        data["provider"]["token_url"] = token_url
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return data
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(to_toml(data), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- sd_notify
+
+
+@dataclass(frozen=True)
+class Notice:
+    at: float  # time.monotonic() when received
+    fields: dict[str, str]
+    raw: str
+
+    def has(self, assignment: str) -> bool:
+        key, _, value = assignment.partition("=")
+        return self.fields.get(key) == value
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket, like systemd's, read by a thread.
+
+    ``address`` is what goes into ``NOTIFY_SOCKET``: a path, or ``@name`` for
+    the abstract namespace. Each datagram is kept with its arrival time.
+    """
+
+    def __init__(self, where: Path | None = None, *, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"gatewayd-test-{os.getpid()}-{secrets.token_hex(6)}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            assert where is not None
+            path = where / "notify.sock"
+            self.sock.bind(str(path))
+            self.address = str(path)
+        self.sock.settimeout(0.1)
+        self.notices: list[Notice] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="notify-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            at = time.monotonic()
+            text = data.decode("utf-8", "replace")
+            fields = {}
+            for line in text.split("\n"):
+                key, sep, value = line.partition("=")
+                if sep:
+                    fields[key] = value
+            with self._lock:
+                self.notices.append(Notice(at, fields, text))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def snapshot(self) -> list[Notice]:
+        with self._lock:
+            return list(self.notices)
+
+    def with_field(self, assignment: str, since: float = 0.0) -> list[Notice]:
+        return [n for n in self.snapshot() if n.at >= since and n.has(assignment)]
+
+    async def wait_for(self, assignment: str, *, since: float = 0.0, count: int = 1, timeout: float = 20.0) -> list[Notice]:
+        """Wait (without blocking the loop) until ``count`` messages carry ``assignment``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.with_field(assignment, since)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} x {assignment!r} within {timeout}s; got: {[n.raw for n in self.snapshot()]}")
+            await asyncio.sleep(0.02)
+
+    async def wait_until(self, predicate: Callable[[Notice], bool], *, since: float = 0.0, timeout: float = 20.0) -> Notice:
+        deadline = time.monotonic() + timeout
+        while True:
+            for notice in self.snapshot():
+                if notice.at >= since and predicate(notice):
+                    return notice
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching notification within {timeout}s; got: {[n.raw for n in self.snapshot()][-10:]}")
+            await asyncio.sleep(0.02)
+
+
+# ------------------------------------------------------------ the process
+
+
+class Gateway:
+    """``python -m gatewayd run -c CONFIG`` as a subprocess; stderr (JSON lines) kept in a file."""
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str]) -> None:
+        self.config = config
+        self.env = env
+        self.stderr_path = workdir / f"gatewayd-{secrets.token_hex(3)}.stderr"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> "Gateway":
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "gatewayd", "run", "-c", str(self.config),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,
+            env=self.env, cwd=str(REPO),
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout=timeout)
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not go; returns the exit code."""
+        if self.proc is None:
+            return None
+        code = self.proc.returncode
+        if code is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.wait_for(self.proc.wait(), timeout=12)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                code = await self.proc.wait()
+        self._stderr.close()
+        return code
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log events written so far (optionally only one event name)."""
+        out = []
+        for line in self.stderr().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and (name is None or event.get("event") == name):
+                out.append(event)
+        return out
+
+    async def wait_event(self, name: str, *, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log event {name!r} within {timeout}s; stderr:\n{self.stderr()[-4000:]}")
+            await asyncio.sleep(0.05)
+
+
+# -------------------------------------------------------------------- SMTP
+
+
+def fax_email(sender: str, to: str, pdf: bytes, subject: str = "test fax") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{secrets.token_hex(8)}@test>"
+    msg.set_content("Please fax this.\n")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="doc.pdf")
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+_REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
+
+
+class RawSmtp:
+    """A minimal SMTP client that returns every reply instead of raising."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, timeout: float = 10.0) -> tuple["RawSmtp", str]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        client = cls(reader, writer)
+        return client, await client.reply()
+
+    async def reply(self, timeout: float = 30.0) -> str:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+            if not line:
+                raise ConnectionError("connection closed: " + b"".join(lines).decode(errors="replace"))
+            m = _REPLY.match(line.rstrip(b"\r\n"))
+            assert m, f"not an SMTP reply: {line!r}"
+            lines.append(line)
+            if m.group(2) == b" ":
+                return line.rstrip(b"\r\n").decode("utf-8", "replace")
+
+    async def command(self, line: str) -> str:
+        self.writer.write(line.encode() + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def close(self) -> None:
+        try:
+            await self.command("QUIT")
+        except (ConnectionError, asyncio.TimeoutError, OSError):
+            pass
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def send_fax(port: int, sender: str, rcpt: str, data: bytes) -> str:
+    """One transaction; returns the reply that decided it (MAIL, RCPT or end of DATA)."""
+    client, banner = await RawSmtp.connect(port)
+    try:
+        assert banner.startswith("220"), banner
+        assert (await client.command("EHLO client.test")).startswith("250")
+        reply = await client.command(f"MAIL FROM:<{sender}>")
+        if not reply.startswith("250"):
+            return reply
+        reply = await client.command(f"RCPT TO:<{rcpt}>")
+        if not reply.startswith("250"):
+            return reply
+        reply = await client.command("DATA")
+        assert reply.startswith("354"), reply
+        body = data.replace(b"\r\n.", b"\r\n..")
+        if body.startswith(b"."):
+            body = b"." + body
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        client.writer.write(body + b".\r\n")
+        await client.writer.drain()
+        return await client.reply()
+    finally:
+        await client.close()
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
+            return resp.status, await resp.text()
+
+
+async def tcp_connect_once(port: int) -> None:
+    """Connect once, no retry: raises if nothing listens."""
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
