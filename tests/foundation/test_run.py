@@ -167,3 +167,23 @@ def test_unusable_state_directory_exits_1_with_a_json_error(tmp_path) -> None:
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert records[-1]["event"] == "gatewayd_start_failed"
     assert "cannot open the store" in records[-1]["error"]
+
+
+def test_daemon_start_removes_a_partial_document_left_by_a_crash(daemon_config, tmp_path) -> None:
+    """A document write killed before its rename leaves a .tmp- file; the
+    daemon's start-up removes it (and never references it)."""
+    from gatewayd.store import Store
+
+    config = daemon_config()
+    store = Store(tmp_path / "state")
+    leftover = store.documents_dir / "ef" / f".tmp-{'ef' * 32}-999999999-1"  # writer long gone
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"%PDF-1.4 half written")
+    store.close()
+    d = Daemon(config)
+    try:
+        d.event("gatewayd_ready")
+        assert not leftover.exists()
+        assert d.stop(signal.SIGTERM) == 0
+    finally:
+        d.kill()

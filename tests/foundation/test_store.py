@@ -317,13 +317,7 @@ def test_write_killed_before_rename_is_never_referenced_and_cleaned_at_start(tmp
         s.close()
 
 
-def test_daemon_start_cleans_leftover_temporary_files(tmp_path) -> None:
-    """clean_documents is what the daemon runs at start (Daemon.run)."""
-    import inspect
-
-    from gatewayd import daemon
-
-    assert "clean_documents()" in inspect.getsource(daemon.Daemon.run)
+def test_clean_documents_removes_a_dead_writers_temporary_file(tmp_path) -> None:
     s = Store(tmp_path / "state")
     try:
         d = s.documents_dir / "ab"
