@@ -151,8 +151,8 @@ def summarise_config(c: Config) -> str:
         f"  numbers     region {c.numbers.default_region}; allow {', '.join(c.numbers.allow) or 'all'}; deny {', '.join(c.numbers.deny) or 'none'}; "
         f"premium {'blocked' if c.numbers.block_premium else 'allowed'}; dial {c.numbers.dial_format}",
         f"  documents   {c.documents.page_size}, cover page {c.documents.cover_page}, at most {c.documents.max_pages} pages",
-        f"  imap        " + (f"{c.imap.username}@{c.imap.host}:{c.imap.port} {c.imap.mailbox}" if c.imap.enabled else "off"),
-        f"  inbound     " + (f"every {c.inbound.poll_interval:g}s, extensions {', '.join(map(str, c.inbound.extensions)) or 'all fax extensions'}, attach {c.inbound.attach}, {len(c.inbound.routes)} route(s)" if c.inbound.enabled else "off"),
+        "  imap        " + (f"{c.imap.username}@{c.imap.host}:{c.imap.port} {c.imap.mailbox}" if c.imap.enabled else "off"),
+        "  inbound     " + (f"every {c.inbound.poll_interval:g}s, extensions {', '.join(map(str, c.inbound.extensions)) or 'all fax extensions'}, attach {c.inbound.attach}, {len(c.inbound.routes)} route(s)" if c.inbound.enabled else "off"),
         f"  mail        relay {c.mail.relay} ({c.mail.security}), from {c.mail.from_}, reports {c.mail.reports}, admin {', '.join(c.mail.admin) or 'none'}",
         f"  state       {c.state_dir}",
         f"  http        {c.http.listen or 'off'}",
@@ -177,7 +177,8 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_store(config: Config):
+def open_store(config: Config):  # -> gatewayd.store.Store
+    """The state directory's store, for commands that run beside the daemon."""
     from gatewayd.store import Store, StoreError
 
     if not config.state_dir.exists():
@@ -199,7 +200,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         raise CommandError(f"unknown state {args.state!r}; one of {', '.join(JOB_STATES)}", EXIT_USAGE)
     if args.limit < 1:
         raise CommandError("--limit must be at least 1", EXIT_USAGE)
-    store = _open_store(load(args))
+    store = open_store(load(args))
     try:
         jobs = store.list_jobs(state=args.state, limit=args.limit)
     finally:
@@ -213,7 +214,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_job(args: argparse.Namespace) -> int:
     from gatewayd.store import JobNotFound
 
-    store = _open_store(load(args))
+    store = open_store(load(args))
     try:
         try:
             job = store.get_job(args.id)

@@ -29,7 +29,7 @@ import asyncio
 import sys
 from typing import Any, Awaitable, Callable
 
-from gatewayd.cli import EXIT_OK, CommandError, _open_store, load
+from gatewayd.cli import EXIT_OK, CommandError, open_store, load
 from gatewayd.config import Config
 from gatewayd.logs import setup_logging
 from gatewayd.provider.client import NotFound, ProviderClient, ProviderError, RateLimited, Rejected, SentFax
@@ -64,7 +64,7 @@ def _quiet_logging(config: Config) -> None:
 def cancel(args: argparse.Namespace) -> int:
     config = load(args)
     _quiet_logging(config)
-    store = _open_store(config)
+    store = open_store(config)
     try:
         print(asyncio.run(cancel_job(store, args.id, lambda: ProviderClient.from_config(config.provider))))
     finally:
@@ -75,7 +75,7 @@ def cancel(args: argparse.Namespace) -> int:
 def retry(args: argparse.Namespace) -> int:
     config = load(args)
     _quiet_logging(config)
-    store = _open_store(config)
+    store = open_store(config)
     try:
         print(asyncio.run(retry_job(store, args.id, lambda: ProviderClient.from_config(config.provider))))
     finally:

@@ -14,22 +14,11 @@ import asyncio
 import sys
 from typing import Sequence
 
-from gatewayd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load
+from gatewayd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, is_email_address
 
 # The ledger's words, and what the command shows for them.
 _STATE_WORDS = {"queued": "queued", "relayed": "relayed", "no_recipient": "held"}
-
-
-def _open_store(config: Config):  # -> gatewayd.store.Store
-    from gatewayd.store import Store, StoreError
-
-    if not config.state_dir.exists():
-        raise CommandError(f"no state directory at {config.state_dir} (has the daemon run yet?)")
-    try:
-        return Store(config.state_dir)
-    except StoreError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def _cell(text: str) -> str:
@@ -53,7 +42,7 @@ def received(args: argparse.Namespace) -> int:
     limit = getattr(args, "limit", 50)
     if limit < 1:
         raise CommandError("--limit must be at least 1", EXIT_USAGE)
-    store = _open_store(load(args))
+    store = open_store(load(args))
     try:
         rows = store.received_with_mail(limit=limit)
     except StoreError as exc:

@@ -28,7 +28,7 @@ import asyncio
 import re
 import sys
 
-from gatewayd.cli import EXIT_OK, EXIT_USAGE, CommandError, _open_store, load
+from gatewayd.cli import EXIT_OK, EXIT_USAGE, CommandError, open_store, load
 from gatewayd.config import Config, is_email_address
 from gatewayd.daemon import Runtime
 from gatewayd.email_to_fax.errors import IntakeRefused, SenderNotAuthorised
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     except IntakeRefused as exc:
         raise CommandError(exc.text, EXIT_REFUSED) from None
 
-    store = _open_store(config)
+    store = open_store(config)
     try:
         ids = asyncio.run(_accept(config, store, parsed, authorisation, destination))
     except IntakeRefused as exc:
