@@ -10,12 +10,12 @@ text per RFC 2047.
 from __future__ import annotations
 
 import re
-import time
+import uuid
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 from typing import Sequence
 
 # C0 and C1 controls and the Unicode line/paragraph separators: str.splitlines()
@@ -63,7 +63,8 @@ def new_message(
         msg["Cc"] = ", ".join(cc)
     msg["Subject"] = safe_header_text(subject, 250)
     msg["Date"] = format_datetime(date if date is not None else datetime.now().astimezone())
-    msg["Message-ID"] = make_msgid(idstring=str(int(time.time() * 1000)), domain=_msgid_domain(mail_from))
+    # Short enough to stay on one header line (make_msgid's ids get folded).
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{_msgid_domain(mail_from)}>"
     msg["Auto-Submitted"] = "auto-generated"
     # Keep vacation responders and list software from answering a robot.
     msg["X-Auto-Response-Suppress"] = "All"
