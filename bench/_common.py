@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "bench"
 PYTHON = sys.executable
 DOMAIN = "fax.example.com"
 NUMBER = "+78123092631"
@@ -387,11 +386,10 @@ def gateway_config(state_dir: Path, *, smtp_port: int, base_url: str, **override
 
 @dataclass
 class Gatewayd:
-    """``gatewayd run`` as a subprocess; ``hooked`` runs it with bench/fastdata_hook.py applied."""
+    """``gatewayd run`` as a subprocess."""
 
     workdir: Path
     base_url: str
-    hooked: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -402,11 +400,10 @@ class Gatewayd:
         self.state_dir = self.workdir / "state"
         config = self.workdir / "config.toml"
         config.write_text(to_toml(gateway_config(self.state_dir, smtp_port=self.port, base_url=self.base_url, **self.overrides)))
-        entry = [str(BENCH / "fastdata_hook.py")] if self.hooked else ["-m", "gatewayd"]
         env = {k: v for k, v in os.environ.items() if k not in ("GATEWAYD_CONFIG", "NOTIFY_SOCKET", "STATE_DIRECTORY")}
         env["PYTHONPATH"] = str(REPO)
         self.log = open(self.workdir / "gatewayd.log", "wb")
-        self.proc = subprocess.Popen([PYTHON, *entry, "run", "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.proc = subprocess.Popen([PYTHON, "-m", "gatewayd", "run", "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         try:
             wait_port(self.port, 60, self.proc)
         except BaseException:

@@ -1,9 +1,10 @@
 """A fast SMTP DATA reader: large chunks, streaming dot-unstuffing, optional spool.
 
-aiosmtpd (and the listener's line-by-line ``_read_data``) reads DATA one
-line at a time, un-stuffs each line in Python and keeps the message as a list
-of line objects: at 1 MB that is the bottleneck of the whole intake, and a
-10 MB attachment costs tens of MB of RSS per session. ``read_data`` instead:
+The SMTP listener (``FaxSMTP._read_data``) reads DATA with it. aiosmtpd
+reads DATA one line at a time, un-stuffs each line in Python and keeps the
+message as a list of line objects: at 1 MB that was the bottleneck of the
+whole intake, and a 10 MB attachment cost tens of MB of RSS per session.
+``read_data`` instead:
 
 * asks the ``asyncio.StreamReader`` for everything up to the terminator
   ``CRLF . CRLF`` with ``readuntil`` (a C-level search of the buffer), taking
@@ -29,9 +30,10 @@ of line objects: at 1 MB that is the bottleneck of the whole intake, and a
 at once (parse, document build): with spooled bodies, 20 sessions each
 sending 10 MB no longer hold 20 messages and their parse trees in memory.
 
-The result keeps the exact semantics of ``FaxSMTP._read_data`` (size counted
-on the un-stuffed bytes including line ends; CRLF is the only line end, so a
-dot after a bare LF is data). See docs/performance.md for the figures.
+The semantics are those of a line-by-line reader (RFC 5321 section 4.5.2;
+tests/reliability/test_fastdata.py compares the two): the size is counted on
+the un-stuffed bytes including line ends, and CRLF is the only line end, so
+a dot after a bare LF is data. See docs/performance.md for the figures.
 """
 
 from __future__ import annotations

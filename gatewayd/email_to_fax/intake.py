@@ -51,14 +51,18 @@ class Intake:
         report_to: str,
         intake_key: str | None = None,
         parsed: ParsedMessage | None = None,
+        crlf_checked: bool = False,
     ) -> list[int]:
         """Store the message as one job per destination; returns the job ids.
+
+        ``crlf_checked``: the caller has already refused bare LF line endings
+        (``parse_message`` does not check again).
 
         Raises an ``IntakeRefused`` subclass; never anything else (except
         cancellation): unexpected failures are logged and become 451.
         """
         try:
-            return await self._accept(raw, authorisation, destinations, source, report_to, intake_key, parsed)
+            return await self._accept(raw, authorisation, destinations, source, report_to, intake_key, parsed, crlf_checked)
         except IntakeRefused:
             raise
         except asyncio.CancelledError:
@@ -76,6 +80,7 @@ class Intake:
         report_to: str,
         intake_key: str | None,
         parsed: ParsedMessage | None,
+        crlf_checked: bool,
     ) -> list[int]:
         rt = self.rt
         store = rt.store
@@ -90,9 +95,12 @@ class Intake:
                 return list(seen)
         if parsed is None:
             # Parsing a 25 MB message is CPU work: off the event loop.
-            parsed = await asyncio.to_thread(parse_message, raw)
-        limiter = RateLimiter(store, rt.clock)
-        await store.run(limiter.check, authorisation.rule, len(destinations))
+            parsed = await asyncio.to_thread(parse_message, raw, crlf_checked=crlf_checked)
+        if authorisation.rule is not None and authorisation.rule.max_per_hour:
+            # Only a limited rule has anything to count; the store's thread is
+            # shared with every commit, so no trip there for nothing.
+            limiter = RateLimiter(store, rt.clock)
+            await store.run(limiter.check, authorisation.rule, len(destinations))
 
         docs = config.documents
         cover = None

@@ -9,6 +9,16 @@ only ever sees ``IntakeRefused`` subclasses for bad input.
 Attachments are recognised by their content (magic bytes), never by their
 declared type or file name. File names are reduced to safe display names:
 they end up in SMTP replies, reports and logs, never in a path.
+
+Speed (docs/performance.md): the standard feed parser walks a message one
+line at a time, ~18,000 lines for a 1 MB attachment, and the default policy
+parses a header field again (and makes a new class) every time it is read.
+So ``_parse`` feeds the parser a *skeleton* of the message in which each
+large base64 leaf body is replaced by a one-line placeholder, and decodes
+those bodies from their slices of the raw bytes (``_skeleton``, ``_feed``);
+and it parses each header field once per message (``_ParsePolicy``). The
+result is exactly that of parsing the whole message: see ``_feed`` for why,
+and for the fall-back to the plain parse whenever that cannot be shown.
 """
 
 from __future__ import annotations
@@ -17,16 +27,18 @@ import binascii
 import email.policy
 import mimetypes
 import re
+import secrets
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
+from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.utils import getaddresses
 from html.parser import HTMLParser
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from gatewayd.email_to_fax.errors import (
     AttachmentRejected,
@@ -134,16 +146,18 @@ class ParsedMessage:
 # ---------------------------------------------------------------- entry point
 
 
-def parse_message(raw: bytes, *, max_parts: int = 100, max_depth: int = 10) -> ParsedMessage:
+def parse_message(raw: bytes, *, max_parts: int = 100, max_depth: int = 10, crlf_checked: bool = False) -> ParsedMessage:
     """Parse ``raw`` (as received, CRLF line endings) or raise an ``IntakeRefused``.
 
     ``max_parts`` counts every MIME entity, the message itself included;
     ``max_depth`` is how deep an entity may sit below the message (its direct
-    parts are at depth 1).
+    parts are at depth 1). ``crlf_checked``: the caller has already refused
+    bare LF line endings (the SMTP DATA reader does, while reading), so the
+    check is not made twice.
     """
     # Counting is two C loops over the buffer, far cheaper than a regex
     # look-behind on a 25 MB message.
-    if raw.count(b"\n") != raw.count(b"\r\n"):
+    if not crlf_checked and raw.count(b"\n") != raw.count(b"\r\n"):
         raise BareLineFeed()
     try:
         return _parse(raw, max_parts=max_parts, max_depth=max_depth)
@@ -167,7 +181,7 @@ class _BoundedFeedParser(BytesFeedParser):
     """
 
     def __init__(self, *, max_parts: int, max_depth: int) -> None:
-        super().__init__(policy=email.policy.default)
+        super().__init__(policy=_ParsePolicy())
         self._max_parts = max_parts
         self._max_depth = max_depth
         self._parts = 0
@@ -181,12 +195,208 @@ class _BoundedFeedParser(BytesFeedParser):
         super()._new_message()  # type: ignore[misc]
 
 
-def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
+class _HeaderClasses(HeaderRegistry):
+    """The standard registry, but each header class is made once, not on every lookup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        base = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(base)
+        if made is None:
+            made = self._made[base] = type("_" + base.__name__, (base, self.base_class), {})
+        return made
+
+
+_HEADER_CLASSES = _HeaderClasses()
+
+
+class _ParsePolicy(email.policy.EmailPolicy):
+    """``email.policy.default`` that parses each header field once per message.
+
+    The default policy parses a field every time it is read (``get``,
+    ``get_content_type``, ``get_filename``, ...). Header objects are
+    immutable, so the walk can share them. One instance per message (the
+    cache dies with it); messages are parsed in several threads at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(header_factory=_HEADER_CLASSES)
+        object.__setattr__(self, "_fetched", {})
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        fetched: dict[tuple[str, str], Any] = self._fetched  # type: ignore[attr-defined]
+        key = (name, value)
+        header = fetched.get(key)
+        if header is None:
+            header = fetched[key] = super().header_fetch_parse(name, value)
+        return header
+
+
+# ---------------------------------------------------------------- skeleton
+
+# A base64 leaf body at least this long is decoded from its slice of the raw
+# message instead of going through the feed parser line by line.
+_SLICE_MIN = 4096
+_CRLF2 = b"\r\n\r\n"
+_FIELD_RE = re.compile(rb"^(content-type|content-transfer-encoding)[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_TYPE_RE = re.compile(rb"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)/([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
+_BOUNDARY_RE = re.compile(rb';\s*boundary\s*=\s*(?:"([^"\\\r\n]*)"|([^\s;"]+))', re.IGNORECASE)
+
+
+def _skeleton(raw: bytes, *, max_parts: int, max_depth: int) -> list[tuple[int, int]]:
+    """Where the large base64 leaf bodies are: ``(start, end)`` offsets in ``raw``.
+
+    A quick look at the MIME structure (header blocks, Content-Type,
+    boundaries, Content-Transfer-Encoding); only a hint: ``_feed`` checks
+    with the real parser that each region really is one leaf's whole body,
+    and a region is never offered if it holds a ``-`` (so no line in it
+    starts with ``--``: it cannot hold a boundary of any multipart, whatever
+    its boundary) or a byte that is not ASCII.
+    """
+    scan = _Scan(raw, max_parts=max_parts, max_depth=max_depth)
+    try:
+        scan.entity(0, len(raw), 0)
+    except _GiveUp:
+        return []
+    return scan.regions
+
+
+class _Scan:
+    """The walk of ``_skeleton``. A class, not nested functions: two closures
+    calling each other are a reference cycle, and it would keep the message
+    alive until the next full garbage collection."""
+
+    def __init__(self, raw: bytes, *, max_parts: int, max_depth: int) -> None:
+        self.raw = raw
+        self.budget = max_parts
+        self.max_depth = max_depth
+        self.regions: list[tuple[int, int]] = []
+
+    def entity(self, start: int, end: int, depth: int) -> None:
+        raw = self.raw
+        self.budget -= 1
+        if self.budget < 0 or depth > self.max_depth:
+            raise _GiveUp
+        if raw.startswith(b"\r\n", start):
+            header, body = b"", start + 2
+        else:
+            cut = raw.find(_CRLF2, start, end)
+            if cut < 0:
+                return  # headers only: nothing to skip
+            header, body = raw[start:cut + 2], cut + 4
+        fields: dict[bytes, bytes] = {}
+        for name, value in _FIELD_RE.findall(header.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")):
+            name = name.lower()
+            if name in fields:
+                raise _GiveUp  # duplicate: refused anyway, by the parser
+            fields[name] = value
+        ctype = _TYPE_RE.match(fields.get(b"content-type", b"text/plain"))
+        if ctype is None:
+            raise _GiveUp
+        main = ctype.group(1).lower()
+        if main == b"multipart":
+            found = _BOUNDARY_RE.search(fields[b"content-type"], ctype.end())
+            if found is None:
+                raise _GiveUp
+            self.parts(found.group(1) if found.group(1) is not None else found.group(2), body, end, depth)
+        elif main != b"message" and fields.get(b"content-transfer-encoding", b"").strip().lower() == b"base64":
+            if end - body >= _SLICE_MIN:
+                # Not base64 (a "-", so also no line starting with "--"; not
+                # ASCII): the plain parse words that refusal.
+                if raw.find(b"-", body, end) >= 0 or not raw[body:end].isascii():
+                    raise _GiveUp
+                self.regions.append((body, end))
+
+    def parts(self, boundary: bytes, start: int, end: int, depth: int) -> None:
+        raw = self.raw
+        delimiter = b"--" + boundary
+        # Delimiter lines: at the body's start or after a CRLF, then "--"?, blanks, CRLF or the end.
+        lines: list[tuple[int, int, bool]] = []  # (line start, after its CRLF, is the close delimiter)
+        at = start if raw.startswith(delimiter, start) else raw.find(b"\r\n" + delimiter, start, end)
+        while at >= 0:
+            line = at if at == start and raw.startswith(delimiter, start) else at + 2
+            tail = line + len(delimiter)
+            closing = raw.startswith(b"--", tail, end)
+            after = tail + 2 if closing else tail
+            while after < end and raw[after] in b" \t":
+                after += 1
+            if after == end or raw.startswith(b"\r\n", after, end):
+                lines.append((line, min(after + 2, end), closing))
+                if closing:
+                    break
+            at = raw.find(b"\r\n" + delimiter, tail, end)
+        if not lines or not lines[-1][2]:
+            raise _GiveUp  # no close delimiter: the parser's business
+        for (_, part_start, _), (next_line, _, _) in zip(lines, lines[1:]):
+            # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1).
+            self.entity(part_start, max(next_line - 2, part_start), depth + 1)
+
+
+class _GiveUp(Exception):
+    """The quick look does not understand the structure: parse it all the plain way."""
+
+
+def _feed_all(raw: bytes, *, max_parts: int, max_depth: int) -> Message:
     parser = _BoundedFeedParser(max_parts=max_parts, max_depth=max_depth)
     parser.feed(raw)
-    msg = parser.close()
+    return parser.close()
 
-    entities = list(_walk(msg, "", 0, max_depth))
+
+def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[tuple[Message, str, bool]], dict[int, tuple[int, int]]]:
+    """Parse ``raw``: the message, its entities, and the raw slices of skipped bodies.
+
+    The bodies ``_skeleton`` found are replaced by placeholders (a random
+    token: a sender cannot forge one), the skeleton is parsed, and the
+    result is kept only if every placeholder is, exactly, the whole payload
+    of a leaf entity of the walk that has no defects and is neither a
+    multipart nor a message/*. Then the parse of ``raw`` would have been the
+    same but for those payloads: the feed parser reads line by line; up to a
+    placeholder both inputs are the same lines, so it reaches the region's
+    first line in the state in which it took the placeholder, collecting a
+    leaf body (not reading headers: that would have left a defect on the
+    leaf). In that state a line only matters if it matches the boundary of
+    an enclosing multipart, and no line of a region starts with ``--``. So
+    it takes all of the region's lines into the same payload and goes on
+    from the same line in the same state. Anything else (the skeleton
+    refused, a placeholder elsewhere) parses ``raw`` the plain way.
+    """
+    regions = _skeleton(raw, max_parts=max_parts, max_depth=max_depth) if len(raw) >= _SLICE_MIN else []
+    if regions:
+        token = secrets.token_hex(12)
+        names: list[str] = []
+        pieces: list[bytes] = []
+        pos = 0
+        for number, (start, end) in enumerate(regions):
+            names.append(f"gatewayd-body-{token}-{number}")
+            pieces += [raw[pos:start], names[-1].encode("ascii")]
+            pos = end
+        pieces.append(raw[pos:])
+        try:
+            msg = _feed_all(b"".join(pieces), max_parts=max_parts, max_depth=max_depth)
+            entities = list(_walk(msg, "", 0, max_depth))
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - whatever it is, the plain parse decides
+            pass
+        else:
+            wanted = dict(zip(names, regions))
+            bodies: dict[int, tuple[int, int]] = {}
+            for part, _, _ in entities:
+                payload = part._payload  # the raw payload, as get_payload(decode=False) gives it
+                if isinstance(payload, str) and payload in wanted and not part.defects \
+                        and part.get_content_maintype() not in ("multipart", "message"):
+                    bodies[id(part)] = wanted.pop(payload)
+            if not wanted:
+                return msg, entities, bodies
+    msg = _feed_all(raw, max_parts=max_parts, max_depth=max_depth)
+    return msg, list(_walk(msg, "", 0, max_depth)), {}
+
+
+def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
+    msg, entities, bodies = _feed(raw, max_parts=max_parts, max_depth=max_depth)
     if len(entities) > max_parts:
         raise MalformedMessage("too many parts")
     for part, section, _ in entities:
@@ -210,7 +420,7 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
             raw_name = _unescape_8bit(raw_name)
         label = _label(section)
         if ctype in ("text/plain", "text/html") and disposition != "attachment" and raw_name is None:
-            (plain if ctype == "text/plain" else htmls).append(_decode_text(part, label))
+            (plain if ctype == "text/plain" else htmls).append(_decode_text(part, label, _slice(raw, bodies, part)))
             continue
         if disposition != "attachment" and part.get("content-id") is not None:
             # An image the HTML body shows (a signature logo): not faxed.
@@ -222,7 +432,7 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
             name = safe_filename(raw_name, f"attachment-{index}.eml")
             unsupported.append(UnsupportedPart(name, ctype, f"unsupported type {ctype}"))
             continue
-        data = _decode_payload(part, label)
+        data = _decode_payload(part, label, _slice(raw, bodies, part))
         kind = sniff_kind(data)
         fallback_ext = _KIND_EXTENSION[kind] if kind else _guess_extension(ctype)
         name = safe_filename(raw_name, f"attachment-{index}.{fallback_ext}")
@@ -336,18 +546,28 @@ def _check_entity(part: Message, section: str) -> None:
 # ------------------------------------------------------------------ payloads
 
 
-def _decode_payload(part: Message, label: str) -> bytes:
+def _slice(raw: bytes, bodies: Mapping[int, tuple[int, int]], part: Message) -> bytes | None:
+    """The raw bytes of ``part``'s body when ``_feed`` left it out of the parse."""
+    where = bodies.get(id(part))
+    return None if where is None else raw[where[0]:where[1]]
+
+
+def _decode_payload(part: Message, label: str, body: bytes | None = None) -> bytes:
+    """The decoded content; ``body`` is the raw base64 body when the parser did not see it."""
     cte = str(part.get("content-transfer-encoding", "7bit")).strip().lower()
     if cte == "base64":
         # The library decoder repairs bad padding and skips junk silently;
         # a repaired attachment is a guess, so decode strictly ourselves.
-        text = part.get_payload(decode=False)
-        if not isinstance(text, str):
-            raise MalformedMessage(f"invalid base64 in {label}")
-        try:
-            encoded = text.encode("ascii")
-        except UnicodeEncodeError:
-            raise MalformedMessage(f"invalid base64 in {label}") from None
+        if body is not None:
+            encoded = body  # a byte outside the base64 alphabet fails below, as in the text
+        else:
+            text = part.get_payload(decode=False)
+            if not isinstance(text, str):
+                raise MalformedMessage(f"invalid base64 in {label}")
+            try:
+                encoded = text.encode("ascii")
+            except UnicodeEncodeError:
+                raise MalformedMessage(f"invalid base64 in {label}") from None
         encoded = encoded.translate(None, b" \t\r\n")
         try:
             return binascii.a2b_base64(encoded, strict_mode=True)
@@ -359,8 +579,8 @@ def _decode_payload(part: Message, label: str) -> bytes:
     return data
 
 
-def _decode_text(part: Message, label: str) -> str:
-    data = _decode_payload(part, label)[: MAX_BODY_CHARS * 4]
+def _decode_text(part: Message, label: str, body: bytes | None = None) -> str:
+    data = _decode_payload(part, label, body)[: MAX_BODY_CHARS * 4]
     charset = part.get_content_charset() or "us-ascii"
     try:
         text = data.decode(charset)

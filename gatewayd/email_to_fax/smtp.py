@@ -12,10 +12,19 @@ Stock aiosmtpd behaviour replaced here, and why:
 * MAIL: the SIZE check and the null sender ``<>`` (aiosmtpd refuses it as
   a syntax error; the policy decides instead, so an authenticated account
   may send with it, without a report).
-* DATA: read by ``_read_data`` (one method, so a faster reader can replace
-  it), which keeps the bytes exactly as sent, notices bare LF, enforces
-  ``max_message_size`` with the SPEC reply and resets the idle timeout per
-  line instead of per command.
+* DATA: read by ``_read_data`` with ``fastdata.read_data`` instead of
+  aiosmtpd's line-by-line loop: pieces of up to 256 KiB, dot-unstuffed as a
+  stream, the bytes otherwise exactly as sent. It notices bare LF, enforces
+  ``max_message_size`` with the SPEC reply (reading the rest to the end),
+  restarts the idle timeout whenever data arrives, and keeps a body above
+  1 MiB in an anonymous temporary file in the state directory instead of in
+  memory (a spool that cannot be written answers ``451``). The message is
+  then loaded and turned into jobs inside an ``IntakeGate``: at most 16 MiB
+  of message is parsed and converted at once, whatever the number of
+  sessions (docs/performance.md).
+* Reply lines are always ASCII without CR/LF (``IntakeRefused.smtp_reply``,
+  and ``push`` checks every line again): a refusal naming "счет.pdf" is
+  still its ``554``, never a ``451`` from a failed encoding.
 * AUTH PLAIN/LOGIN: aiosmtpd collects the credentials; scrypt runs in a
   worker thread, never on the loop. Offered only over TLS or to trusted
   networks; a few failures close the session.
@@ -34,7 +43,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 
-from gatewayd.email_to_fax.errors import BareLineFeed, IntakeRefused, MessageTooBig, SenderNotAuthorised, TemporaryFailure
+from gatewayd.email_to_fax.errors import (
+    BareLineFeed,
+    IntakeRefused,
+    MessageTooBig,
+    SenderNotAuthorised,
+    TemporaryFailure,
+    smtp_safe,
+)
+from gatewayd.email_to_fax.fastdata import DataBody, IntakeGate, read_data
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
 from gatewayd.logs import bind_context, get_logger
@@ -42,7 +59,7 @@ from gatewayd.passwords import hash_password, verify_password
 
 log = get_logger(__name__)
 
-TEMPORARY = TemporaryFailure().reply  # "451 4.3.0 temporary failure, try again"
+TEMPORARY = TemporaryFailure().smtp_reply  # "451 4.3.0 temporary failure, try again"
 TOO_MANY_CONNECTIONS = "421 4.7.0 too many connections"
 SHUTTING_DOWN = "421 4.3.2 service shutting down, try again later"
 MUST_STARTTLS = "530 5.7.0 must issue STARTTLS first"
@@ -58,20 +75,22 @@ class SmtpTuning:
     """Timeouts and limits not in the configuration file (docs/smtp.md lists them)."""
 
     command_timeout: float = 300.0  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
-    data_timeout: float = 180.0  # idle time allowed between two lines of DATA
+    data_timeout: float = 180.0  # idle time allowed in DATA (restarted whenever data arrives)
     stop_grace: float = 2.5  # transactions in progress at stop may finish this long
     store_grace: float = 1.0  # then a message being stored gets this much more to answer
     max_auth_failures: int = 3  # then 421 and the connection is closed
+    spool_threshold: int = 1 << 20  # a DATA body above this waits in a temporary file, not in memory
+    intake_budget: int = 16 << 20  # bytes of message parsed and converted at once (IntakeGate)
 
 
 @dataclass(frozen=True)
 class DataResult:
     """The message as received by ``_read_data``."""
 
-    content: bytes | None  # None when discarded for size
-    size: int
-    too_big: bool
+    size: int  # un-stuffed bytes, line ends included
+    too_big: bool  # over max_message_size: the content was not kept
     bare_lf: bool
+    body: DataBody  # the content (memory or spool); whoever decides closes it
 
 
 class FaxEnvelope(Envelope):
@@ -140,6 +159,11 @@ class FaxSMTP(SMTP):
         super()._timeout_cb()
 
     async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not (status.isascii() and status.isprintable()):
+            # The replies are made safe where they are made (IntakeRefused.smtp_reply);
+            # this is the last line of defence: a UnicodeEncodeError here would
+            # turn any answer into aiosmtpd's 451, and CR/LF into a forged reply.
+            status = smtp_safe(status)
         line = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         if len(line) >= 4 and line[:3].isdigit() and line[3] == " ":
             self.listener.count_reply(line[:3])
@@ -184,7 +208,7 @@ class FaxSMTP(SMTP):
         if rest is not None:
             size = _SIZE_PARAM.search(rest)
             if size and size.group(1).isdigit() and self.data_size_limit and int(size.group(1)) > self.data_size_limit:
-                await self.push(MessageTooBig().reply)
+                await self.push(MessageTooBig().smtp_reply)
                 return
             if _NULL_SENDER.match(rest):
                 if self.envelope.mail_from:
@@ -267,45 +291,24 @@ class FaxSMTP(SMTP):
             await self.goodbye(SHUTTING_DOWN)
 
     async def _read_data(self) -> DataResult:
-        """Read DATA up to the lone dot; the bytes exactly as sent, un-dot-stuffed.
+        """Read DATA up to the lone dot with ``fastdata.read_data``.
 
-        Lines longer than the reader's limit are taken in pieces (only the
-        total size is limited). The idle timeout restarts with every line.
+        The idle timeout is ``data_timeout``, restarted whenever data arrives.
         Past ``data_size_limit`` the content is dropped but read to the end,
-        so the client gets the SPEC reply instead of a broken connection.
+        so the client gets the SPEC reply instead of a broken connection. A
+        client that leaves raises ``ConnectionResetError`` (nothing is kept).
         """
-        limit = self.data_size_limit or 0
-        reader = self._reader
-        chunks: list[bytes] = []
-        size = 0
-        too_big = bare_lf = False
-        at_line_start = True
-        while True:
-            self._reset_timeout(self.listener.tuning.data_timeout)
-            try:
-                piece = await reader.readuntil(b"\r\n")
-                complete = True
-            except asyncio.LimitOverrunError as exc:
-                # No CRLF within the limit; exc.consumed never splits a CRLF.
-                piece = await reader.read(exc.consumed)
-                complete = False
-            except asyncio.IncompleteReadError:
-                raise ConnectionResetError("connection closed during DATA") from None
-            if at_line_start and complete and piece == b".\r\n":
-                break
-            if at_line_start and piece[:1] == b".":
-                piece = piece[1:]
-            if b"\n" in (piece[:-2] if complete else piece):
-                bare_lf = True
-            size += len(piece)
-            if limit and size > limit and not too_big:
-                too_big = True
-                chunks = []
-            if not too_big:
-                chunks.append(piece)
-            at_line_start = complete
+        tuning = self.listener.tuning
+        self._reset_timeout(tuning.data_timeout)
+        body = await read_data(
+            self._reader,
+            limit=self.data_size_limit or 0,
+            spool_threshold=tuning.spool_threshold,
+            spool_dir=self.listener.rt.store.state_dir,
+            on_activity=lambda: self._reset_timeout(tuning.data_timeout),
+        )
         self._reset_timeout()
-        return DataResult(None if too_big else b"".join(chunks), size, too_big, bare_lf)
+        return DataResult(body.size, body.too_big, body.bare_lf, body)
 
 
 class _Refuse(asyncio.Protocol):
@@ -332,7 +335,7 @@ def _guarded(hook: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str
         except asyncio.CancelledError:
             raise
         except IntakeRefused as exc:
-            return exc.reply
+            return exc.smtp_reply
         except Exception as exc:  # noqa: BLE001 - the edge of the listener
             log.exception("smtp_hook_failed", hook=hook.__name__, peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
             return TEMPORARY
@@ -366,8 +369,8 @@ class _Decisions:
         try:
             auth = self._authorise(server, address)
         except IntakeRefused as exc:
-            self._log(server, envelope, exc.reply, mail_from=address)
-            return exc.reply
+            self._log(server, envelope, exc.smtp_reply, mail_from=address)
+            return exc.smtp_reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.authorisation = auth
@@ -379,7 +382,7 @@ class _Decisions:
         try:
             reply = await self._recipient(server, envelope, address)
         except IntakeRefused as exc:
-            reply = exc.reply
+            reply = exc.smtp_reply
         if not reply.startswith("2"):
             envelope.refused.append((address, reply))
         return reply
@@ -394,9 +397,10 @@ class _Decisions:
             return "250 2.1.5 recipient ok (same number as an earlier recipient: one fax)"
         if len(envelope.destinations) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
-        store = self.rt.store
-        limiter = RateLimiter(store, self.rt.clock)
-        await store.run(limiter.check, auth.rule, len(envelope.destinations) + 1)
+        if auth.rule is not None and auth.rule.max_per_hour:  # else nothing to count (see Intake)
+            store = self.rt.store
+            limiter = RateLimiter(store, self.rt.clock)
+            await store.run(limiter.check, auth.rule, len(envelope.destinations) + 1)
         envelope.authorisation = auth
         envelope.destinations.append(destination)
         envelope.rcpt_tos.append(address)
@@ -413,9 +417,15 @@ class _Decisions:
 
     @_guarded
     async def data(self, server: FaxSMTP, envelope: FaxEnvelope, result: DataResult) -> str:
-        """The reply to the end of DATA; jobs are committed before a 250."""
+        """The reply to the end of DATA; jobs are committed before a 250.
+
+        The body is loaded (from its spool file if it has one) and turned into
+        jobs inside the listener's ``IntakeGate``, and closed in any case.
+        """
         ids: list[int] = []
+        body = result.body
         try:
+            # Size and line ends are known without the content.
             if result.too_big:
                 raise MessageTooBig()
             if result.bare_lf:
@@ -423,21 +433,31 @@ class _Decisions:
             auth = envelope.authorisation
             if auth is None:
                 raise SenderNotAuthorised()
-            assert result.content is not None
-            with bind_context(peer=server.peer_ip):
-                ids = await self.listener.intake.accept(
-                    result.content,
-                    authorisation=auth,
-                    destinations=list(envelope.destinations),
-                    source="smtp",
-                    report_to=auth.report_to,
-                )
+            if body.error is not None:
+                # The spool could not be written (disk full): nothing was kept.
+                log.error("smtp_spool_failed", peer=server.peer_ip, size=result.size, error=str(body.error))
+                raise TemporaryFailure()
+            async with self.listener.intake_gate.hold(result.size):
+                raw = await body.aread()
+                body.close()  # the spool file goes now; the bytes are in raw
+                with bind_context(peer=server.peer_ip):
+                    ids = await self.listener.intake.accept(
+                        raw,
+                        authorisation=auth,
+                        destinations=list(envelope.destinations),
+                        source="smtp",
+                        report_to=auth.report_to,
+                        crlf_checked=True,  # read_data refused bare LF already
+                    )
+                del raw
             reply = "250 2.0.0 queued as " + " ".join(str(i) for i in ids)
         except IntakeRefused as exc:
-            reply = exc.reply
+            reply = exc.smtp_reply
         except Exception as exc:  # noqa: BLE001 - never a 500 from DATA
             log.exception("smtp_hook_failed", hook="data", peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
             reply = TEMPORARY
+        finally:
+            body.close()
         self._log(server, envelope, reply, size=result.size, job_ids=ids)
         return reply
 
@@ -475,6 +495,8 @@ class SmtpListener:
         self.intake = intake
         self.tuning = tuning or SmtpTuning()
         self.decisions = _Decisions(self)
+        # Bytes of message being parsed and converted at once, over all sessions.
+        self.intake_gate = IntakeGate(self.tuning.intake_budget)
         self.sessions: set[FaxSMTP] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.closing = False

@@ -264,18 +264,17 @@ class DaemonProcess:
         return code, time.monotonic() - started
 
 
-async def start_daemon(workdir: Path, data: dict[str, Any], *, hooked: bool = False, name: str = "gatewayd") -> DaemonProcess:
-    """``gatewayd run -c FILE`` (or through bench/fastdata_hook.py) as a subprocess."""
+async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gatewayd") -> DaemonProcess:
+    """``gatewayd run -c FILE`` as a subprocess."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.toml"
     config.write_text(to_toml(data), encoding="utf-8")
-    entry = [str(REPO / "bench" / "fastdata_hook.py")] if hooked else ["-m", "gatewayd"]
     env = {k: v for k, v in os.environ.items() if k not in ("GATEWAYD_CONFIG", "NOTIFY_SOCKET", "STATE_DIRECTORY", "WATCHDOG_USEC")}
     env["PYTHONPATH"] = str(REPO)
     log_path = workdir / f"{name}.log"
     log = open(log_path, "ab")
     try:
-        proc = await asyncio.create_subprocess_exec(sys.executable, *entry, "run", "-c", str(config), stdout=log, stderr=log, cwd=REPO, env=env)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gatewayd", "run", "-c", str(config), stdout=log, stderr=log, cwd=REPO, env=env)
     finally:
         log.close()
     port = int(data["smtp"]["listen"].rsplit(":", 1)[1])

@@ -65,7 +65,7 @@ def fill(directory: Path, leave: int = 0) -> Path:
 
 
 @pytest.mark.timeout(60)
-async def test_disk_full_answers_451_keeps_the_store_whole_and_recovers(tmp_path: Path, data_reader: str) -> None:
+async def test_disk_full_answers_451_keeps_the_store_whole_and_recovers(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "state") as state:
         async with run_simulator(send_delays=(0.1, 0.1)) as sim:
             config = load(config_data(state, sim=sim, smtp_port=2525))
@@ -73,7 +73,7 @@ async def test_disk_full_answers_451_keeps_the_store_whole_and_recovers(tmp_path
                 ok = await smtp_send(h.port, message(pdf_bytes(1, seed=1), subject="before"))
                 assert ok.startswith("250 2.0.0 queued as "), ok
                 accepted = job_ids(ok)
-                # 1.3 MB on the wire (spooled by the fastdata reader), a 1 MB document.
+                # 1.3 MB on the wire (spooled by the DATA reader), a 1 MB document.
                 big = message(pdf_bytes(1, padding=1_000_000, seed=2), subject="big")
                 filler = fill(state, leave=0)
                 for _ in range(3):

@@ -34,6 +34,10 @@ from gatewayd.provider.simulator import run_simulator
 
 ROUNDS = 4
 CLIENTS = 4
+# Each client starts a message at most every PACE seconds: a steady load
+# whatever the daemon's intake speed, so the last clean run (whose sender
+# does ~10 jobs/s against this simulator) can submit every job in its bound.
+PACE = 0.05
 
 
 @pytest.mark.timeout(200)
@@ -50,7 +54,9 @@ async def test_sigkill_under_load_every_250_reaches_the_provider_exactly_once(tm
 
         async def client(stop: asyncio.Event) -> None:
             nonlocal counter
+            loop = asyncio.get_running_loop()
             while not stop.is_set():
+                started = loop.time()
                 counter += 1
                 n = counter
                 rcpts = [f"{NUMBERS[n % len(NUMBERS)]}@{DOMAIN}"] + ([f"{NUMBERS[(n + 1) % len(NUMBERS)]}@{DOMAIN}"] if n % 5 == 0 else [])
@@ -59,6 +65,7 @@ async def test_sigkill_under_load_every_250_reaches_the_provider_exactly_once(tm
                 acknowledged.extend(job_ids(reply))
                 if reply.startswith("conn"):
                     await asyncio.sleep(0.05)
+                await asyncio.sleep(max(0.0, PACE - (loop.time() - started)))
 
         for round_no in range(ROUNDS):
             daemon = await start_daemon(tmp_path, data, name="gatewayd")

@@ -1,8 +1,7 @@
 """SIGTERM to ``gatewayd run`` in the middle of DATA: the client gets ``421``
 or its transaction completes (``250`` with the job stored); the daemon exits
 0 within 10 s (SPEC section 2); nothing is half-stored (the jobs are exactly
-the ones answered 250, every document whole, SQLite ``integrity_check`` ok).
-Run with the listener's own DATA reader and with the proposed fastdata hook."""
+the ones answered 250, every document whole, SQLite ``integrity_check`` ok)."""
 
 from __future__ import annotations
 
@@ -50,12 +49,11 @@ async def final_reply(reader: asyncio.StreamReader) -> str:
 
 
 @pytest.mark.timeout(90)
-async def test_sigterm_in_the_middle_of_data(tmp_path: Path, data_reader: str) -> None:
-    hooked = data_reader == "fastdata"
+async def test_sigterm_in_the_middle_of_data(tmp_path: Path) -> None:
     async with run_simulator(send_delays=(0.1, 0.1)) as sim:
         port = free_port()
         data = config_data(tmp_path / "state", sim=sim, smtp_port=port)
-        daemon = await start_daemon(tmp_path, data, hooked=hooked)
+        daemon = await start_daemon(tmp_path, data)
         body = stuffed(message(pdf_bytes(1, padding=600_000, seed=5), subject="sigterm"))
         half = len(body) // 2
         # Three sessions in DATA: one stalls for good, one finishes right after
