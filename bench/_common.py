@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import random
 import shutil
@@ -28,6 +27,7 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
+from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -334,32 +334,6 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> i
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(5)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    out: list[str] = []
-    for section, values in data.items():
-        if isinstance(values, list):
-            for item in values:
-                out.append(f"[[{section}]]")
-                out += [f"{k} = {toml_value(v)}" for k, v in item.items()]
-        else:
-            out.append(f"[{section}]")
-            out += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        out.append("")
-    return "\n".join(out)
 
 
 def gateway_config(state_dir: Path, *, smtp_port: int, base_url: str, **overrides: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import socket
 import sys
 import time
@@ -25,6 +24,7 @@ from gatewayd.daemon import Daemon
 from gatewayd.logs import setup_logging
 from gatewayd.mailsink import MailSink, SunkMail
 from gatewayd.sdnotify import Notifier
+from gatewayd.tomlwriter import dumps as to_toml
 
 FAX_DOMAIN = "fax.example.com"
 SAMPLE_NUMBER = "+7-812-309-26-31"
@@ -84,30 +84,6 @@ def demo_settings(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, 
 def demo_config(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, relay: str) -> Config:
     data = demo_settings(state_dir=state_dir, smtp_port=smtp_port, http_port=http_port, sim=sim, relay=relay)
     return load_config_data(data, source="(demo)")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are TOML basic-string escapes
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Enough TOML for the demo's configuration: tables, arrays of tables, scalars and lists."""
-    out: list[str] = []
-    for section, body in data.items():
-        rows = body if isinstance(body, list) else [body]
-        for row in rows:
-            out.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
-            out.extend(f"{key} = {_toml_value(value)}" for key, value in row.items())
-            out.append("")
-    return "\n".join(out)
 
 
 def write_demo_config(path: Path, data: dict[str, Any]) -> Config:

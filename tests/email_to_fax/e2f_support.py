@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import datetime as dt
 import ipaddress
-import json
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store
+from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -61,44 +61,6 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------ config
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Enough TOML for gatewayd configs: tables, arrays of tables, scalars, lists."""
-    lines: list[str] = []
-
-    def table(prefix: str, body: dict[str, Any], header: str | None) -> None:
-        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and all(isinstance(i, dict) for i in v))}
-        if header:
-            lines.append(header)
-        for k, v in scalars.items():
-            key = k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-            lines.append(f"{key} = {_toml_value(v)}")
-        lines.append("")
-        for k, v in body.items():
-            if k in scalars:
-                continue
-            name = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict):
-                table(name, v, f"[{name}]")
-            else:
-                for item in v:
-                    table(name, item, f"[[{name}]]")
-
-    table("", data, None)
-    return "\n".join(lines) + "\n"
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

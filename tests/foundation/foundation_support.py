@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
+from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -41,40 +40,6 @@ def gatewayd(*args: str, env: dict[str, str] | None = None, input: str | None = 
 
 
 # ------------------------------------------------------------- TOML writing
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)  # inf and nan are TOML too
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Enough of a TOML writer for configuration files: tables, arrays of tables."""
-    lines: list[str] = []
-    tables: list[str] = []
-    for key, value in data.items():
-        name = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
-        if isinstance(value, dict):
-            tables.append(f"\n[{name}]\n" + to_toml(value, name))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for item in value:
-                tables.append(f"\n[[{name}]]\n" + to_toml(item, name))
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    return "\n".join(lines) + ("\n" if lines else "") + "".join(tables)
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from gatewayd.email_to_fax.intake import Intake
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.store import Store
+from gatewayd.tomlwriter import dumps as to_toml
 
 DOVECOT = "/usr/sbin/dovecot"
 IMAP_USER = "fax"
@@ -430,33 +431,6 @@ def fax_message(
 
 
 # ------------------------------------------------------------------ config
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    lines: list[str] = []
-    for section, body in data.items():
-        if isinstance(body, list):
-            for item in body:
-                lines.append(f"[[{section}]]")
-                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
-                lines.append("")
-            continue
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 def config_data(

@@ -28,6 +28,7 @@ from gatewayd.mailsink import MailSink, SunkMail
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store
+from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 A4 = (595.28, 841.89)
@@ -201,37 +202,6 @@ def config_data(sim: Any, sink: MailSink, state_dir: Path, **sections: dict[str,
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def table(prefix: str, values: dict[str, Any]) -> None:
-        lines.append(f"[{prefix}]")
-        subs = []
-        for k, v in values.items():
-            if isinstance(v, dict):
-                subs.append((k, v))
-            else:
-                lines.append(f"{_toml_value(k) if not k.isidentifier() else k} = {_toml_value(v)}")
-        for k, v in subs:
-            table(f"{prefix}.{k}", v)
-
-    for name, values in data.items():
-        table(name, values)
-    return "\n".join(lines) + "\n"
 
 
 class OffsetClock:

@@ -23,6 +23,7 @@ from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
+from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -47,32 +48,6 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------ config
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Sections (tables or arrays of tables) of scalars and lists."""
-    out: list[str] = []
-    for section, body in data.items():
-        if not isinstance(body, (dict, list)):
-            out.insert(0, f"{section} = {_toml_value(body)}")
-            continue
-        for row in body if isinstance(body, list) else [body]:
-            out.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
-            out.extend(f"{k} = {_toml_value(v)}" for k, v in row.items())
-            out.append("")
-    return "\n".join(out) + "\n"
 
 
 @dataclass
