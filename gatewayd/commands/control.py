@@ -61,26 +61,24 @@ def _quiet_logging(config: Config) -> None:
     setup_logging("debug" if config.log.level == "debug" else "warning", config.log.format, stream=sys.stderr)
 
 
-def cancel(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, action) -> int:
+    """Open the store and a provider client from the configuration, run ``action``, print its answer."""
     config = load(args)
     _quiet_logging(config)
     store = open_store(config)
     try:
-        print(asyncio.run(cancel_job(store, args.id, lambda: ProviderClient.from_config(config.provider))))
+        print(asyncio.run(action(store, args.id, lambda: ProviderClient.from_config(config.provider))))
     finally:
         store.close()
     return EXIT_OK
+
+
+def cancel(args: argparse.Namespace) -> int:
+    return _run(args, cancel_job)
 
 
 def retry(args: argparse.Namespace) -> int:
-    config = load(args)
-    _quiet_logging(config)
-    store = open_store(config)
-    try:
-        print(asyncio.run(retry_job(store, args.id, lambda: ProviderClient.from_config(config.provider))))
-    finally:
-        store.close()
-    return EXIT_OK
+    return _run(args, retry_job)
 
 
 # ------------------------------------------------------------------ cancel
