@@ -313,6 +313,7 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         self._executor: ThreadPoolExecutor | None = None
+        self._durable_subdirs: set[str] = set()  # documents/xx whose entry this process has fsynced
         self._migrate()
 
     # ------------------------------------------------------------ plumbing
@@ -412,9 +413,13 @@ class Store:
     def document_path(self, sha256: str) -> Path:
         return self.documents_dir / sha256[:2] / f"{sha256}.pdf"
 
-    def save_document(self, data: bytes) -> str:
-        """Write a document durably; returns its sha256. Idempotent."""
-        sha = hashlib.sha256(data).hexdigest()
+    def save_document(self, data: bytes, sha256: str | None = None) -> str:
+        """Write a document durably; returns its sha256. Idempotent.
+
+        ``sha256``: the digest of ``data`` when the caller has it already
+        (``FaxDocument.sha256``), so it is not computed twice.
+        """
+        sha = sha256 or hashlib.sha256(data).hexdigest()
         final = self.document_path(sha)
         try:
             if final.stat().st_size == len(data):
@@ -439,7 +444,13 @@ class Store:
                 os.close(fd)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
-            _fsync_dir(self.documents_dir)
+            if final.parent.name not in self._durable_subdirs:
+                # The subdirectory's own entry must be durable too. Once this
+                # process has fsynced documents/ after seeing the subdirectory,
+                # it is (entries are never removed), so this is at most one
+                # extra fsync per subdirectory and process, not one a document.
+                _fsync_dir(self.documents_dir)
+                self._durable_subdirs.add(final.parent.name)
         except OSError as exc:
             with contextlib.suppress(OSError, UnboundLocalError):
                 os.unlink(tmp)
@@ -517,6 +528,11 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store the job: {exc}") from exc
         return ids
+
+    def save_and_enqueue(self, document: bytes, sha256: str, pages: int, jobs: Sequence[NewJob], *, intake_key: str | None = None) -> list[int]:
+        """``save_document`` then ``enqueue_jobs``, in one trip to the store's thread."""
+        sha = self.save_document(document, sha256)
+        return self.enqueue_jobs(sha, pages, len(document), jobs, intake_key=intake_key)
 
     def intake_seen(self, intake_key: str) -> list[int] | None:
         rows = self._query("SELECT job_ids FROM intake_keys WHERE key = ?", (intake_key,))

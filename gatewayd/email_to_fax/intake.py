@@ -30,6 +30,10 @@ from gatewayd.store import NewJob
 
 log = get_logger(__name__)
 
+# A message up to this size is parsed on the event loop, not in a thread
+# (docs/performance.md: the hand-off cost more than the work at 100 KB).
+INLINE_BYTES = 256 * 1024
+
 # A note longer than this is cut: it goes into a report's body, not a database dump.
 _MAX_NOTE = 2000
 
@@ -37,9 +41,10 @@ _MAX_NOTE = 2000
 class Intake:
     """Turns an authorised message into durable jobs (SPEC sections 4, 5 and 7)."""
 
-    def __init__(self, rt: Any, builder: DocumentBuilder | None = None) -> None:
+    def __init__(self, rt: Any, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
         self.rt = rt
-        self.builder = builder or DocumentBuilder(max_concurrent=2)
+        self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes)
+        self.inline_bytes = inline_bytes
 
     async def accept(
         self,
@@ -94,8 +99,13 @@ class Intake:
                 log.info("intake_duplicate", source=source, job_ids=seen)
                 return list(seen)
         if parsed is None:
-            # Parsing a 25 MB message is CPU work: off the event loop.
-            parsed = await asyncio.to_thread(parse_message, raw, crlf_checked=crlf_checked)
+            if len(raw) <= self.inline_bytes:
+                # Well under a millisecond: a trip to a thread would cost
+                # more than it saves (and the GIL gives threads no second core).
+                parsed = parse_message(raw, crlf_checked=crlf_checked)
+            else:
+                # Parsing a 25 MB message is CPU work: off the event loop.
+                parsed = await asyncio.to_thread(parse_message, raw, crlf_checked=crlf_checked)
         if authorisation.rule is not None and authorisation.rule.max_per_hour:
             # Only a limited rule has anything to count; the store's thread is
             # shared with every commit, so no trip there for nothing.
@@ -119,7 +129,6 @@ class Intake:
             max_pages=min(authorisation.max_pages, docs.max_pages),
             unsupported=parsed.unsupported,
         )
-        sha = await store.run(store.save_document, document.pdf)
         note = _note(parsed)
         jobs = [
             NewJob(
@@ -135,7 +144,7 @@ class Intake:
             )
             for d in destinations
         ]
-        ids = await store.run(store.enqueue_jobs, sha, document.pages, len(document.pdf), jobs, intake_key=intake_key)
+        ids = await store.run(store.save_and_enqueue, document.pdf, document.sha256, document.pages, jobs, intake_key=intake_key)
         rt.wake("sender")
         log.info(
             "intake_accepted", source=source, job_ids=ids, numbers=[d.number for d in destinations],

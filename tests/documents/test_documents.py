@@ -429,6 +429,28 @@ async def test_builder_builds_in_a_thread() -> None:
         await builder.build([att("a.pdf", make_pdf(3))], cover=None, page_size="A4", max_pages=2)
 
 
+async def test_builder_builds_small_pdfs_inline_and_the_rest_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+    real = documents.build_document
+
+    def spy(*args: object, **kwargs: object) -> FaxDocument:
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(documents, "build_document", spy)
+    pdf = make_pdf(1)
+    builder = DocumentBuilder(inline_bytes=len(pdf))
+    await builder.build([att("a.pdf", pdf)], cover=None)
+    assert threads[-1] == threading.get_ident()  # small PDF: on the loop's thread
+    await builder.build([att("a.pdf", pdf), att("b.pdf", pdf)], cover=None)
+    assert threads[-1] != threading.get_ident()  # over inline_bytes in all
+    await builder.build([att("a.pdf", pdf)], cover=COVER)
+    assert threads[-1] != threading.get_ident()  # a cover page takes milliseconds
+    await builder.build([att("p.png", make_image("PNG", (20, 20)))], cover=None)
+    assert threads[-1] != threading.get_ident()  # images: decoding may take long
+    assert len(threads) == 4
+
+
 async def test_builder_bounds_concurrency_even_when_callers_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
     lock = threading.Lock()
     running = 0

@@ -276,6 +276,32 @@ def test_fsync_then_rename_then_directory_fsync(store, monkeypatch) -> None:
     # then the directory holding the new name, and the documents directory
     assert calls[2:] == [("fsync", str(final.parent)), ("fsync", str(store.documents_dir))], calls
 
+    # Another document in the same subdirectory: the subdirectory's entry is
+    # already durable (this process fsynced documents/ after seeing it).
+    other = next(d for d in (PDF + b"%" + str(n).encode() for n in range(100_000))
+                 if hashlib.sha256(d).hexdigest()[:2] == sha[:2])
+    calls.clear()
+    store.save_document(other, hashlib.sha256(other).hexdigest())
+    assert [c for c in calls if c[0] == "fsync"][1:] == [("fsync", str(final.parent))], calls
+    # A new process (a new Store) does not know that: it fsyncs documents/ once again.
+    again = Store(store.state_dir)
+    try:
+        third = other + b"%again"
+        calls.clear()
+        again.save_document(third)
+        assert ("fsync", str(store.documents_dir)) in calls, calls
+    finally:
+        again.close()
+
+
+def test_save_and_enqueue_stores_the_document_and_its_jobs(store) -> None:
+    sha = hashlib.sha256(PDF).hexdigest()
+    ids = store.save_and_enqueue(PDF, sha, 2, [new_job(1), new_job(2)])
+    assert len(ids) == 2
+    assert store.read_document(sha) == PDF
+    jobs = [store.get_job(i) for i in ids]
+    assert {j.document for j in jobs} == {sha} and {j.pages for j in jobs} == {2} and {j.doc_bytes for j in jobs} == {len(PDF)}
+
 
 def test_failed_rename_leaves_nothing(store, monkeypatch) -> None:
     def broken_replace(src, dst):
