@@ -72,7 +72,8 @@ class SmtpConfig:
     hostname: str = ""  # resolved at load to the FQDN when empty
     domains: tuple[str, ...] = ("fax.example.com",)
     max_message_size: int = 25_000_000
-    max_connections: int = 100
+    max_connections: int = 100  # per listener process
+    processes: int = 1  # listener processes (SO_REUSEPORT); more than 1 uses more cores
     tls_cert: str = ""
     tls_key: str = ""
     require_tls: bool = False
@@ -449,6 +450,20 @@ def _positive_int(v: Any) -> int:
     return v
 
 
+MAX_SMTP_PROCESSES = 64
+
+
+def _process_count(v: Any) -> int:
+    """An integer from 1 to 64, or "auto": one per core (``os.cpu_count()``), at most 64."""
+    if v == "auto":
+        return max(1, min(MAX_SMTP_PROCESSES, os.cpu_count() or 1))
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f'expected an integer or "auto", got {_show(v)}')
+    if not 1 <= v <= MAX_SMTP_PROCESSES:
+        raise _Bad(f'expected 1 to {MAX_SMTP_PROCESSES} or "auto", got {v}')
+    return v
+
+
 def _non_negative_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise _Bad(f"expected an integer, got {_show(v)}")
@@ -674,6 +689,7 @@ class _Loader:
             domains=s.get_list("domains", d.domains, parse_domain),
             max_message_size=s.get("max_message_size", d.max_message_size, parse_size),
             max_connections=s.get("max_connections", d.max_connections, _positive_int),
+            processes=s.get("processes", d.processes, _process_count),
             tls_cert=s.file("tls_cert"),
             tls_key=s.file("tls_key"),
             require_tls=s.get("require_tls", False, kind=bool),

@@ -502,6 +502,7 @@ def _age(seconds: float) -> str:
 # Keys read once at start: a reload keeps their running values (and says so).
 RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("smtp", "listen"),
+    ("smtp", "processes"),
     ("smtp", "tls_cert"),
     ("smtp", "tls_key"),
     ("storage", "state_dir"),

@@ -36,8 +36,9 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ from gatewayd.email_to_fax.errors import (
 )
 from gatewayd.email_to_fax.fastdata import DataBody, IntakeGate, read_data
 from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.passwords import hash_password, verify_password
@@ -490,16 +492,30 @@ class SmtpListener:
 
     name = "smtp"
 
-    def __init__(self, rt: Any, intake: Intake, *, tuning: SmtpTuning | None = None, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        rt: Any,
+        intake: Intake,
+        *,
+        tuning: SmtpTuning | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        sockets: Sequence[socket.socket] | None = None,
+    ) -> None:
+        """``sockets``: serve these (an SMTP listener process, handed them by
+        the main process) instead of binding ``smtp.listen``."""
         self.rt = rt
         self.intake = intake
         self.tuning = tuning or SmtpTuning()
         self.decisions = _Decisions(self)
-        # Bytes of message being parsed and converted at once, over all sessions.
-        self.intake_gate = IntakeGate(self.tuning.intake_budget)
+        # Bytes of message being parsed and converted at once, over all
+        # sessions; the budget is shared between the listener processes.
+        processes = max(1, rt.config.smtp.processes)
+        self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // processes))
         self.sessions: set[FaxSMTP] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.closing = False
+        self._sockets = sockets
+        self.processes: ListenerProcesses | None = None  # the other listener processes (main process only)
         self._tls_context = tls_context
         self._dummy_hash = ""
         self._policy_for: tuple[Any, SenderPolicy, NumberPolicy] | None = None
@@ -586,27 +602,46 @@ class SmtpListener:
         # A real hash of a random password: verifying an unknown user costs the same.
         self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_hex(16))
         loop = asyncio.get_running_loop()
+        more = cfg.processes - 1 if self._sockets is None else 0
         try:
-            for address in cfg.listen:
-                server = await loop.create_server(lambda: self._protocol(tls_context), address.host, address.port, reuse_address=True)
-                self.servers.append(server)
-        except OSError:
+            if self._sockets is not None:
+                for sock in self._sockets:
+                    self.servers.append(await loop.create_server(lambda: self._protocol(tls_context), sock=sock))
+            else:
+                for address in cfg.listen:
+                    server = await loop.create_server(lambda: self._protocol(tls_context), address.host, address.port,
+                                                      reuse_address=True, reuse_port=more > 0 or None)
+                    self.servers.append(server)
+            if more > 0:
+                self.processes = ListenerProcesses(self.rt, more, self.addresses, self.tuning)
+                await self.processes.start()
+        except (OSError, WorkerError):
             for server in self.servers:
                 server.close()
             self.servers.clear()
+            self.processes = None
             self.rt.health.listener("smtp", False)
             raise
         self.rt.health.listener("smtp", True)
         log.info("smtp_listening", addresses=[f"{h}:{p}" for h, p in self.addresses], tls=tls_context is not None,
-                 auth=cfg.auth, require_tls=cfg.require_tls)
+                 auth=cfg.auth, require_tls=cfg.require_tls, processes=cfg.processes if self._sockets is None else None)
 
     async def run(self) -> None:
-        # The servers run on their own; this only keeps the service alive.
+        # The servers run on their own; the other listener processes are
+        # restarted when they die.
+        if self.processes is not None:
+            await self.processes.supervise()
         await self.rt.stopping.wait()
 
     async def stop(self) -> None:
-        """No new connections; transactions in progress may finish; 421 to the rest."""
+        """No new connections; transactions in progress may finish; 421 to the rest.
+
+        The other listener processes are told at once (SIGTERM), so they
+        spend their grace alongside this one, and are waited for at the end.
+        """
         self.closing = True
+        if self.processes is not None:
+            self.processes.terminate()
         for server in self.servers:
             server.close()
         self.rt.health.listener("smtp", False)
@@ -632,6 +667,8 @@ class SmtpListener:
                 await asyncio.wait_for(server.wait_closed(), timeout=0.5)
             except asyncio.TimeoutError:
                 pass
+        if self.processes is not None:
+            await self.processes.stop(grace=0.5)  # they had the same grace as this process, at the same time
         log.info("smtp_stopped")
 
 

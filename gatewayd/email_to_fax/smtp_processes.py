@@ -1,0 +1,420 @@
+"""More SMTP listener processes (``smtp.processes`` > 1).
+
+One Python process answers SMTP on one core (the GIL). With
+``smtp.processes = N`` the daemon runs N-1 more processes that do nothing
+but listen and take mail in: each has its own listening socket on every
+``smtp.listen`` address, all in one ``SO_REUSEPORT`` group, so the kernel
+spreads new connections over the processes. Every process runs the same
+``SmtpListener`` and ``Intake`` on the same state directory (SQLite WAL
+takes writers from several processes; a 250 still means committed). The
+sender, tracker, reports, outbox, IMAP and HTTP stay in the main process.
+
+The main process (``ListenerProcesses``):
+
+* makes each worker's sockets itself (so a privileged port or port 0 needs
+  nothing more of the worker) and hands them over at ``exec``, then closes
+  its copies: a socket in the group that nobody accepts on would swallow
+  its share of the connections;
+* sends the running configuration over a socket pair, at start and after
+  every reload (the workers never read the file: no race with an edit);
+* restarts a worker that dies, with backoff (connections waiting in a dead
+  worker's queue are reset; SMTP clients try again);
+* at stop, sends SIGTERM to every worker at once: each gives its sessions
+  the listener's grace, as the main process does, then SIGKILL.
+
+A worker (``python -m gatewayd.email_to_fax.smtp_processes``) sends back
+what only the main process can act on: "wake the sender" after a commit,
+and its SMTP reply counts for ``/metrics``. It stops when the main process
+goes away (the socket pair closes; also ``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import pickle
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatewayd.logs import bind_context, get_logger
+
+log = get_logger(__name__)
+
+_HEADER = struct.Struct(">I")
+_MAX_FRAME = 16 << 20  # a configuration is a few KB; anything larger is a bug
+READY_TIMEOUT = 60.0  # a worker imports everything before it says ready
+REPORT_EVERY = 1.0  # seconds between reply-count reports to the main process
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerError(Exception):
+    """A listener process could not be started."""
+
+
+# ------------------------------------------------------------------ channel
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+async def _receive(reader: asyncio.StreamReader) -> tuple[Any, ...]:
+    """One message from the other end; ``EOFError`` when it is gone.
+
+    Only ever between the main process and a child it started, over a
+    socket pair nobody else holds: pickle is safe here.
+    """
+    try:
+        header = await reader.readexactly(_HEADER.size)
+        (size,) = _HEADER.unpack(header)
+        if size > _MAX_FRAME:
+            raise EOFError(f"frame of {size} bytes")
+        message = pickle.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise EOFError(str(exc)) from None
+    if not isinstance(message, tuple) or not message:
+        raise EOFError("not a message")
+    return message
+
+
+def _listening_socket(host: str, port: int, backlog: int = 100) -> socket.socket:
+    """A socket bound into the ``SO_REUSEPORT`` group of ``host:port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# --------------------------------------------------------------- main side
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    writer: asyncio.StreamWriter | None = None
+    reader_task: asyncio.Task[None] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    ready: asyncio.Future[int] | None = None
+
+
+@dataclass
+class ListenerProcesses:
+    """The main process's side: starts, watches, reconfigures and stops the workers."""
+
+    rt: Any
+    count: int  # workers, besides the main process's own listener
+    addresses: list[tuple[str, int]]  # bound by the main process (port 0 resolved)
+    tuning: Any  # SmtpTuning
+    min_backoff: float = 1.0
+    max_backoff: float = 30.0
+    workers: list[_Worker] = field(default_factory=list)
+    stopping: bool = False
+
+    async def start(self) -> None:
+        """Start every worker and wait until each listens; raise ``WorkerError`` otherwise."""
+        self.workers = [_Worker(index=i + 1) for i in range(self.count)]
+        try:
+            await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        except BaseException:
+            await self.stop(grace=0.0)
+            raise
+        self.rt.reload_hooks.append(self.reconfigure)
+        log.info("smtp_processes_started", processes=self.count + 1, pids=[w.proc.pid for w in self.workers if w.proc])
+
+    async def _spawn(self, worker: _Worker) -> None:
+        sockets = [_listening_socket(host, port) for host, port in self.addresses]
+        parent, child = socket.socketpair()
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        try:
+            # pass_fds keeps the numbers: the worker wraps the same fds.
+            handed = [(s.fileno(), host, port) for s, (host, port) in zip(sockets, self.addresses)]
+            worker.proc = subprocess.Popen(
+                [sys.executable, "-m", "gatewayd.email_to_fax.smtp_processes", "--control-fd", str(child.fileno()),
+                 "--parent", str(os.getpid())],
+                pass_fds=[child.fileno(), *(fd for fd, _, _ in handed)], stdin=subprocess.DEVNULL, env=env,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            # The worker has its own copies now; ours must go (see the module's docstring).
+            child.close()
+            for sock in sockets:
+                sock.close()
+        worker.started_at = time.monotonic()
+        worker.ready = asyncio.get_running_loop().create_future()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        worker.writer = writer
+        writer.write(_frame(("start", {"index": worker.index, "config": self.rt.config, "tuning": self.tuning,
+                                       "sockets": handed})))
+        worker.reader_task = asyncio.create_task(self._listen(worker, reader), name=f"smtp-process-{worker.index}")
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), timeout=READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise WorkerError(f"SMTP listener process {worker.index} did not start within {READY_TIMEOUT:.0f} s") from None
+
+    async def _listen(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        """What a worker tells us, until its end of the channel closes."""
+        metrics = self.rt.metrics
+        try:
+            while True:
+                kind, *rest = await _receive(reader)
+                if kind == "wake":
+                    self.rt.wake(str(rest[0]))
+                elif kind == "replies":
+                    for code, n in dict(rest[0]).items():
+                        metrics.smtp_replies.labels(str(code)).inc(n)
+                elif kind == "ready":
+                    if worker.ready is not None and not worker.ready.done():
+                        worker.ready.set_result(int(rest[0]))
+                elif kind == "failed":
+                    if worker.ready is not None and not worker.ready.done():
+                        worker.ready.set_exception(WorkerError(f"SMTP listener process {worker.index}: {rest[0]}"))
+        except EOFError:
+            pass
+        except Exception:  # noqa: BLE001 - a bad message must not end the main process's loop
+            log.exception("smtp_process_channel_failed", process=worker.index)
+        finally:
+            if worker.ready is not None and not worker.ready.done():
+                worker.ready.set_exception(WorkerError(f"SMTP listener process {worker.index} exited before listening"))
+
+    def reconfigure(self, config: Any) -> None:
+        """A reload hook: every worker takes the configuration the main process now runs."""
+        for worker in self.workers:
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write(_frame(("config", config)))
+
+    async def supervise(self) -> None:
+        """Restart a worker that ends while the daemon is not stopping (runs as the listener's ``run``)."""
+        await asyncio.gather(*(self._watch(w) for w in self.workers))
+
+    async def _watch(self, worker: _Worker) -> None:
+        backoff = self.min_backoff
+        while not self.stopping:
+            proc = worker.proc
+            if proc is None:
+                return
+            code = await _wait_exit(proc)
+            if self.stopping:
+                return
+            log.error("smtp_process_exited", process=worker.index, pid=proc.pid, code=code)
+            self.rt.metrics.service_restarts.labels("smtp").inc()
+            worker.restarts += 1
+            await self._close_channel(worker)
+            if time.monotonic() - worker.started_at > 10 * self.max_backoff:
+                backoff = self.min_backoff
+            delay = backoff * (0.5 + random.random() / 2)
+            backoff = min(self.max_backoff, backoff * 2)
+            if await self.rt.sleep(delay) or self.stopping:
+                return
+            try:
+                await self._spawn(worker)
+                log.info("smtp_process_restarted", process=worker.index, pid=worker.proc.pid if worker.proc else None)
+            except Exception as exc:  # noqa: BLE001 - try again after the next backoff
+                log.error("smtp_process_restart_failed", process=worker.index, error=f"{type(exc).__name__}: {exc}")
+                if worker.proc is not None and worker.proc.poll() is None:
+                    worker.proc.kill()
+
+    async def _close_channel(self, worker: _Worker) -> None:
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
+        if worker.reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(worker.reader_task, timeout=1.0)
+            worker.reader_task = None
+
+    def terminate(self) -> None:
+        """SIGTERM to every worker: each stops taking connections and finishes its sessions."""
+        self.stopping = True
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signal.SIGTERM)
+
+    async def stop(self, grace: float) -> None:
+        """``terminate()``, wait up to ``grace`` seconds, then SIGKILL what is left."""
+        self.terminate()
+        with contextlib.suppress(ValueError):
+            self.rt.reload_hooks.remove(self.reconfigure)
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        if procs:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(_wait_exit(p) for p in procs)), timeout=max(grace, 0.01))
+            except asyncio.TimeoutError:
+                for proc in procs:
+                    if proc.poll() is None:
+                        log.warning("smtp_process_killed", pid=proc.pid)
+                        proc.kill()
+                await asyncio.gather(*(_wait_exit(p) for p in procs))
+        for worker in self.workers:
+            await self._close_channel(worker)
+        log.info("smtp_processes_stopped", processes=len(procs))
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """The exit code, awaited without a thread (a pidfd where there is one)."""
+    if proc.poll() is not None:
+        return int(proc.returncode)
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    if pidfd >= 0:
+        exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            if proc.poll() is None:
+                await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+    while proc.poll() is None:
+        await asyncio.sleep(0.1)
+    return int(proc.returncode)
+
+
+# -------------------------------------------------------------- worker side
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the main process dies (Linux), even before the channel says so."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        sys.exit(0)
+
+
+async def _worker_main(control_fd: int) -> int:
+    from gatewayd.daemon import Runtime
+    from gatewayd.email_to_fax.intake import Intake
+    from gatewayd.email_to_fax.smtp import SmtpListener
+    from gatewayd.health import Health
+    from gatewayd.logs import setup_logging
+    from gatewayd.metrics import Metrics
+    from gatewayd.store import Store
+
+    loop = asyncio.get_running_loop()
+    channel = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=channel)
+    kind, start = await _receive(reader)
+    if kind != "start":
+        return 2
+    index = int(start["index"])
+    config = start["config"]
+    setup_logging(config.log.level, config.log.format)
+    sockets = [socket.socket(fileno=fd) for fd, _host, _port in start["sockets"]]
+
+    class WorkerRuntime(Runtime):
+        def wake(self, name: str) -> None:
+            writer.write(_frame(("wake", name)))
+
+    with bind_context(smtp_process=index):
+        try:
+            store = Store(config.state_dir)
+        except Exception as exc:  # noqa: BLE001 - told to the main process, which fails its start
+            writer.write(_frame(("failed", f"store: {exc}")))
+            await writer.drain()
+            return 1
+        rt = WorkerRuntime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())
+        loop.add_signal_handler(signal.SIGTERM, rt.stopping.set)
+        # Ctrl-C reaches the whole process group: the main process stops us
+        # (with SIGTERM) when it stops, not before. It also sends every reload.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        listener = SmtpListener(rt, Intake(rt), tuning=start["tuning"], sockets=sockets)
+        try:
+            await listener.start()
+        except Exception as exc:  # noqa: BLE001
+            writer.write(_frame(("failed", f"{type(exc).__name__}: {exc}")))
+            await writer.drain()
+            store.close()
+            return 1
+        writer.write(_frame(("ready", os.getpid())))
+        log.info("smtp_process_ready", pid=os.getpid())
+
+        async def from_main() -> None:
+            try:
+                while True:
+                    kind, *rest = await _receive(reader)
+                    if kind == "config":
+                        rt.config = rest[0]
+                        setup_logging(rt.config.log.level, rt.config.log.format)
+                        for hook in rt.reload_hooks:
+                            hook(rt.config)
+            except EOFError:
+                log.info("smtp_process_parent_gone")
+            rt.stopping.set()
+
+        async def report() -> None:
+            sent: dict[str, float] = {}
+            while True:
+                stopping = await rt.sleep(REPORT_EVERY)
+                counts = _reply_counts(rt.metrics)
+                delta = {code: n - sent.get(code, 0) for code, n in counts.items() if n > sent.get(code, 0)}
+                if delta and not writer.is_closing():
+                    writer.write(_frame(("replies", delta)))
+                    sent = counts
+                if stopping:
+                    return
+
+        listening = asyncio.create_task(from_main())
+        reporting = asyncio.create_task(report())
+        await rt.stopping.wait()
+        await listener.stop()
+        listening.cancel()
+        await asyncio.wait([reporting], timeout=1.0)  # the last counts go out before we do
+        reporting.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.drain(), timeout=1.0)
+        writer.close()
+        store.close()
+        log.info("smtp_process_stopped")
+    return 0
+
+
+def _reply_counts(metrics: Any) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for family in metrics.smtp_replies.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                counts[str(sample.labels.get("code", ""))] = sample.value
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="an SMTP listener process of gatewayd (started by `gatewayd run`)")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    return asyncio.run(_worker_main(args.control_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
