@@ -17,7 +17,7 @@ Stock aiosmtpd behaviour replaced here, and why:
   stream, the bytes otherwise exactly as sent. It notices bare LF, enforces
   ``max_message_size`` with the SPEC reply (reading the rest to the end),
   restarts the idle timeout whenever data arrives, and keeps a body above
-  1 MiB in an anonymous temporary file in the state directory instead of in
+  2 MiB in an anonymous temporary file in the state directory instead of in
   memory (a spool that cannot be written answers ``451``). The message is
   then loaded and turned into jobs inside an ``IntakeGate``: at most 16 MiB
   of message is parsed and converted at once, whatever the number of
@@ -81,7 +81,7 @@ class SmtpTuning:
     stop_grace: float = 2.5  # transactions in progress at stop may finish this long
     store_grace: float = 1.0  # then a message being stored gets this much more to answer
     max_auth_failures: int = 3  # then 421 and the connection is closed
-    spool_threshold: int = 1 << 20  # a DATA body above this waits in a temporary file, not in memory
+    spool_threshold: int = 2 << 20  # a DATA body above this waits in a temporary file, not in memory
     intake_budget: int = 16 << 20  # bytes of message parsed and converted at once (IntakeGate)
 
 

@@ -128,24 +128,33 @@ async def read_reply(reader: asyncio.StreamReader, timeout: float = 30.0) -> str
             return line
 
 
-async def smtp_send(port: int, raw: bytes, *, rcpt: Sequence[str] = (f"{NUMBERS[0]}@{DOMAIN}",), timeout: float = 30.0) -> str:
-    """One transaction; the final reply, or "conn: ..." when the connection broke."""
+async def smtp_send(port: int, raw: bytes, *, rcpt: Sequence[str] = (f"{NUMBERS[0]}@{DOMAIN}",), timeout: float = 30.0,
+                    transcript: list[str] | None = None) -> str:
+    """One transaction; the final reply, or "conn: ..." when the connection broke.
+
+    ``transcript``: every reply the server gave (its last line) is appended to it.
+    """
+    seen: list[str] = [] if transcript is None else transcript
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
     except OSError as exc:
         return f"conn: {exc}"
     try:
         greeting = await read_reply(reader, timeout)
+        seen.append(greeting)
         if not greeting.startswith("220"):
             return greeting
         for line in ["EHLO client.test", f"MAIL FROM:<{SENDER}>", *[f"RCPT TO:<{r}>" for r in rcpt], "DATA"]:
             writer.write(line.encode() + b"\r\n")
             reply = await read_reply(reader, timeout)
+            seen.append(reply)
             if not reply.startswith(("250", "354")):
                 return reply
         writer.write(stuffed(raw))
         await writer.drain()
-        return await read_reply(reader, timeout)
+        reply = await read_reply(reader, timeout)
+        seen.append(reply)
+        return reply
     except (OSError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
         return f"conn: {type(exc).__name__}: {exc}"
     finally:

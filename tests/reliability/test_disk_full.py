@@ -73,8 +73,8 @@ async def test_disk_full_answers_451_keeps_the_store_whole_and_recovers(tmp_path
                 ok = await smtp_send(h.port, message(pdf_bytes(1, seed=1), subject="before"))
                 assert ok.startswith("250 2.0.0 queued as "), ok
                 accepted = job_ids(ok)
-                # 1.3 MB on the wire (spooled by the DATA reader), a 1 MB document.
-                big = message(pdf_bytes(1, padding=1_000_000, seed=2), subject="big")
+                # 2.5 MB on the wire (over the 2 MiB spool threshold: spooled by the DATA reader), a 1.8 MB document.
+                big = message(pdf_bytes(1, padding=1_800_000, seed=2), subject="big")
                 filler = fill(state, leave=0)
                 for _ in range(3):
                     reply = await smtp_send(h.port, big)
