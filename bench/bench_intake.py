@@ -7,7 +7,10 @@ message file is sent with Postfix's own load generator, ``smtp-source -s 20
 
 * a private Postfix 3.7 on loopback accepting into its (fsynced) queue and
   discarding (the reference, measured in this run);
-* ``gatewayd run`` (one process, the listener as shipped).
+* ``gatewayd run`` as shipped, twice: with the default ``smtp.processes = 1``
+  and with ``smtp.processes = "auto"`` (one listener process per core), the
+  setting for a machine that must take in hundreds of messages a second.
+  The targets are judged on the second.
 
 Every message must be answered 250 and stored as a job (gatewayd's full
 path: parse, sender policy, document build, document fsync + SQLite commit).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,9 +55,15 @@ from _common import (  # noqa: E402
 )
 
 SIZES = [("smallest PDF", 0), ("100 KB", 100_000), ("1 MB", 1_000_000)]
-COUNTS = {0: 600, 100_000: 400, 1_000_000: 120}
+COUNTS = {0: 1500, 100_000: 1000, 1_000_000: 300}
+WARMUP = 40  # messages sent to each server before the timed run (first-use costs, caches)
 SESSIONS = 20
-GATEWAYD = "gatewayd"
+CORES = os.cpu_count() or 1
+VARIANTS = [
+    ("gatewayd, 1 process", {}),
+    (f"gatewayd, processes=auto ({CORES})", {"smtp": {"processes": "auto"}}),
+]
+GATEWAYD = VARIANTS[-1][0]  # the one the targets are judged on
 
 
 def wait_jobs(gw: Gatewayd, expected: int, timeout: float = 30.0) -> int:
@@ -83,29 +93,35 @@ def main(argv: list[str] | None = None) -> int:
             count = max(20, int(COUNTS[size] * args.scale))
             print(f"\n-- {label}: PDF {len(pdf):,} bytes, message {len(raw):,} bytes, {count} messages --")
             with Postfix() as pf:
+                smtp_source(pf.port, msg_file, sessions=SESSIONS, messages=WARMUP)
                 elapsed = smtp_source(pf.port, msg_file, sessions=SESSIONS, messages=count)
             ref = count / elapsed
             print(f"  Postfix 3.7 (queue, fsync, discard): {ref:8.1f} msgs/s  ({count} in {elapsed:.2f} s)")
             rows.append((label, size, "postfix", ref, count))
-            with Gatewayd(root / f"gw-{size}", sim.base_url) as gw:
-                elapsed = smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=count)
-                stored = wait_jobs(gw, count)
-            if stored != count:
-                raise BenchError(f"{GATEWAYD}: {count} messages answered 250 but {stored} jobs stored")
-            rate = count / elapsed
-            print(f"  {GATEWAYD:36s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref:.2f}x Postfix, {stored} jobs stored)")
-            rows.append((label, size, GATEWAYD, rate, count))
+            for number, (name, overrides) in enumerate(VARIANTS):
+                with Gatewayd(root / f"gw-{size}-{number}", sim.base_url, overrides=overrides) as gw:
+                    smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=WARMUP)
+                    elapsed = smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=count)
+                    stored = wait_jobs(gw, count + WARMUP)
+                if stored != count + WARMUP:
+                    raise BenchError(f"{name}: {count + WARMUP} messages answered 250 but {stored} jobs stored")
+                rate = count / elapsed
+                print(f"  {name:36s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref:.2f}x Postfix; {stored} jobs stored with the warm-up)")
+                rows.append((label, size, name, rate, count))
 
         print("\n-- 100 KB: end of DATA -> reply, bench asyncio client, 20 sessions --")
         raw = fax_message(pdf_of_size(100_000, seed=100_001))
         n = max(40, int(args.latency_messages * args.scale))
         p99s: dict[str, float] = {}
         with Postfix() as pf:
+            asyncio.run(run_clients(pf.port, raw, sessions=SESSIONS, messages=WARMUP))
             results, elapsed = asyncio.run(run_clients(pf.port, raw, sessions=SESSIONS, messages=n))
         _report_latency("Postfix 3.7", results, elapsed, p99s)
-        with Gatewayd(root / "gw-lat", sim.base_url) as gw:
-            results, elapsed = asyncio.run(run_clients(gw.port, raw, sessions=SESSIONS, messages=n))
-        _report_latency(GATEWAYD, results, elapsed, p99s)
+        for number, (name, overrides) in enumerate(VARIANTS):
+            with Gatewayd(root / f"gw-lat-{number}", sim.base_url, overrides=overrides) as gw:
+                asyncio.run(run_clients(gw.port, raw, sessions=SESSIONS, messages=WARMUP))
+                results, elapsed = asyncio.run(run_clients(gw.port, raw, sessions=SESSIONS, messages=n))
+            _report_latency(name, results, elapsed, p99s)
 
     print("\n-- targets --")
     ref = {size: rate for _, size, who, rate, _ in rows if who == "postfix"}
