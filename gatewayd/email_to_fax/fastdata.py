@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ from typing import BinaryIO
 __all__ = ["DataBody", "IntakeGate", "read_data", "unstuff", "SEPARATOR"]
 
 SEPARATOR = b"\r\n.\r\n"
+# A LF not preceded by CRLF's CR (bare), or a LF followed by a dot: what makes
+# a piece need more than storing as it is. Starts with a literal, so the
+# search skips from LF to LF in C (~0.5 ms per MB).
+_SPECIAL = re.compile(rb"\n(?:(?<!\r\n)|\.)")
 DEFAULT_CHUNK_LIMIT = 256 * 1024
 
 
@@ -180,13 +185,20 @@ async def read_data(
         nonlocal prev2, bare
         if not raw:
             return
+        joined = prev2 + raw
+        # The common piece has no LF without its CR and no dot at a line
+        # start: one scan (from the LF that may end prev2) proves it, and the
+        # piece is stored as it is. Otherwise the exact work below.
+        if _SPECIAL.search(joined, 1) is None:
+            sink.write(raw)
+            prev2 = joined[-2:]
+            return
         # A LF is bare unless a CR precedes it (inside the piece, or as the last byte before it).
         lfs = raw.count(b"\n")
         if lfs and not bare:
             paired = raw.count(b"\r\n") + (1 if prev2[-1:] == b"\r" and raw[:1] == b"\n" else 0)
             if lfs > paired:
                 bare = True
-        joined = prev2 + raw
         # A dot right after CRLF is a stuffing dot: delete it (the terminator never gets here).
         sink.write(joined.replace(b"\r\n.", b"\r\n")[2:] if b"\r\n." in joined else raw)
         prev2 = joined[-2:]
