@@ -399,6 +399,25 @@ class Gatewayd:
                 return int(line.split()[1])
         raise BenchError("no VmHWM in /proc status")
 
+    def pids(self) -> list[int]:
+        """The daemon and its children (the extra SMTP listener processes)."""
+        assert self.proc is not None
+        found = [self.proc.pid]
+        for children in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in children.read_text().split()]
+        return found
+
+    def tree_kib(self, field_name: str) -> int:
+        """``field_name`` (VmHWM, VmRSS) summed over ``pids()``: for peaks, the
+        sum of each process's own peak (an upper bound of the peak of the sum)."""
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(f"{field_name}:"):
+                    total += int(line.split()[1])
+        return total
+
     def vm_rss_kib(self) -> int:
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
