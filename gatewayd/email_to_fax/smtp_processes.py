@@ -166,6 +166,8 @@ class ListenerProcesses:
                 sock.close()
         worker.started_at = time.monotonic()
         worker.ready = asyncio.get_running_loop().create_future()
+        # Retrieved even when nobody waits any more (a start that timed out).
+        worker.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         worker.writer = writer
         writer.write(_frame(("start", {"index": worker.index, "config": self.rt.config, "tuning": self.tuning,
@@ -215,17 +217,17 @@ class ListenerProcesses:
         backoff = self.min_backoff
         while not self.stopping:
             proc = worker.proc
-            if proc is None:
-                return
-            code = await _wait_exit(proc)
-            if self.stopping:
-                return
-            log.error("smtp_process_exited", process=worker.index, pid=proc.pid, code=code)
-            self.rt.metrics.service_restarts.labels("smtp").inc()
-            worker.restarts += 1
-            await self._close_channel(worker)
-            if time.monotonic() - worker.started_at > 10 * self.max_backoff:
-                backoff = self.min_backoff
+            if proc is not None:
+                code = await _wait_exit(proc)
+                if self.stopping:
+                    return
+                log.error("smtp_process_exited", process=worker.index, pid=proc.pid, code=code)
+                self.rt.metrics.service_restarts.labels("smtp").inc()
+                worker.restarts += 1
+                await self._close_channel(worker)
+                worker.proc = None
+                if time.monotonic() - worker.started_at > 10 * self.max_backoff:
+                    backoff = self.min_backoff  # it ran fine for a long while
             delay = backoff * (0.5 + random.random() / 2)
             backoff = min(self.max_backoff, backoff * 2)
             if await self.rt.sleep(delay) or self.stopping:
@@ -235,17 +237,23 @@ class ListenerProcesses:
                 log.info("smtp_process_restarted", process=worker.index, pid=worker.proc.pid if worker.proc else None)
             except Exception as exc:  # noqa: BLE001 - try again after the next backoff
                 log.error("smtp_process_restart_failed", process=worker.index, error=f"{type(exc).__name__}: {exc}")
-                if worker.proc is not None and worker.proc.poll() is None:
-                    worker.proc.kill()
+                if worker.proc is not None:
+                    if worker.proc.poll() is None:
+                        worker.proc.kill()
+                    await _wait_exit(worker.proc)
+                await self._close_channel(worker)
+                worker.proc = None  # already logged: not "exited" a second time
 
     async def _close_channel(self, worker: _Worker) -> None:
-        if worker.writer is not None:
-            worker.writer.close()
-            worker.writer = None
+        # The worker has exited: read what it sent last (its final reply
+        # counts) up to the end of the channel before closing our side.
         if worker.reader_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(worker.reader_task, timeout=1.0)
             worker.reader_task = None
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
 
     def terminate(self) -> None:
         """SIGTERM to every worker: each stops taking connections and finishes its sessions."""
@@ -371,25 +379,27 @@ async def _worker_main(control_fd: int) -> int:
                 log.info("smtp_process_parent_gone")
             rt.stopping.set()
 
+        sent: dict[str, float] = {}
+
+        def send_counts() -> None:
+            nonlocal sent
+            counts = _reply_counts(rt.metrics)
+            delta = {code: n - sent.get(code, 0) for code, n in counts.items() if n > sent.get(code, 0)}
+            if delta and not writer.is_closing():
+                writer.write(_frame(("replies", delta)))
+                sent = counts
+
         async def report() -> None:
-            sent: dict[str, float] = {}
-            while True:
-                stopping = await rt.sleep(REPORT_EVERY)
-                counts = _reply_counts(rt.metrics)
-                delta = {code: n - sent.get(code, 0) for code, n in counts.items() if n > sent.get(code, 0)}
-                if delta and not writer.is_closing():
-                    writer.write(_frame(("replies", delta)))
-                    sent = counts
-                if stopping:
-                    return
+            while not await rt.sleep(REPORT_EVERY):
+                send_counts()
 
         listening = asyncio.create_task(from_main())
         reporting = asyncio.create_task(report())
         await rt.stopping.wait()
         await listener.stop()
         listening.cancel()
-        await asyncio.wait([reporting], timeout=1.0)  # the last counts go out before we do
         reporting.cancel()
+        send_counts()  # what was answered during the stop grace (421s, late 250s) too
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.drain(), timeout=1.0)
         writer.close()

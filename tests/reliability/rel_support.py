@@ -288,7 +288,13 @@ async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gate
         log.close()
     port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
     daemon = DaemonProcess(proc, port, log_path)
-    await daemon.wait_listening()
+    try:
+        await daemon.wait_listening()
+    except BaseException:
+        daemon.kill()  # never left running behind a failed start
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 10)
+        raise
     return daemon
 
 
