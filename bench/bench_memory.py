@@ -9,7 +9,8 @@ PDF attachment is 9.8 MB (the largest that still fits the provider's
 to a stored job; ~13.4 MB on the wire in base64). The daemon's peak RSS is
 ``VmHWM`` from /proc/PID/status of the ``gatewayd run`` subprocess (its RSS
 before the load is shown too); with ``smtp.processes = "auto"`` it is the sum
-of every process's own peak. Every client must get ``250`` and 20 jobs must
+of every process's own peak (an upper bound of the peak of the sum, which is
+also shown, sampled every 5 ms). The target is judged on the upper bound. Every client must get ``250`` and 20 jobs must
 be stored. Run with the default (1 process) and with ``processes = "auto"``.
 
 Target: peak RSS under 400 MiB, every message answered correctly.
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,17 +83,31 @@ async def concurrent_send(port: int, stuffed: bytes, clients: int, timeout: floa
     return list(await asyncio.gather(*(client() for _ in range(clients))))
 
 
-def measure(root: Path, sim: Simulator, stuffed: bytes, clients: int, overrides: dict) -> tuple[int, int, float, list[str], int, int]:
+def measure(root: Path, sim: Simulator, stuffed: bytes, clients: int, overrides: dict) -> tuple[int, int, float, list[str], int, int, int]:
     with Gatewayd(root / f"gw-{len(overrides)}", sim.base_url, overrides=overrides) as gw:
         time.sleep(1.0)
         idle = gw.tree_kib("VmRSS")
+        sampled = [idle]
+        done = threading.Event()
+
+        def sample() -> None:  # the peak of the sum, as well as the sum of the peaks
+            while not done.wait(0.005):
+                with contextlib.suppress(OSError, ValueError):
+                    sampled.append(gw.tree_kib("VmRSS"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         started = time.perf_counter()
-        replies = asyncio.run(concurrent_send(gw.port, stuffed, clients))
+        try:
+            replies = asyncio.run(concurrent_send(gw.port, stuffed, clients))
+        finally:
+            done.set()
+            sampler.join()
         elapsed = time.perf_counter() - started
         hwm = gw.tree_kib("VmHWM")
         jobs = gw.jobs()
         processes = len(gw.pids())
-    return idle, hwm, elapsed, replies, jobs, processes
+    return idle, hwm, elapsed, replies, jobs, processes, max(sampled)
 
 
 VARIANTS = [("1 process", {}), ("processes=auto", {"smtp": {"processes": "auto"}})]
@@ -112,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     with workdir("memory") as root, Simulator() as sim:
         hold_provider(sim)
         for name, overrides in VARIANTS:
-            idle, hwm, elapsed, replies, jobs, processes = measure(root, sim, stuffed, args.clients, overrides)
+            idle, hwm, elapsed, replies, jobs, processes, sampled = measure(root, sim, stuffed, args.clients, overrides)
             codes = sorted({r[:3] for r in replies})
             ok = all(r.startswith("250 2.0.0 queued as ") for r in replies) and jobs == args.clients
-            what = "VmHWM" if processes == 1 else f"sum of the VmHWM of its {processes} processes"
+            what = "VmHWM" if processes == 1 else f"sum of the VmHWM of its {processes} processes, an upper bound"
             print(f"  gatewayd, {name}: peak RSS ({what}) {hwm / 1024:7.1f} MiB (idle {idle / 1024:.1f} MiB, "
                   f"{(hwm - idle) / 1024 / args.clients:.1f} MiB per message), {elapsed:.1f} s, replies {codes}, {jobs} jobs stored")
+            print(f"    RSS summed over the processes, sampled every 5 ms: highest {sampled / 1024:.1f} MiB")
             if not ok:
                 bad = [r for r in replies if not r.startswith("250")]
                 print(f"    NOT ANSWERED CORRECTLY: {bad[:3]}")
