@@ -288,6 +288,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _foreign_owner(state_dir: Path) -> tuple[int, int] | None:
+    """(uid, gid) of ``state_dir`` when we are root and it belongs to another user."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    st = state_dir.stat()
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
 class Store:
     """SQLite state and document files under one state directory."""
 
@@ -297,7 +305,12 @@ class Store:
         self.clock = clock
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Root (a command run with sudo beside the daemon) creates files
+            # as the state directory's owner: the daemon must keep reading
+            # and writing them. SQLite does the same for its -wal and -shm.
+            self._owner = _foreign_owner(self.state_dir)
             self.documents_dir.mkdir(exist_ok=True, mode=0o700)
+            self._adopt(self.documents_dir)
             self.db_path = self.state_dir / "gatewayd.sqlite3"
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE),
             # so a writer takes the lock up front instead of failing mid-way.
@@ -308,6 +321,9 @@ class Store:
                 raise StoreError(f"cannot use WAL journal mode on {self.db_path} (got {mode})")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            for path in (self.db_path, self.db_path.with_name(self.db_path.name + "-wal"),
+                         self.db_path.with_name(self.db_path.name + "-shm")):
+                self._adopt(path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {self.state_dir}: {exc}") from exc
         self._lock = threading.RLock()
@@ -317,6 +333,17 @@ class Store:
         self._migrate()
 
     # ------------------------------------------------------------ plumbing
+
+    def _adopt(self, path: Path) -> None:
+        """Give ``path`` to the state directory's owner (only when running as root for someone else)."""
+        if self._owner is None:
+            return
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        if (st.st_uid, st.st_gid) != self._owner:
+            os.chown(path, *self._owner)
 
     def close(self) -> None:
         with self._lock:
@@ -432,9 +459,12 @@ class Store:
             pass
         try:
             final.parent.mkdir(exist_ok=True, mode=0o700)
+            self._adopt(final.parent)
             tmp = final.parent / f".tmp-{sha}-{os.getpid()}-{threading.get_ident()}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
+                if self._owner is not None:
+                    os.fchown(fd, *self._owner)
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)

@@ -79,3 +79,79 @@ async def test_refusals_and_usage_errors(tmp_path: Path, data: dict) -> None:
         assert [j.source for j in store.list_jobs()] == ["cli", "cli"]
     finally:
         store.close()
+
+
+async def test_send_as_root_leaves_files_the_daemon_user_owns(tmp_path: Path, data: dict) -> None:
+    """``sudo gatewayd send`` beside a daemon that runs as its own user: every
+    file the command creates (document, its directory, the database and its
+    -wal/-shm if they were not there yet) belongs to the state directory's
+    owner, and that user can read the document and write the store."""
+    import os
+
+    if os.geteuid() != 0:
+        raise AssertionError("this test needs root (make test runs as root): it checks what root leaves behind")
+    owner = 65534  # nobody
+    cfg = str(write_config(tmp_path / "config.toml", data))
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, owner, owner)
+    os.chmod(tmp_path, 0o755)  # the daemon's user must reach its state directory
+    pdf = tmp_path / "a.pdf"
+    pdf.write_bytes(make_pdf(1))
+    rc, out, err = await gatewayd("send", NUMBER_1, str(pdf), "-c", cfg)
+    assert rc == 0, err
+    created = [state, *state.rglob("*")]
+    assert any(p.suffix == ".pdf" for p in created) and (state / "gatewayd.sqlite3").exists()
+    wrong = [(str(p.relative_to(tmp_path)), p.stat().st_uid, p.stat().st_gid) for p in created
+             if (p.stat().st_uid, p.stat().st_gid) != (owner, owner)]
+    assert not wrong, wrong
+    # As that user: the document reads back and the store takes a write.
+    # (A forked child: it enters the state directory as root, then drops to
+    # the owner, as the daemon has it; the paths above it may be root's only.)
+    job_id = int(out.strip().removeprefix("queued as "))
+    store = Store(state)
+    try:
+        document = store.document_path(store.get_job(job_id).document).relative_to(state)
+    finally:
+        store.close()
+    # SQLite opens the database by its full path: the owner must be able to
+    # pass through pytest's directories (0700, root's) for this check.
+    opened = [(d, d.stat().st_mode & 0o7777) for d in tmp_path.parents if d != Path("/") and str(d).startswith("/tmp/")]
+    for d, mode in opened:
+        os.chmod(d, mode | 0o011)
+    try:
+        status, said = _as_user(owner, state, document, job_id)
+    finally:
+        for d, mode in opened:
+            os.chmod(d, mode)
+    assert (status, said) == (0, "ok"), said
+
+
+def _as_user(owner: int, state: Path, document: Path, job_id: int) -> tuple[int, str]:
+    import os
+    import sqlite3
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.chdir(state)
+            os.setgroups([])
+            os.setgid(owner)
+            os.setuid(owner)
+            assert Path(document).read_bytes()[:5] == b"%PDF-"
+            conn = sqlite3.connect("gatewayd.sqlite3", isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE jobs SET reason = 'touched by the daemon user' WHERE id = ?", (job_id,))
+            conn.execute("COMMIT")
+            conn.close()
+            os.write(write_end, b"ok")
+        except BaseException as exc:  # noqa: BLE001
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:500])
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    said = os.read(read_end, 1000).decode()
+    os.close(read_end)
+    return status, said
