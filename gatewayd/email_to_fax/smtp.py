@@ -83,6 +83,7 @@ class SmtpTuning:
     max_auth_failures: int = 3  # then 421 and the connection is closed
     spool_threshold: int = 2 << 20  # a DATA body above this waits in a temporary file, not in memory
     intake_budget: int = 16 << 20  # bytes of message parsed and converted at once (IntakeGate)
+    process_stall_timeout: float = 30.0  # a listener process silent this long is killed and restarted
 
 
 @dataclass(frozen=True)
@@ -613,7 +614,8 @@ class SmtpListener:
                                                       reuse_address=True, reuse_port=more > 0 or None)
                     self.servers.append(server)
             if more > 0:
-                self.processes = ListenerProcesses(self.rt, more, self.addresses, self.tuning)
+                self.processes = ListenerProcesses(self.rt, more, self.addresses, self.tuning,
+                                                   stall_timeout=self.tuning.process_stall_timeout)
                 await self.processes.start()
         except (OSError, WorkerError):
             for server in self.servers:

@@ -18,7 +18,10 @@ The main process (``ListenerProcesses``):
 * sends the running configuration over a socket pair, at start and after
   every reload (the workers never read the file: no race with an edit);
 * restarts a worker that dies, with backoff (connections waiting in a dead
-  worker's queue are reset; SMTP clients try again);
+  worker's queue are reset; SMTP clients try again), and kills (then
+  restarts) one that has not reported for 30 s: a worker reports every
+  second, so silence means its event loop is stuck, and its socket would
+  keep its share of the connections waiting forever;
 * at stop, sends SIGTERM to every worker at once: each gives its sessions
   the listener's grace, as the main process does, then SIGKILL.
 
@@ -53,7 +56,8 @@ log = get_logger(__name__)
 _HEADER = struct.Struct(">I")
 _MAX_FRAME = 16 << 20  # a configuration is a few KB; anything larger is a bug
 READY_TIMEOUT = 60.0  # a worker imports everything before it says ready
-REPORT_EVERY = 1.0  # seconds between reply-count reports to the main process
+REPORT_EVERY = 1.0  # seconds between reports (reply counts, or just "alive") to the main process
+STALL_TIMEOUT = 30.0  # a worker silent this long is killed and started again
 _PR_SET_PDEATHSIG = 1
 
 
@@ -117,6 +121,7 @@ class _Worker:
     reader_task: asyncio.Task[None] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    last_seen: float = 0.0  # monotonic time of its last message
     ready: asyncio.Future[int] | None = None
 
 
@@ -130,6 +135,7 @@ class ListenerProcesses:
     tuning: Any  # SmtpTuning
     min_backoff: float = 1.0
     max_backoff: float = 30.0
+    stall_timeout: float = STALL_TIMEOUT
     workers: list[_Worker] = field(default_factory=list)
     stopping: bool = False
 
@@ -164,7 +170,7 @@ class ListenerProcesses:
             child.close()
             for sock in sockets:
                 sock.close()
-        worker.started_at = time.monotonic()
+        worker.started_at = worker.last_seen = time.monotonic()
         worker.ready = asyncio.get_running_loop().create_future()
         # Retrieved even when nobody waits any more (a start that timed out).
         worker.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -184,6 +190,7 @@ class ListenerProcesses:
         try:
             while True:
                 kind, *rest = await _receive(reader)
+                worker.last_seen = time.monotonic()
                 if kind == "wake":
                     self.rt.wake(str(rest[0]))
                 elif kind == "replies":
@@ -210,8 +217,24 @@ class ListenerProcesses:
                 worker.writer.write(_frame(("config", config)))
 
     async def supervise(self) -> None:
-        """Restart a worker that ends while the daemon is not stopping (runs as the listener's ``run``)."""
-        await asyncio.gather(*(self._watch(w) for w in self.workers))
+        """Restart a worker that ends while the daemon is not stopping, and
+        kill one that has stopped talking (runs as the listener's ``run``)."""
+        await asyncio.gather(self._stalls(), *(self._watch(w) for w in self.workers))
+
+    async def _stalls(self) -> None:
+        """SIGKILL a worker silent for ``stall_timeout``: its event loop is stuck,
+        and its socket would hold its share of the connections unanswered."""
+        while not await self.rt.sleep(min(1.0, self.stall_timeout / 4)) and not self.stopping:
+            now = time.monotonic()
+            for worker in self.workers:
+                proc = worker.proc
+                if proc is None or proc.poll() is not None or worker.ready is None or not worker.ready.done():
+                    continue
+                if now - worker.last_seen > self.stall_timeout:
+                    log.error("smtp_process_unresponsive", process=worker.index, pid=proc.pid,
+                              silent_for=round(now - worker.last_seen, 1))
+                    proc.kill()  # _watch sees the exit and starts a new one
+                    worker.last_seen = now
 
     async def _watch(self, worker: _Worker) -> None:
         backoff = self.min_backoff
@@ -219,8 +242,8 @@ class ListenerProcesses:
             proc = worker.proc
             if proc is not None:
                 code = await _wait_exit(proc)
-                if self.stopping:
-                    return
+                if self.stopping or self.rt.stopping.is_set():
+                    return  # e.g. systemd's SIGTERM reached the whole cgroup first
                 log.error("smtp_process_exited", process=worker.index, pid=proc.pid, code=code)
                 self.rt.metrics.service_restarts.labels("smtp").inc()
                 worker.restarts += 1
@@ -383,11 +406,14 @@ async def _worker_main(control_fd: int) -> int:
 
         def send_counts() -> None:
             nonlocal sent
+            if writer.is_closing():
+                return
             counts = _reply_counts(rt.metrics)
             delta = {code: n - sent.get(code, 0) for code, n in counts.items() if n > sent.get(code, 0)}
-            if delta and not writer.is_closing():
-                writer.write(_frame(("replies", delta)))
-                sent = counts
+            # Nothing new is still news: the main process kills a worker it
+            # has not heard from for a while (its event loop is stuck).
+            writer.write(_frame(("replies", delta)))
+            sent = counts
 
         async def report() -> None:
             while not await rt.sleep(REPORT_EVERY):

@@ -338,7 +338,8 @@ class InProcess:
 
 
 @contextlib.asynccontextmanager
-async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | None = None, store: Store | None = None) -> AsyncIterator[InProcess]:
+async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | None = None, store: Store | None = None,
+                     smtp_tuning: SmtpTuning | None = None) -> AsyncIterator[InProcess]:
     config = _port_zero(config)
     clock = OffsetClock()
     store = store or Store(config.state_dir, clock=clock)
@@ -348,7 +349,7 @@ async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | 
                            OutboxWorker(rt, poll_interval=0.2)]
     if extra is not None:
         services += extra(rt)
-    services.append(SmtpListener(rt, Intake(rt), tuning=SmtpTuning(stop_grace=1.0)))
+    services.append(SmtpListener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0)))
     h = InProcess(rt, clock, services)
     try:
         for s in services:

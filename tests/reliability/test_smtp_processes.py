@@ -41,8 +41,10 @@ from rel_support import (
     config_data,
     faxes_by_job,
     free_port,
+    in_process,
     integrity,
     job_ids,
+    load,
     message,
     SENDER,
     pdf_bytes,
@@ -53,6 +55,7 @@ from rel_support import (
     wait_until,
 )
 
+from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.provider.simulator import run_simulator
 from gatewayd.tomlwriter import dumps as to_toml
 
@@ -376,6 +379,38 @@ async def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
             code, _ = await daemon.terminate()
             assert code == 0, daemon.log_tail()
         assert not is_worker(new)
+
+
+@pytest.mark.timeout(60)
+async def test_a_stuck_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    """A worker whose event loop stops (SIGSTOP here) stops reporting: after
+    ``process_stall_timeout`` it is killed and a new one takes its place, so
+    its socket does not keep its share of the connections waiting."""
+    async with run_simulator() as sim:
+        config = load(processes_config(tmp_path, sim))
+        tuning = SmtpTuning(stop_grace=1.0, process_stall_timeout=2.0)
+        async with in_process(config, smtp_tuning=tuning) as h:
+            listener = next(s for s in h.services if isinstance(s, SmtpListener))
+            assert listener.processes is not None
+            worker = listener.processes.workers[0]
+            assert worker.proc is not None
+            stuck = worker.proc.pid
+            os.kill(stuck, signal.SIGSTOP)
+            started = time.monotonic()
+            try:
+                await wait_until(lambda: worker.proc is not None and worker.proc.pid != stuck
+                                 and worker.ready is not None and worker.ready.done(), 20, "a new worker in place of the stuck one")
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stuck, signal.SIGCONT)
+            took = time.monotonic() - started
+            assert 2.0 <= took < 15, took  # not before the timeout; the restart backoff is at most ~1 s
+            assert proc_state(stuck) in (None, "Z"), "the stuck worker was not killed"
+            assert h.rt.metrics.service_restarts.labels("smtp")._value.get() == 1.0
+            # Every connection is answered again (one in a stuck worker's queue would hang).
+            finals, _ = await send_many(h.port, 20, clients=5, subject="after the stall")
+            assert all(r.startswith("250 2.0.0 queued as ") for r in finals), sorted(set(finals))
+            assert len(stored_jobs(tmp_path / "state")) == 20
 
 
 @pytest.mark.timeout(60)
