@@ -72,6 +72,34 @@ async def test_auth_over_starttls_then_send(tmp_path: Path, tls_data: dict, mech
         assert jobs[0].report_to == "scanner@anywhere.example"
 
 
+async def test_starttls_and_auth_in_every_listener_process(tmp_path: Path, tls_data: dict) -> None:
+    """``smtp.processes = 2``: the other listener process builds its own TLS
+    context and checks passwords from the configuration it was sent."""
+    async with run_gateway(load(tmp_path, merge(tls_data, {"smtp": {"processes": 2}}))) as gw:
+        assert gw.listener.processes is not None and len(gw.listener.processes.workers) == 1
+        in_main: list[str] = []
+        decide = gw.listener.decisions.data
+
+        async def counted(server, envelope, result):  # type: ignore[no-untyped-def]
+            reply = await decide(server, envelope, result)
+            in_main.append(reply)
+            return reply
+
+        gw.listener.decisions.data = counted  # type: ignore[method-assign]
+        sent = 16  # the kernel spreads connections: all 16 on one side has odds of 1 in 32,768
+        for _ in range(sent):
+            client = await smtp_client(gw.port, tmp_path)
+            await client.starttls()
+            await client.ehlo()
+            assert (await client.auth_plain("scanner", PASSWORD)).code == 235
+            errors, message = await client.sendmail("scanner@anywhere.example", [f"{NUMBER_1}@{DOMAIN}"], pdf_message())
+            await client.quit()
+            assert errors == {} and message.startswith("2.0.0 queued as "), message
+        jobs = gw.jobs()
+        assert len(jobs) == sent and {j.extension for j in jobs} == {123}
+        assert 0 < len(in_main) < sent, f"the main process answered {len(in_main)} of {sent}: the other process took none"
+
+
 async def test_wrong_password_unknown_user_and_lockout(tmp_path: Path, tls_data: dict) -> None:
     async with run_gateway(load(tmp_path, tls_data)) as gw:
         client = await smtp_client(gw.port, tmp_path)
