@@ -144,6 +144,7 @@ class InboundConfig:
     attach: str = "pdf"
     fallback_to: tuple[str, ...] = ()
     mailto_refresh: float = 600.0
+    first_lookback: float = 86400.0  # first poll of an extension: how far back
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def route_for(self, destination: str) -> tuple[str, ...] | None:
@@ -832,6 +833,7 @@ class _Loader:
             attach=s.choice("attach", "pdf", ("pdf", "tiff", "both", "original")),
             fallback_to=s.get_list("fallback_to", (), parse_email),
             mailto_refresh=s.get("mailto_refresh", d.mailto_refresh, parse_duration),
+            first_lookback=s.get("first_lookback", d.first_lookback, parse_duration),
             routes=tuple(routes),
         )
         s.finish()

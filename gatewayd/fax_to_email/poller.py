@@ -12,8 +12,8 @@ before exactly once:
   intervals plus 10 minutes: a fax whose listing shows up late (its time is
   when the call started) or a skewed provider clock is still inside the
   next window. An extension polled for the first time looks back
-  ``first_lookback`` (24 h by default), so a new installation does not mail
-  out an old archive. Faxes seen twice (the overlap) are recognised by uuid
+  ``inbound.first_lookback`` (24 h by default), so a new installation does
+  not mail out an old archive. Faxes seen twice (the overlap) are recognised by uuid
   in the received ledger.
 * **Exactly once.** The ledger row and the outbox email are written in one
   commit (``Store.queue_received``). A crash before that commit leaves no
@@ -58,10 +58,18 @@ from gatewayd.store import StoreError
 
 log = get_logger(__name__)
 
-FIRST_LOOKBACK = 24 * 3600.0  # first poll of an extension: how far back
 OVERLAP_EXTRA = 600.0  # added to two poll intervals: late listings, clock skew
 FUTURE_SKEW = 600.0  # window end beyond our clock: a provider clock ahead of ours
 HWM_KEY = "inbound.hwm.{}"
+FLOOR_KEY = "inbound.floor.{}"  # the first window's start: no window reaches further back
+
+
+def _float_or_none(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 HELD = "no_recipient"
 HELD_BATCH = 500  # held faxes re-checked per poll
 
@@ -152,12 +160,12 @@ class InboundPoller:
         self,
         rt: Any,
         *,
-        first_lookback: float = FIRST_LOOKBACK,
+        first_lookback: float | None = None,
         overlap_extra: float = OVERLAP_EXTRA,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rt = rt
-        self.first_lookback = first_lookback
+        self.first_lookback = first_lookback  # None: inbound.first_lookback, read at each use (reload)
         self.overlap_extra = overlap_extra
         self._monotonic = monotonic
         # ext -> (valid addresses, monotonic time read); read through, never shared
@@ -246,16 +254,25 @@ class InboundPoller:
         store = self.rt.store
         key = HWM_KEY.format(ext)
         now = self.rt.clock()
-        raw = await store.run(store.get_meta, key)
-        try:
-            hwm = float(raw) if raw is not None else None
-        except ValueError:
-            hwm = None
-        if hwm is None or not math.isfinite(hwm):
-            start = now - self.first_lookback
+        hwm = _float_or_none(await store.run(store.get_meta, key))
+        floor_key = FLOOR_KEY.format(ext)
+        floor = _float_or_none(await store.run(store.get_meta, floor_key))
+        if hwm is None:
+            if floor is None:
+                # The very first poll of this extension: look back
+                # first_lookback, and never before that point again (the
+                # overlap of later windows must not reach past it).
+                # overlap_extra: the provider's clock may be behind ours; a
+                # fax that arrives as we start must not fall below the floor.
+                lookback = self.first_lookback if self.first_lookback is not None else self.rt.config.inbound.first_lookback
+                floor = now - lookback - self.overlap_extra
+                await store.run(store.set_meta, floor_key, repr(floor))
+            start = floor
         else:
             # min(): a clock that jumped back must not leave a gap.
             start = min(hwm, now) - self._overlap()
+            if floor is not None:
+                start = max(start, floor)
         try:
             listed = await self.rt.provider.list_received_faxes(
                 ext, datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(now + FUTURE_SKEW, timezone.utc)

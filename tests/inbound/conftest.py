@@ -49,7 +49,7 @@ def config_factory(sim: ProviderSimulator, sink: RecordingSink, tmp_path: Path) 
 async def make_harness(config_factory: Callable[..., Config]) -> AsyncIterator[Callable[..., Any]]:
     made: list[Harness] = []
 
-    async def factory(*, first_lookback: float = 86400.0, **sections: dict[str, Any]) -> Harness:
+    async def factory(*, first_lookback: float | None = None, **sections: dict[str, Any]) -> Harness:
         h = await Harness(config_factory(**sections), first_lookback=first_lookback).start()
         made.append(h)
         return h

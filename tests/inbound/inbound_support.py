@@ -233,7 +233,7 @@ class Monotonic:
 class Harness:
     """The real poller and outbox on one Runtime, driven step by step."""
 
-    def __init__(self, config: Config, *, first_lookback: float = 86400.0) -> None:
+    def __init__(self, config: Config, *, first_lookback: float | None = None) -> None:
         self.clock = OffsetClock()
         self.monotonic = Monotonic()
         self.store = Store(config.state_dir)

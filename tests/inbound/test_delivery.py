@@ -189,6 +189,36 @@ async def test_window_overlap_catches_late_listed_faxes_and_first_run_looks_back
     assert ancient not in h.ledger()
 
 
+async def test_first_lookback_is_configurable(sim, sink, make_harness, faxes):
+    sim.extensions[122].fax_mailto = "alice@x.test"
+    now = datetime.now(sim.tz)
+    older = sim.inject_received(122, faxes["pdf"].data, when=now - timedelta(hours=2))
+    newer = sim.inject_received(122, faxes["pdf"].data, when=now - timedelta(minutes=30))
+    h = await make_harness(inbound={"first_lookback": "1h"})
+    await h.cycle()
+    assert sorted(by_uuid(sink.messages)) == [newer]
+    assert older not in h.ledger()
+
+
+async def test_first_lookback_zero_mails_only_what_comes_next(sim, sink, make_harness, faxes):
+    """ "0s": nothing from before the first poll, but for a 10-minute margin
+    (the provider's clock may be behind ours), and the overlap of later
+    windows never reaches back past that point."""
+    sim.extensions[122].fax_mailto = "alice@x.test"
+    now = datetime.now(sim.tz)
+    # 11 minutes back: below the floor (10 minutes), inside a later window's
+    # overlap (2 polls of 60 s + 10 minutes).
+    before = sim.inject_received(122, faxes["pdf"].data, when=now - timedelta(minutes=11))
+    skewed = sim.inject_received(122, faxes["pdf"].data, when=now - timedelta(minutes=1))
+    h = await make_harness(inbound={"first_lookback": "0s", "poll_interval": "60s"})
+    await h.cycle()
+    assert list(by_uuid(sink.messages)) == [skewed] and before not in h.ledger()
+    after = sim.inject_received(122, faxes["pdf"].data)
+    await h.cycle()  # this window's overlap (2 polls + 10 min) would reach `before`: the floor keeps it out
+    assert sorted(by_uuid(sink.messages)) == sorted([skewed, after])
+    assert before not in h.ledger()
+
+
 async def test_provider_failure_loses_nothing(sim, sink, make_harness, faxes):
     sim.extensions[122].fax_mailto = "alice@x.test"
     uuid = sim.inject_received(122, faxes["g3"].data)
