@@ -363,7 +363,8 @@ async def _worker_main(control_fd: int) -> int:
 
     class WorkerRuntime(Runtime):
         def wake(self, name: str) -> None:
-            writer.write(_frame(("wake", name)))
+            if not writer.is_closing():  # the main process gone: its sender will look at start
+                writer.write(_frame(("wake", name)))
 
     with bind_context(smtp_process=index):
         try:
