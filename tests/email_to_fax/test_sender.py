@@ -198,6 +198,9 @@ async def test_reconciliation_waits_while_the_provider_is_down(tmp_path: Path, s
     store.close()
     outage = sim.add_fault("/extension/*/fax/out/", method="GET", status=503, count=None)
     async with run_gateway(config, sim=sim, sender=True) as gw:
+        # The client's retries of one look can reach the simulator before the
+        # sender records its outcome: wait for the outcome, not the requests.
+        await wait_for(lambda: gw.store.get_job(job_id).reason.startswith("cannot reconcile yet"), what="a failed look recorded")
         await wait_for(lambda: sim.count_requests("GET", "/extension/*/fax/out/") >= 4, what="a few failed looks")
         job = gw.store.get_job(job_id)
         assert job.state == "submitting" and job.reason.startswith("cannot reconcile yet")
