@@ -54,8 +54,8 @@ from gatewayd.email_to_fax.errors import (
 )
 from gatewayd.email_to_fax.fastdata import DataBody, IntakeGate, read_data
 from gatewayd.email_to_fax.intake import Intake
-from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
+from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.passwords import hash_password, verify_password
 
