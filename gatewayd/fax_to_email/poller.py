@@ -62,6 +62,8 @@ OVERLAP_EXTRA = 600.0  # added to two poll intervals: late listings, clock skew
 FUTURE_SKEW = 600.0  # window end beyond our clock: a provider clock ahead of ours
 HWM_KEY = "inbound.hwm.{}"
 FLOOR_KEY = "inbound.floor.{}"  # the first window's start: no window reaches further back
+HELD = "no_recipient"
+HELD_BATCH = 500  # held faxes re-checked per poll
 
 
 def _float_or_none(raw: str | None) -> float | None:
@@ -70,8 +72,6 @@ def _float_or_none(raw: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and math.isfinite(value) else None
-HELD = "no_recipient"
-HELD_BATCH = 500  # held faxes re-checked per poll
 
 
 @dataclass(frozen=True)
