@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from gatewayd.config import Config, ConfigError, load_config
 from gatewayd.health import Health
 from gatewayd.logs import get_logger, setup_logging
+from gatewayd.memory import release_free_memory
 from gatewayd.metrics import Metrics
 from gatewayd.sdnotify import Notifier
 from gatewayd.store import Store
@@ -30,6 +31,7 @@ from gatewayd.store import Store
 log = get_logger(__name__)
 
 STOP_TIMEOUT = 8.0  # SIGTERM must end the process within 10 s
+MEMORY_RELEASE_EVERY = 60.0  # seconds between malloc_trim calls
 
 
 class Service(Protocol):
@@ -245,6 +247,7 @@ class Daemon:
             supervisor.spawn("watchdog", lambda: self._watchdog(rt))
             supervisor.spawn("reloader", lambda: self._reloader(rt))
             supervisor.spawn("status", lambda: self._status_reporter(rt))
+            supervisor.spawn("memory", lambda: self._release_memory(rt))
             # Every listener is bound and the store is open: systemd may now
             # send traffic (and start units ordered after us).
             self._last_status = await self._status(rt)
@@ -300,6 +303,14 @@ class Daemon:
         except asyncio.TimeoutError:
             log.warning("services_stop_timeout")
         await supervisor.wait_stopped(STOP_TIMEOUT / 2)
+
+    @staticmethod
+    async def _release_memory(rt: Runtime) -> None:
+        """Every minute, hand memory freed since (uploads, downloads, large
+        emails) back to the OS: microseconds when there is none, a few
+        milliseconds after a burst (gatewayd/memory.py)."""
+        while not await rt.sleep(MEMORY_RELEASE_EVERY):
+            release_free_memory()
 
     # ------------------------------------------------------------ status
 

@@ -58,6 +58,7 @@ from gatewayd.email_to_fax.errors import IntakeRefused, MessageTooBig
 from gatewayd.email_to_fax.parse import ParsedMessage, parse_message
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy
 from gatewayd.logs import bind_context, get_logger
+from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.mail.compose import bare_address, new_message, to_bytes
 
 log = get_logger(__name__)
@@ -693,6 +694,8 @@ class ImapIntake:
             worked = True
             with bind_context(imap_uid=info.uid):
                 outcome = await self._handle(session, info)
+                if info.size >= TRIM_AFTER_BYTES:
+                    release_free_memory()  # its buffers are free by now (see gatewayd/memory.py)
                 if outcome.folder is None:
                     attempts = (retry.attempts if retry else 0) + 1
                     delay = min(self.tuning.retry_cap, self.tuning.retry_base * 2 ** (attempts - 1))

@@ -57,6 +57,7 @@ from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
 from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.logs import bind_context, get_logger
+from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.passwords import hash_password, verify_password
 
 log = get_logger(__name__)
@@ -461,6 +462,13 @@ class _Decisions:
             reply = TEMPORARY
         finally:
             body.close()
+        if result.size >= TRIM_AFTER_BYTES and self.listener.intake_gate.in_use == 0:
+            # The last large message of a burst: its buffers (and those of the
+            # ones before it) are free; give them back to the OS now, or the
+            # process keeps its peak size for good (docs/performance.md, (b)).
+            # A few ms on the loop, once a burst; not in a thread, where the
+            # next message's buffers could be freed after it ran.
+            release_free_memory()
         self._log(server, envelope, reply, size=result.size, job_ids=ids)
         return reply
 
