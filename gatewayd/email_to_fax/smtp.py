@@ -622,8 +622,7 @@ class SmtpListener:
                                                       reuse_address=True, reuse_port=more > 0 or None)
                     self.servers.append(server)
             if more > 0:
-                self.processes = ListenerProcesses(self.rt, more, self.addresses, self.tuning,
-                                                   stall_timeout=self.tuning.process_stall_timeout)
+                self.processes = ListenerProcesses(self.rt, more, self.addresses, self.tuning)
                 await self.processes.start()
         except (OSError, WorkerError):
             for server in self.servers:

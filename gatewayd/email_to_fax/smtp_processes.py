@@ -57,7 +57,6 @@ _HEADER = struct.Struct(">I")
 _MAX_FRAME = 16 << 20  # a configuration is a few KB; anything larger is a bug
 READY_TIMEOUT = 60.0  # a worker imports everything before it says ready
 REPORT_EVERY = 1.0  # seconds between reports (reply counts, or just "alive") to the main process
-STALL_TIMEOUT = 30.0  # a worker silent this long is killed and started again
 _PR_SET_PDEATHSIG = 1
 
 
@@ -132,10 +131,9 @@ class ListenerProcesses:
     rt: Any
     count: int  # workers, besides the main process's own listener
     addresses: list[tuple[str, int]]  # bound by the main process (port 0 resolved)
-    tuning: Any  # SmtpTuning
+    tuning: Any  # SmtpTuning (its process_stall_timeout too)
     min_backoff: float = 1.0
     max_backoff: float = 30.0
-    stall_timeout: float = STALL_TIMEOUT
     workers: list[_Worker] = field(default_factory=list)
     stopping: bool = False
 
@@ -222,15 +220,16 @@ class ListenerProcesses:
         await asyncio.gather(self._stalls(), *(self._watch(w) for w in self.workers))
 
     async def _stalls(self) -> None:
-        """SIGKILL a worker silent for ``stall_timeout``: its event loop is stuck,
+        """SIGKILL a worker silent for ``tuning.process_stall_timeout``: its event loop is stuck,
         and its socket would hold its share of the connections unanswered."""
-        while not await self.rt.sleep(min(1.0, self.stall_timeout / 4)) and not self.stopping:
+        stall_timeout = self.tuning.process_stall_timeout
+        while not await self.rt.sleep(min(1.0, stall_timeout / 4)) and not self.stopping:
             now = time.monotonic()
             for worker in self.workers:
                 proc = worker.proc
                 if proc is None or proc.poll() is not None or worker.ready is None or not worker.ready.done():
                     continue
-                if now - worker.last_seen > self.stall_timeout:
+                if now - worker.last_seen > stall_timeout:
                     log.error("smtp_process_unresponsive", process=worker.index, pid=proc.pid,
                               silent_for=round(now - worker.last_seen, 1))
                     proc.kill()  # _watch sees the exit and starts a new one
