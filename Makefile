@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the integration tests use (real tools, not mocks).
-TEST_DEBS := swaks ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core s-nail libtiff-tools systemd
+# postfix: tests/deploy runs the Postfix set-up of docs/deployment.md (a private
+# instance in a temporary directory; the system's postfix service need not run).
+# libnet-ssleay-perl: swaks's STARTTLS (a Recommends, skipped by --no-install-recommends).
+TEST_DEBS := swaks libnet-ssleay-perl ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core s-nail libtiff-tools systemd postfix
 # The benchmarks also compare against Postfix (smtp-source) and ImageMagick.
-BENCH_DEBS := $(TEST_DEBS) postfix imagemagick
+BENCH_DEBS := $(TEST_DEBS) imagemagick
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench venv test-deps bench-deps fonts clean
@@ -27,6 +30,7 @@ define install_debs
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run as root, or install them)"; exit 1; fi; \
 		echo "installing: $$missing"; \
+		echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 endef

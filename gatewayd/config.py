@@ -1,4 +1,4 @@
-"""The configuration file (SPEC section 3), loaded into frozen dataclasses.
+"""The configuration file (docs/configuration.md), loaded into frozen dataclasses.
 
 Every value is parsed and checked at load; every problem is collected with
 its key path and reason, so ``gatewayd check-config`` can show them all at
@@ -22,7 +22,20 @@ from urllib.parse import urlsplit
 
 from gatewayd.passwords import is_password_hash
 
-DEFAULT_CONFIG_PATH = "/etc/gatewayd/config.toml"
+# Where the systemd unit keeps the service (docs/deployment.md): its
+# ConfigurationDirectory= and StateDirectory=. A configuration read from
+# SYSTEM_CONFIG_DIR with an empty storage.state_dir and no $STATE_DIRECTORY
+# (the CLI run by an administrator) uses SYSTEM_STATE_DIR, the service's state.
+SYSTEM_CONFIG_DIR = Path("/etc/gatewayd")
+SYSTEM_STATE_DIR = Path("/var/lib/gatewayd")
+DEFAULT_CONFIG_PATH = str(SYSTEM_CONFIG_DIR / "config.toml")
+# The credential ID prefix of the unit's LoadCredential=gatewayd:/etc/gatewayd/credentials
+# (a whole directory: systemd names each file's credential gatewayd_<file name>).
+CREDENTIAL_PREFIX = "gatewayd_"
+# Placeholders of config.example.toml: refused by every load, so an unedited
+# copy never runs (docs/configuration.md, Placeholders).
+PLACEHOLDER_MARK = "change-me"
+EXAMPLE_PASSWORD_HASH = "$scrypt$n=16384,r=8,p=1$QmRnUa3kosVsWJBl8vG1Pg$GoHfeCGWYoVdRs8HHEcziJbUlE//ovmTpsareTnxn9o"
 PROVIDER_MAX_BYTES = 10_000_000
 
 
@@ -561,6 +574,10 @@ class _Loader:
             creds = self.env.get("CREDENTIALS_DIRECTORY")
             if creds:
                 candidates.append(Path(creds) / p)
+                # The unit loads /etc/gatewayd/credentials as a whole:
+                # gatewayd_<name> is the same file (docs/deployment.md).
+                if len(p.parts) == 1:
+                    candidates.append(Path(creds) / f"{CREDENTIAL_PREFIX}{p}")
             candidates.append(self.base_dir / p)
             # Where the systemd unit's LoadCredential= sources live: lets the
             # CLI, run from a shell, find the same secrets as the service.
@@ -571,7 +588,7 @@ class _Loader:
                     self.problem(path, f"cannot read {candidate}: permission denied")
                     return None
                 return str(candidate.absolute())
-        where = " or ".join(str(c.parent) for c in candidates)
+        where = " or ".join(dict.fromkeys(str(c.parent) for c in candidates))
         self.problem(path, f"file not found: {name}" + ("" if p.is_absolute() else f" (looked in {where})"))
         return None
 
@@ -601,6 +618,7 @@ class _Loader:
         for name in data:
             if name not in known:
                 self.problem(name, "unknown key")
+        self.placeholders(data, "")
         provider = self.provider(_Section(self, "provider", data.get("provider")))
         smtp = self.smtp(_Section(self, "smtp", data.get("smtp")))
         senders = self.senders(data.get("senders"))
@@ -617,6 +635,24 @@ class _Loader:
         if self.problems:
             raise ConfigError(self.problems)
         return config
+
+    def placeholders(self, value: Any, path: str) -> None:
+        """Every CHANGE-ME value and the published example hash is a problem."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                key = k if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", k) else f'"{k}"'
+                sub = f"{path}.{key}" if path else key
+                if PLACEHOLDER_MARK in k.lower():
+                    self.problem(sub, "placeholder from config.example.toml: replace it")
+                self.placeholders(v, sub)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.placeholders(v, f"{path}[{i}]")
+        elif isinstance(value, str):
+            if value == EXAMPLE_PASSWORD_HASH:
+                self.problem(path, 'the example hash of the password "change-me", published in config.example.toml: make your own with `gatewayd hash-password`')
+            elif PLACEHOLDER_MARK in value.lower():
+                self.problem(path, f"placeholder from config.example.toml ({_show(value)}): replace it")
 
     def provider(self, s: _Section) -> ProviderConfig:
         d = ProviderConfig()
@@ -876,7 +912,10 @@ class _Loader:
         state_dir = s.get("state_dir", "", _str_no_newline)
         s.finish()
         if not state_dir:
-            state_dir = self.env.get("STATE_DIRECTORY", "").split(":")[0] or "./state"
+            state_dir = self.env.get("STATE_DIRECTORY", "").split(":")[0]
+        if not state_dir:
+            # The service's configuration read by the CLI: the service's state.
+            state_dir = str(SYSTEM_STATE_DIR) if self.base_dir == SYSTEM_CONFIG_DIR.absolute() else "./state"
         return StorageConfig(state_dir=str(Path(state_dir).absolute()))
 
     def http(self, s: _Section) -> HttpConfig:
@@ -952,4 +991,4 @@ def load_config_data(data: dict[str, Any], env: dict[str, str] | None = None, so
 
 def config_path(cli_value: str | None, env: dict[str, str] | None = None) -> str:
     env = dict(os.environ) if env is None else env
-    return cli_value or env.get("GATEWAYD_CONFIG") or DEFAULT_CONFIG_PATH
+    return cli_value or env.get("GATEWAYD_CONFIG") or str(SYSTEM_CONFIG_DIR / "config.toml")

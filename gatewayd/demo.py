@@ -309,8 +309,11 @@ async def _tour(daemon: Daemon, sim: Any, sink: MailSink, tour: Tour, smtp_port:
 def _print_try_it(tour: Tour, smtp_port: int, maildir: Path, config_file: Path, http_port: int) -> None:
     tour.heading("Try it yourself")
     tour.say("    send a fax with swaks:")
-    tour.say(f"      swaks --server 127.0.0.1:{smtp_port} --from {SAMPLE_SENDER} --to +78123092631@{FAX_DOMAIN} \\")
-    tour.say("            --header 'Subject: my fax' --attach @document.pdf")
+    # Debian 12's swaks (20201014) reads "--to +7..." as an option and names an
+    # "--attach @file" attachment "@file": no "+", and an explicit name
+    # (docs/operations.md, gatewayd demo).
+    tour.say(f"      swaks --server 127.0.0.1:{smtp_port} --from {SAMPLE_SENDER} --to 78123092631@{FAX_DOMAIN} \\")
+    tour.say("            --header 'Subject: my fax' --attach-type application/pdf --attach-name document.pdf --attach @document.pdf")
     tour.say("    or with Python:")
     tour.say(
         "      python3 -c \"import smtplib, email.message as m; e=m.EmailMessage(); e['From']='you@example.com'; "

@@ -120,6 +120,7 @@ class FaxSMTP(SMTP):
         self.peer_ip = ""
         self.trusted = False
         self.failed_auths = 0
+        self.data_reply_due = False  # 354 sent: the next reply ends the transaction
         super().__init__(listener.decisions, **kw)
         listener.sessions.add(self)  # counted from creation, so max_connections holds under bursts
 
@@ -170,7 +171,15 @@ class FaxSMTP(SMTP):
             status = smtp_safe(status)
         line = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         if len(line) >= 4 and line[:3].isdigit() and line[3] == " ":
-            self.listener.count_reply(line[:3])
+            # gatewayd_smtp_replies_total counts the replies that end a
+            # transaction: the one to the data (after 354), and every refusal
+            # (4xx, 5xx); not EHLO/MAIL/RCPT's 250s (docs/operations.md, Metrics).
+            code = line[:3]
+            if code == "354":
+                self.data_reply_due = True
+            elif self.data_reply_due or code[0] in "45":
+                self.data_reply_due = False
+                self.listener.count_reply(code)
         await super().push(status)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from gatewayd.config import (
     parse_duration,
     parse_size,
 )
-from gatewayd.passwords import verify_password
+from gatewayd.passwords import hash_password, verify_password
 
 EXAMPLE = REPO / "config.example.toml"
 
@@ -27,11 +28,34 @@ EXAMPLE = REPO / "config.example.toml"
 # ------------------------------------------------------------ the example
 
 
-def test_example_config_passes_check_config() -> None:
-    result = gatewayd("check-config", "-c", str(EXAMPLE))
+def filled_example() -> str:
+    """config.example.toml with its placeholders replaced, as an administrator would."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    stored = tomllib.loads(text)["smtp"]["users"][0]["password_hash"]
+    for old, new in (("CHANGE-ME-client-id", "fax-gateway-app"), ("CHANGE-ME-client-secret", "s3cret"),
+                     (stored, hash_password("a-real-password")), ("CHANGE-ME-sales@", "sales@"), ("CHANGE-ME-office@", "office@")):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_example_config_passes_check_config_once_filled_in(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(filled_example(), encoding="utf-8")
+    result = gatewayd("check-config", "-c", str(config))
     assert result.returncode == 0, result.stderr
-    assert "config.example.toml: valid" in result.stdout
+    assert f"{config}: valid" in result.stdout
     assert result.stderr == ""
+
+
+def test_unedited_example_fails_check_config_naming_each_placeholder() -> None:
+    result = gatewayd("check-config", "-c", str(EXAMPLE))
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    for key in ("provider.client_id:", "provider.client_secret:", "smtp.users[0].password_hash:",
+                'inbound.routes."78123092631"[0]:', 'inbound.routes."78123092631"[1]:'):
+        assert any(line.strip().startswith(key) for line in result.stderr.splitlines()), (key, result.stderr)
+    assert "hash-password" in result.stderr and "placeholder" in result.stderr
 
 
 def test_example_config_covers_every_key_of_the_spec() -> None:
