@@ -23,14 +23,55 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import structlog
 
+from gatewayd.backoff import backoff_delay
+from gatewayd.provider.errors import (
+    AmbiguousSubmit,
+    AuthError,
+    DocumentRefused,
+    NotFound,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    Rejected,
+)
+from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
+
 log = structlog.get_logger(__name__)
+
+# The errors and result types live in errors.py and results.py; they are
+# named here too, so callers import everything provider from this module.
+__all__ = [
+    "CANCELABLE_STATUSES",
+    "FINAL_STATUSES",
+    "INFERRED_PATHS",
+    "MAX_DOCUMENT_BYTES",
+    "PAGE_SIZE",
+    "PATHS",
+    "RETRYABLE_STATUSES",
+    "AmbiguousSubmit",
+    "AuthError",
+    "DocumentRefused",
+    "Extension",
+    "FaxFile",
+    "FileKind",
+    "IncomingFax",
+    "NotFound",
+    "ProviderClient",
+    "ProviderError",
+    "ProviderUnavailable",
+    "RateLimited",
+    "Rejected",
+    "SentFax",
+    "User",
+    "sniff_kind",
+]
 
 # --------------------------------------------------------------------------
 # API paths: the one table. Relative to base_url (".../api/ver1.0").
@@ -60,141 +101,13 @@ MAX_PAGES = 1000  # a bound, so a server that ignores paging cannot loop us
 DEFAULT_TIMEZONE = "Europe/Moscow"
 PROVIDER_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-#: Statuses after which the provider will not change a sent fax by itself.
-FINAL_STATUSES: frozenset[str] = frozenset({"sent", "canceled", "error"})
-#: Statuses that allow ?action=retry / ?action=cancel (seed's status table).
+#: Statuses that allow ?action=retry / ?action=cancel (docs/provider.md, The simulator: Behaviour, the retry/cancel table).
 RETRYABLE_STATUSES: frozenset[str] = frozenset({"failed"})
 CANCELABLE_STATUSES: frozenset[str] = frozenset({"ready_to_send", "failed"})
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
 
-FileKind = Literal["pdf", "tiff", "unknown"]
 OnRequest = Callable[[str, str, int | None, float], None]
-
-
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-class ProviderError(Exception):
-    """Base of every error this client raises.
-
-    ``http_status`` is the HTTP status when the provider answered,
-    ``message``/``status`` the provider's JSON ``message`` and ``status`` word.
-    """
-
-    def __init__(
-        self,
-        text: str,
-        *,
-        http_status: int | None = None,
-        message: str | None = None,
-        status: str | None = None,
-    ) -> None:
-        super().__init__(text)
-        self.http_status = http_status
-        self.message = message
-        self.status = status
-
-
-class AuthError(ProviderError):
-    """Token refused, a second 401 after renewal, or 403 (no rights)."""
-
-
-class NotFound(ProviderError):
-    """404: the extension, fax or received fax does not exist (any more)."""
-
-
-class RateLimited(ProviderError):
-    """429, or a call made while a previous 429's block is still running."""
-
-    def __init__(self, text: str, *, retry_after: float, **kw: Any) -> None:
-        super().__init__(text, **kw)
-        self.retry_after = retry_after
-
-
-class ProviderUnavailable(ProviderError):
-    """5xx, connection failures, timeouts: nothing definite, safe to retry later."""
-
-
-class Rejected(ProviderError):
-    """Any other 4xx: the provider refused the request as such."""
-
-
-class AmbiguousSubmit(ProviderError):
-    """A fax POST may have reached the provider and its answer was lost.
-
-    Never send again blindly: list the extension's sent faxes from
-    ``started_at`` on and match ``dst_num`` first.
-    """
-
-    def __init__(
-        self, text: str, *, extension_id: int, dst_num: str, started_at: dt.datetime, **kw: Any
-    ) -> None:
-        super().__init__(text, **kw)
-        self.extension_id = extension_id
-        self.dst_num = dst_num
-        self.started_at = started_at
-
-
-class DocumentRefused(ProviderError):
-    """The document was refused locally (size or type); nothing was sent."""
-
-    def __init__(self, text: str, *, reason: str) -> None:
-        super().__init__(text)
-        self.reason = reason
-
-
-# --------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class User:
-    client_id: int
-    extension_id: int | None
-    timezone: str
-    access: str
-
-
-@dataclass(frozen=True)
-class Extension:
-    id: int
-    name: str
-    label: str | None
-    type: str
-    status: str
-    extension_group_id: int | None
-    client_id: int | None
-
-
-@dataclass(frozen=True)
-class SentFax:
-    id: int
-    dst_num: str
-    status: str
-    datetime: dt.datetime | None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class ReceivedFax:
-    uuid: str
-    caller_id: str
-    client_id: int | None
-    datetime: dt.datetime | None
-    destination: str
-    extension_group_id: int | None
-    extension_id: int
-    file_size: int | None
-
-
-@dataclass(frozen=True)
-class FaxFile:
-    data: bytes
-    kind: FileKind
-    content_type: str
 
 
 def sniff_kind(data: bytes) -> FileKind:
@@ -463,7 +376,7 @@ class ProviderClient:
     # -------------------------------------------------------------- receiving
     async def list_received_faxes(
         self, extension_id: int, start: dt.datetime, end: dt.datetime
-    ) -> list[ReceivedFax]:
+    ) -> list[IncomingFax]:
         """Faxes received on the extension between start and end (provider's bounds)."""
         _require_aware(start, "start")
         _require_aware(end, "end")
@@ -522,7 +435,7 @@ class ProviderClient:
 
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with full jitter: spreads retries of many callers.
-        return self._random.uniform(0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1)))
+        return backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_cap, low=0.0, high=1.0, rng=self._random.random)
 
     async def _call(
         self,
@@ -790,8 +703,8 @@ class ProviderClient:
             datetime=self._dt(row.get("datetime")),
         )
 
-    def _received_fax(self, row: Mapping[str, Any]) -> ReceivedFax:
-        return ReceivedFax(
+    def _received_fax(self, row: Mapping[str, Any]) -> IncomingFax:
+        return IncomingFax(
             uuid=str(row["uuid"]),
             caller_id=str(row.get("caller_id") or ""),
             client_id=_opt_int(row.get("client_id")),
