@@ -170,7 +170,7 @@ def build_services(rt: Runtime) -> list[Service]:
     # --- wiring: status tracking and outbox
     from gatewayd.email_to_fax.tracker import Tracker
     from gatewayd.mail.outbox import OutboxWorker
-    from gatewayd.mail.report import Reporter
+    from gatewayd.email_to_fax.report import Reporter
 
     services.extend([Tracker(rt), Reporter(rt), OutboxWorker(rt)])
     # --- wiring: fax to email

@@ -1,4 +1,4 @@
-"""Email to fax from an IMAP mailbox (SPEC sections 3 ``[imap]`` and 4).
+"""Email to fax from an IMAP mailbox: the ``imap`` service (docs/imap.md).
 
 Service ``imap``: keeps one connection to ``[imap].host``, waits for mail
 with IDLE (or polls), and hands every message in ``imap.mailbox`` to the same
@@ -22,39 +22,36 @@ Who is believed is in ``authresults.py``: the ``From:`` must match a
 for its domain. Anyone else is a stranger: moved to ``failed_mailbox``,
 never answered (a reply would be backscatter to a forged address).
 
-Transport: implicit TLS (certificate and host name verified against
-``imap.tls_ca_file`` or the system CAs). The one exception is port 143 on a
-loopback address -- an IMAP server on the same machine -- which is spoken in
-plain text; nothing else ever is (``connection_security``).
-
-aioimaplib leaves a command pending forever when the server goes away
-without closing the socket cleanly, so every call here runs under a timeout
-and also races the connection-lost callback; after any timeout or loss the
-connection is thrown away, never reused.
+The connection itself (TLS, login, IDLE, fetch, move over aioimaplib) is
+``imap_session.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import email.policy
 import hashlib
-import ipaddress
-import logging
-import random
 import re
-import ssl
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import aioimaplib
 
+from gatewayd.backoff import backoff_delay
 from gatewayd.config import ImapConfig
 from gatewayd.email_to_fax.authresults import AuthVerdict, verify_sender
 from gatewayd.email_to_fax.errors import IntakeRefused, MessageTooBig
+from gatewayd.email_to_fax.imap_session import (
+    ImapCommandFailed,
+    ImapError,
+    ImapSession,
+    ImapTuning,
+    MessageInfo,
+    connection_security,
+)
 from gatewayd.email_to_fax.parse import ParsedMessage, parse_message
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy
 from gatewayd.logs import bind_context, get_logger
@@ -63,43 +60,16 @@ from gatewayd.mail.compose import bare_address, new_message, to_bytes
 
 log = get_logger(__name__)
 
-T = TypeVar("T")
-
 __all__ = [
-    "ImapError",
     "ImapIntake",
-    "ImapTuning",
     "NoFaxRecipient",
-    "connection_security",
+    "RecipientPlan",
     "fax_recipients",
     "intake_key",
-    "mailbox_name",
-    "uid_set",
 ]
 
 
-# ------------------------------------------------------------------ errors
-
-
-class ImapError(Exception):
-    """The IMAP conversation cannot go on; the connection is dropped and re-made."""
-
-
-class ImapTimeout(ImapError):
-    pass
-
-
-class ImapConnectionLost(ImapError):
-    pass
-
-
-class ImapCommandFailed(ImapError):
-    """The server answered NO or BAD."""
-
-    def __init__(self, what: str, result: str, text: str) -> None:
-        super().__init__(f"{what}: {result} {text}")
-        self.result = result
-        self.text = text
+# ------------------------------------------------------------------ refusals
 
 
 class NoFaxRecipient(IntakeRefused):
@@ -111,65 +81,7 @@ class NoFaxRecipient(IntakeRefused):
         super().__init__(f"no fax number among the recipients (write to {example})")
 
 
-# ------------------------------------------------------------------ tuning
-
-
-@dataclass(frozen=True)
-class ImapTuning:
-    """Timings; tests shorten some, production keeps the defaults."""
-
-    connect_timeout: float = 30.0  # TCP + TLS + greeting
-    command_timeout: float = 60.0  # any one command
-    fetch_timeout: float = 300.0  # one message of up to smtp.max_message_size
-    idle_renew: float = 300.0  # IDLE is re-issued this often (RFC 2177: < 29 min)
-    min_backoff: float = 1.0  # reconnect delays, doubled up to max_backoff, with jitter
-    max_backoff: float = 300.0
-    retry_base: float = 30.0  # a message that failed temporarily, first retry
-    retry_cap: float = 900.0
-    logout_timeout: float = 5.0
-    batch: int = 200  # messages looked at per round; the rest wait for the next one
-
-
 # ------------------------------------------------------------ pure helpers
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def connection_security(host: str, port: int) -> Literal["tls", "plain"]:
-    """Implicit TLS, except port 143 on a loopback address (a server on this machine).
-
-    Plain text never crosses a network: a non-loopback host is always TLS,
-    whatever the port.
-    """
-    return "plain" if port == 143 and _is_loopback(host) else "tls"
-
-
-def mailbox_name(name: str) -> str:
-    """A mailbox name as an IMAP quoted string, non-ASCII in modified UTF-7 (RFC 3501 5.1.3)."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            data = "".join(pending).encode("utf-16-be")
-            out.append("&" + base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",") + "-")
-            pending.clear()
-
-    for ch in name:
-        if 0x20 <= ord(ch) <= 0x7E:
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    return aioimaplib.quoted("".join(out))
 
 
 def intake_key(message_id: str | None, raw: bytes) -> str:
@@ -282,302 +194,6 @@ class _Retry:
     not_before: float = 0.0
 
 
-# ------------------------------------------------------------------ session
-
-
-@dataclass(frozen=True)
-class _MessageInfo:
-    uid: int
-    size: int
-
-
-def uid_set(uids: Sequence[int]) -> str:
-    """``[1, 2, 3, 7, 9, 10]`` -> ``"1:3,7,9:10"`` (an IMAP sequence set)."""
-    out: list[str] = []
-    ordered = sorted(set(uids))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        out.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_EXISTS = re.compile(rb"^\d+ (EXISTS|RECENT)\b")
-
-
-class _SecretFilter(logging.Filter):
-    """aioimaplib logs every line it sends at DEBUG. It masks the password
-    only as given, not as quoted on the wire (a ``"`` or ``\\`` in it is
-    escaped), so LOGIN lines are dropped here whatever the log level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return True
-        return not (text.startswith("Sending") and " LOGIN " in text)
-
-
-def _install_secret_filter() -> None:
-    logger = logging.getLogger("aioimaplib.aioimaplib")
-    if not any(isinstance(f, _SecretFilter) for f in logger.filters):
-        logger.addFilter(_SecretFilter())
-
-
-class _Session:
-    """One logged-in connection with a selected mailbox."""
-
-    def __init__(self, cfg: ImapConfig, tuning: ImapTuning) -> None:
-        self.cfg = cfg
-        self.tuning = tuning
-        self.lost = asyncio.Event()
-        self.client: aioimaplib.IMAP4 | None = None
-        self.uidvalidity = 0
-        self.capabilities: frozenset[str] = frozenset()
-
-    # ---------------------------------------------------------- plumbing
-
-    def _on_lost(self, exc: Exception | None) -> None:
-        self.lost.set()
-
-    async def call(self, what: str, aw: Awaitable[T], timeout: float | None = None) -> T:
-        """``aw`` under a timeout, abandoned as soon as the connection is lost."""
-        task = asyncio.ensure_future(aw)
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {task, lost}, timeout=timeout or self.tuning.command_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            lost.cancel()
-        if task in done:
-            try:
-                return task.result()
-            except ImapError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - aioimaplib raises all sorts (OSError, IndexError on odd replies ...)
-                raise ImapError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        if self.lost.is_set():
-            raise ImapConnectionLost(f"{what}: connection lost")
-        raise ImapTimeout(f"{what}: no answer in {timeout or self.tuning.command_timeout:.0f}s")
-
-    @staticmethod
-    def _ok(what: str, response: Any) -> Any:
-        if response.result != "OK":
-            text = b" ".join(bytes(x) for x in response.lines[-1:]).decode("utf-8", "replace")
-            raise ImapCommandFailed(what, response.result, text)
-        return response
-
-    @property
-    def protocol(self) -> Any:
-        assert self.client is not None
-        return self.client.protocol
-
-    # ---------------------------------------------------------- commands
-
-    async def open(self) -> None:
-        cfg = self.cfg
-        security = connection_security(cfg.host, cfg.port)
-        context: ssl.SSLContext | None = None
-        if security == "tls":
-            context = ssl.create_default_context(cafile=cfg.tls_ca_file or None)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _install_secret_filter()
-        self.client = aioimaplib.IMAP4(
-            host=cfg.host, port=cfg.port, timeout=self.tuning.command_timeout,
-            conn_lost_cb=self._on_lost, ssl_context=context,
-        )
-        await self.call("connect", self.client.wait_hello_from_server(), self.tuning.connect_timeout)
-        if self.client.get_state() != "NONAUTH":
-            raise ImapError(f"unexpected greeting state {self.client.get_state()}")
-        # aioimaplib quotes the password but sends the user name as an atom.
-        response = await self.call("login", self.protocol.login(aioimaplib.quoted(cfg.username), cfg.password))
-        if response.result != "OK":
-            # The server's words only: never the credentials.
-            raise ImapCommandFailed("login", response.result, bytes(response.lines[-1]).decode("utf-8", "replace"))
-        # The capabilities change after login (MOVE, UIDPLUS...): ask again.
-        await self.call("capability", self.protocol.capability())
-        self.capabilities = frozenset(c.upper() for c in self.protocol.capabilities)
-        for folder in (cfg.processed_mailbox, cfg.failed_mailbox):
-            await self.create(folder)
-        response = self._ok("select", await self.call("select", self.protocol.select(mailbox_name(cfg.mailbox))))
-        for line in response.lines:
-            if isinstance(line, (bytes, bytearray)):
-                m = _UIDVALIDITY.search(bytes(line))
-                if m:
-                    self.uidvalidity = int(m.group(1))
-                if b"[READ-ONLY]" in bytes(line).upper():
-                    raise ImapError(f"mailbox {cfg.mailbox!r} is read-only: messages could not be moved")
-
-    async def create(self, folder: str) -> None:
-        """CREATE, where "already exists" is fine (there is no portable way to ask first)."""
-        response = await self.call("create", self.protocol.simple_command("CREATE", mailbox_name(folder)))
-        if response.result != "OK":
-            log.debug("imap_create_answered", folder=folder, result=response.result)
-
-    async def noop(self) -> None:
-        self._ok("noop", await self.call("noop", self.protocol.simple_command("NOOP")))
-
-    async def list_messages(self, limit: int) -> list[_MessageInfo]:
-        """The first ``limit`` messages not marked \\Deleted, oldest first, with their sizes."""
-        # A NOOP first makes the server look at the mailbox again, so the
-        # SEARCH below sees a message delivered a moment ago.
-        await self.noop()
-        response = self._ok("search", await self.call("search", self.protocol.search("UNDELETED", charset=None, by_uid=True)))
-        uids: set[int] = set()
-        for line in response.lines[:-1]:  # the last one is the tagged status text
-            if isinstance(line, (bytes, bytearray)):
-                uids.update(int(tok) for tok in bytes(line).split() if tok.isdigit())
-        wanted = sorted(uids)[:limit]
-        if not wanted:
-            return []
-        response = self._ok(
-            "sizes", await self.call("sizes", self.protocol.fetch(uid_set(wanted), "(UID RFC822.SIZE)", by_uid=True))
-        )
-        sizes: dict[int, int] = {}
-        for line in response.lines:
-            if isinstance(line, (bytes, bytearray)):
-                uid, size = _FETCH_UID.search(bytes(line)), _FETCH_SIZE.search(bytes(line))
-                if uid is not None and size is not None:
-                    sizes[int(uid.group(1))] = int(size.group(1))
-        # A UID without a size was expunged in between: the next round will not list it.
-        return [_MessageInfo(u, sizes[u]) for u in wanted if u in sizes]
-
-    async def fetch(self, uid: int, part: str = "BODY.PEEK[]") -> bytes | None:
-        """The message (or a part) without setting \\Seen; None when it is gone."""
-        response = self._ok(
-            "fetch", await self.call("fetch", self.protocol.fetch(str(uid), f"(UID {part})", by_uid=True), self.tuning.fetch_timeout)
-        )
-        lines = response.lines
-        for i, line in enumerate(lines):
-            if not isinstance(line, bytearray):
-                continue
-            # The literal is ours when its FETCH names our UID (before the
-            # literal, or after it: servers order the items as they like).
-            around = [bytes(x) for x in (lines[i - 1] if i else b"", lines[i + 1] if i + 1 < len(lines) else b"")
-                      if isinstance(x, (bytes, bytearray))]
-            if any(m is not None and int(m.group(1)) == uid for m in (_FETCH_UID.search(x) for x in around)):
-                return bytes(line)
-        return None
-
-    async def move(self, uid: int, folder: str) -> None:
-        try:
-            await self._move(uid, folder)
-        except ImapCommandFailed as exc:
-            if "TRYCREATE" not in exc.text.upper():
-                raise
-            await self.create(folder)
-            await self._move(uid, folder)
-
-    async def _move(self, uid: int, folder: str) -> None:
-        target = mailbox_name(folder)
-        if "MOVE" in self.capabilities:
-            self._ok("move", await self.call("move", self.protocol.move(str(uid), target, by_uid=True)))
-            return
-        # RFC 6851 fallback. A crash in between leaves a copy in ``folder``
-        # and the original in the mailbox: seen again, a duplicate intake key,
-        # copied again -- never a second fax.
-        self._ok("copy", await self.call("copy", self.protocol.copy(str(uid), target, by_uid=True)))
-        self._ok("store", await self.call("store", self.protocol.store(str(uid), "+FLAGS.SILENT", "(\\Deleted)", by_uid=True)))
-        if "UIDPLUS" in self.capabilities:
-            self._ok("expunge", await self.call("expunge", self.protocol.expunge(str(uid), by_uid=True)))
-        else:
-            # Without UIDPLUS only a plain EXPUNGE exists; it also removes
-            # whatever else is marked \Deleted in this mailbox.
-            self._ok("expunge", await self.call("expunge", self.protocol.expunge()))
-
-    async def idle(self, seconds: float, stopping: asyncio.Event) -> bool:
-        """IDLE until new mail, ``seconds``, or stop; True when new mail was announced."""
-        protocol = self.protocol
-        while not protocol.idle_queue.empty():  # left over from the previous IDLE
-            protocol.idle_queue.get_nowait()
-        idle_task = asyncio.ensure_future(protocol.idle())
-        try:
-            return await self._idle(idle_task, seconds, stopping)
-        finally:
-            # On any way out but a clean DONE the command would stay pending
-            # forever inside aioimaplib; the connection is dropped anyway.
-            if not idle_task.done():
-                idle_task.cancel()
-
-    async def _idle(self, idle_task: asyncio.Future[Any], seconds: float, stopping: asyncio.Event) -> bool:
-        protocol = self.protocol
-        ack = asyncio.ensure_future(protocol.wait_for_idle_response())
-        try:
-            await self.call("idle", asyncio.wait({idle_task, ack}, return_when=asyncio.FIRST_COMPLETED))
-        finally:
-            ack.cancel()
-        if idle_task.done() or not protocol.has_pending_idle_command():
-            response = idle_task.result() if idle_task.done() and not idle_task.cancelled() else None
-            raise ImapCommandFailed("idle", getattr(response, "result", "NO"), "server refused IDLE")
-        news = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        stop = asyncio.ensure_future(stopping.wait())
-        try:
-            while not news and not stopping.is_set():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                getter = asyncio.ensure_future(protocol.idle_queue.get())
-                lost = asyncio.ensure_future(self.lost.wait())
-                try:
-                    done, _ = await asyncio.wait({getter, lost, stop, idle_task}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    lost.cancel()
-                    if not getter.done():
-                        getter.cancel()
-                if self.lost.is_set():
-                    raise ImapConnectionLost("idle: connection lost")
-                if idle_task.done():
-                    raise ImapError("idle: the server ended IDLE")
-                if getter in done:
-                    lines = getter.result()
-                    if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
-                        continue
-                    for line in lines:
-                        if isinstance(line, (bytes, bytearray)):
-                            if _EXISTS.match(bytes(line)):
-                                news = True  # new mail; expunges and flag changes are not
-                            elif bytes(line).upper().startswith(b"BYE"):
-                                raise ImapConnectionLost("idle: server said BYE")
-        finally:
-            stop.cancel()
-            if protocol.has_pending_idle_command() and not self.lost.is_set():
-                protocol.idle_done()
-        self._ok("idle", await self.call("idle done", idle_task))
-        return news
-
-    async def close(self, *, polite: bool) -> None:
-        client, self.client = self.client, None
-        if client is None:
-            return
-        if polite and not self.lost.is_set() and client.get_state() in ("AUTH", "SELECTED"):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.protocol.logout(), self.tuning.logout_timeout)
-        transport = getattr(client.protocol, "transport", None)
-        if transport is not None:
-            transport.close()
-        # The connect task of a connection that never came up.
-        task = getattr(client, "_client_task", None)
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-
 # How long "a reply was already queued for this message" is remembered.
 _REPLY_MARKER_AGE = 180 * 86400.0
 
@@ -620,10 +236,10 @@ class ImapIntake:
         return None
 
     async def run(self) -> None:
-        backoff = self.tuning.min_backoff
+        failures = 0  # reconnect attempts since the last good connection
         while not self.rt.stopping.is_set():
             cfg = self.rt.config.imap
-            session = _Session(cfg, self.tuning)
+            session = ImapSession(cfg, self.tuning)
             selected = False
             try:
                 await session.open()
@@ -632,7 +248,7 @@ class ImapIntake:
                 log.info("imap_connected", host=cfg.host, port=cfg.port, mailbox=cfg.mailbox,
                          security=connection_security(cfg.host, cfg.port),
                          idle=cfg.idle and "IDLE" in session.capabilities, move="MOVE" in session.capabilities)
-                backoff = self.tuning.min_backoff
+                failures = 0
                 await self._serve(session)
             except (ImapError, OSError, asyncio.TimeoutError, aioimaplib.AioImapException) as exc:
                 if not self.rt.stopping.is_set():
@@ -646,13 +262,13 @@ class ImapIntake:
                 return
             if selected and _connection_key(self.rt.config.imap) != _connection_key(cfg):
                 continue  # reconfigured: reconnect at once
-            delay = backoff * (0.5 + random.random() / 2)
-            backoff = min(self.tuning.max_backoff, backoff * 2)
+            failures += 1
+            delay = backoff_delay(failures, base=self.tuning.min_backoff, cap=self.tuning.max_backoff, low=0.5, high=1.0)
             log.info("imap_reconnect_scheduled", delay=round(delay, 2))
             if await self.rt.sleep(delay):
                 return
 
-    async def _serve(self, session: _Session) -> None:
+    async def _serve(self, session: ImapSession) -> None:
         loop = asyncio.get_running_loop()
         while not self.rt.stopping.is_set():
             if _connection_key(self.rt.config.imap) != _connection_key(session.cfg):
@@ -675,7 +291,7 @@ class ImapIntake:
             elif await self.rt.nap(self.name, wait):
                 return
 
-    async def _scan(self, session: _Session) -> bool:
+    async def _scan(self, session: ImapSession) -> bool:
         """Handle every message that is due; True when any was handled."""
         loop = asyncio.get_running_loop()
         messages = await session.list_messages(self.tuning.batch)
@@ -698,8 +314,8 @@ class ImapIntake:
                     release_free_memory()  # its buffers are free by now (see gatewayd/memory.py)
                 if outcome.folder is None:
                     attempts = (retry.attempts if retry else 0) + 1
-                    delay = min(self.tuning.retry_cap, self.tuning.retry_base * 2 ** (attempts - 1))
-                    self._retries[key] = _Retry(attempts, loop.time() + delay * (0.75 + random.random() / 2))
+                    delay = backoff_delay(attempts, base=self.tuning.retry_base, cap=self.tuning.retry_cap, low=0.75, high=1.25)
+                    self._retries[key] = _Retry(attempts, loop.time() + delay)
                     continue
                 cfg = self.rt.config.imap
                 folder = cfg.processed_mailbox if outcome.folder == "processed" else cfg.failed_mailbox
@@ -710,7 +326,8 @@ class ImapIntake:
                     # reply marker), so the next round only moves it.
                     log.error("imap_move_failed", folder=folder, error=str(exc))
                     attempts = (retry.attempts if retry else 0) + 1
-                    delay = min(self.tuning.retry_cap, self.tuning.retry_base * 2 ** (attempts - 1))
+                    # No jitter: the outcome is durable, only the move is retried.
+                    delay = backoff_delay(attempts, base=self.tuning.retry_base, cap=self.tuning.retry_cap, low=1.0, high=1.0)
                     self._retries[key] = _Retry(attempts, loop.time() + delay)
                     continue
                 self._retries.pop(key, None)
@@ -719,7 +336,7 @@ class ImapIntake:
 
     # ------------------------------------------------------------ decision
 
-    async def _handle(self, session: _Session, info: _MessageInfo) -> _Outcome:
+    async def _handle(self, session: ImapSession, info: MessageInfo) -> _Outcome:
         max_size = self.rt.config.smtp.max_message_size
         if max_size and info.size > max_size:
             header = await session.fetch(info.uid, "BODY.PEEK[HEADER]")
@@ -797,7 +414,7 @@ class ImapIntake:
         if authorisation is None:
             return None, AuthVerdict(False, None, "From: matches no [[senders]] rule")
         if not verdict.passed:
-            # A rule match without the MTA's word is a stranger (SPEC 4).
+            # A rule match without the MTA's word is a stranger (docs/imap.md).
             return None, verdict
         return authorisation, verdict
 

@@ -1,4 +1,4 @@
-"""The parts every email gatewayd writes has in common (SPEC section 6).
+"""The parts every email gatewayd writes has in common (docs/reports.md, docs/inbound.md).
 
 ``Auto-Submitted: auto-generated``, a fresh ``Message-ID`` and a ``Date``,
 and header values that can never smuggle a line break: everything that came

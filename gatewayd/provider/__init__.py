@@ -1,42 +1,6 @@
-"""The fax provider: its API client (and, in .simulator, a simulator of it).
+"""The fax provider: its API client (``.client``) and a simulator of it (``.simulator``).
 
-Only ``gatewayd.provider.client`` knows the provider's paths; the simulator
-is imported from ``gatewayd.provider.simulator`` so the daemon does not load
-it.
+Nothing is re-exported here: import from ``gatewayd.provider.client`` (only
+it knows the provider's paths, docs/provider.md), so the daemon never loads
+the simulator.
 """
-
-from gatewayd.provider.client import (
-    AmbiguousSubmit,
-    AuthError,
-    DocumentRefused,
-    Extension,
-    FaxFile,
-    NotFound,
-    ProviderClient,
-    ProviderError,
-    ProviderUnavailable,
-    RateLimited,
-    ReceivedFax,
-    Rejected,
-    SentFax,
-    User,
-    sniff_kind,
-)
-
-__all__ = [
-    "AmbiguousSubmit",
-    "AuthError",
-    "DocumentRefused",
-    "Extension",
-    "FaxFile",
-    "NotFound",
-    "ProviderClient",
-    "ProviderError",
-    "ProviderUnavailable",
-    "RateLimited",
-    "ReceivedFax",
-    "Rejected",
-    "SentFax",
-    "User",
-    "sniff_kind",
-]

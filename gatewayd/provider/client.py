@@ -12,6 +12,12 @@ wire formats. Everything else gets typed results and a small set of errors:
 * ``DocumentRefused``     - refused locally, nothing was sent.
 
 See docs/provider.md for which paths are confirmed and which are inferred.
+
+The errors are defined in ``errors.py``, the result records in
+``results.py`` and the wire-format readers in ``wire.py``; callers import
+all of them from here. This module stays over 600 lines on purpose: it is
+one class, the request machinery (token, retries, rate limits) together with
+every endpoint that uses it, so that the provider's paths stay in one file.
 """
 
 from __future__ import annotations
@@ -19,18 +25,71 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import structlog
 
+from gatewayd.backoff import backoff_delay
+from gatewayd.provider.errors import (
+    AmbiguousSubmit,
+    AuthError,
+    DocumentRefused,
+    NotFound,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    Rejected,
+)
+from gatewayd.provider.wire import (
+    error_fields,
+    extension_from_row,
+    int_id,
+    json_list,
+    json_object,
+    opt_int,
+    origin,
+    require_aware,
+    retry_after_seconds,
+    split_mailto,
+    uuid_segment,
+)
+from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
+
 log = structlog.get_logger(__name__)
+
+# The errors and result types live in errors.py and results.py; they are
+# named here too, so callers import everything provider from this module.
+__all__ = [
+    "CANCELABLE_STATUSES",
+    "FINAL_STATUSES",
+    "INFERRED_PATHS",
+    "MAX_DOCUMENT_BYTES",
+    "PAGE_SIZE",
+    "PATHS",
+    "RETRYABLE_STATUSES",
+    "AmbiguousSubmit",
+    "AuthError",
+    "DocumentRefused",
+    "Extension",
+    "FaxFile",
+    "FileKind",
+    "IncomingFax",
+    "NotFound",
+    "ProviderClient",
+    "ProviderError",
+    "ProviderUnavailable",
+    "RateLimited",
+    "Rejected",
+    "SentFax",
+    "User",
+    "sniff_kind",
+]
 
 # --------------------------------------------------------------------------
 # API paths: the one table. Relative to base_url (".../api/ver1.0").
@@ -54,147 +113,16 @@ TOKEN_PATH_LABEL = "/oauth/token"
 MAX_DOCUMENT_BYTES = 10_000_000  # the provider's "10 megabytes", safe reading
 TOKEN_RENEW_MARGIN = 60.0  # renew this many seconds before expires_in runs out
 SHORT_RATE_LIMIT_WAIT = 2.0  # idempotent calls may sleep this long once on 429
-DEFAULT_RATE_LIMIT_WAIT = 60.0  # 429 without a usable X-RateLimit-Reset
 PAGE_SIZE = 100
 MAX_PAGES = 1000  # a bound, so a server that ignores paging cannot loop us
 DEFAULT_TIMEZONE = "Europe/Moscow"
 PROVIDER_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-#: Statuses after which the provider will not change a sent fax by itself.
-FINAL_STATUSES: frozenset[str] = frozenset({"sent", "canceled", "error"})
-#: Statuses that allow ?action=retry / ?action=cancel (seed's status table).
+#: Statuses that allow ?action=retry / ?action=cancel (docs/provider.md, The simulator: Behaviour, the retry/cancel table).
 RETRYABLE_STATUSES: frozenset[str] = frozenset({"failed"})
 CANCELABLE_STATUSES: frozenset[str] = frozenset({"ready_to_send", "failed"})
 
-_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
-
-FileKind = Literal["pdf", "tiff", "unknown"]
 OnRequest = Callable[[str, str, int | None, float], None]
-
-
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-class ProviderError(Exception):
-    """Base of every error this client raises.
-
-    ``http_status`` is the HTTP status when the provider answered,
-    ``message``/``status`` the provider's JSON ``message`` and ``status`` word.
-    """
-
-    def __init__(
-        self,
-        text: str,
-        *,
-        http_status: int | None = None,
-        message: str | None = None,
-        status: str | None = None,
-    ) -> None:
-        super().__init__(text)
-        self.http_status = http_status
-        self.message = message
-        self.status = status
-
-
-class AuthError(ProviderError):
-    """Token refused, a second 401 after renewal, or 403 (no rights)."""
-
-
-class NotFound(ProviderError):
-    """404: the extension, fax or received fax does not exist (any more)."""
-
-
-class RateLimited(ProviderError):
-    """429, or a call made while a previous 429's block is still running."""
-
-    def __init__(self, text: str, *, retry_after: float, **kw: Any) -> None:
-        super().__init__(text, **kw)
-        self.retry_after = retry_after
-
-
-class ProviderUnavailable(ProviderError):
-    """5xx, connection failures, timeouts: nothing definite, safe to retry later."""
-
-
-class Rejected(ProviderError):
-    """Any other 4xx: the provider refused the request as such."""
-
-
-class AmbiguousSubmit(ProviderError):
-    """A fax POST may have reached the provider and its answer was lost.
-
-    Never send again blindly: list the extension's sent faxes from
-    ``started_at`` on and match ``dst_num`` first.
-    """
-
-    def __init__(
-        self, text: str, *, extension_id: int, dst_num: str, started_at: dt.datetime, **kw: Any
-    ) -> None:
-        super().__init__(text, **kw)
-        self.extension_id = extension_id
-        self.dst_num = dst_num
-        self.started_at = started_at
-
-
-class DocumentRefused(ProviderError):
-    """The document was refused locally (size or type); nothing was sent."""
-
-    def __init__(self, text: str, *, reason: str) -> None:
-        super().__init__(text)
-        self.reason = reason
-
-
-# --------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class User:
-    client_id: int
-    extension_id: int | None
-    timezone: str
-    access: str
-
-
-@dataclass(frozen=True)
-class Extension:
-    id: int
-    name: str
-    label: str | None
-    type: str
-    status: str
-    extension_group_id: int | None
-    client_id: int | None
-
-
-@dataclass(frozen=True)
-class SentFax:
-    id: int
-    dst_num: str
-    status: str
-    datetime: dt.datetime | None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class ReceivedFax:
-    uuid: str
-    caller_id: str
-    client_id: int | None
-    datetime: dt.datetime | None
-    destination: str
-    extension_group_id: int | None
-    extension_id: int
-    file_size: int | None
-
-
-@dataclass(frozen=True)
-class FaxFile:
-    data: bytes
-    kind: FileKind
-    content_type: str
 
 
 def sniff_kind(data: bytes) -> FileKind:
@@ -235,7 +163,7 @@ class ProviderClient:
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._token_url = token_url
-        self._allowed = {_origin(self._base_url), _origin(token_url)}
+        self._allowed = {origin(self._base_url), origin(token_url)}
         if not client_id or not client_secret:
             raise ValueError("provider client_id and client_secret are required")
         self._client_id = client_id
@@ -315,7 +243,7 @@ class ProviderClient:
             return self._user
         async with self._user_lock:
             if self._user is None:
-                data = _json_object(await self._call("GET", "user", {}))
+                data = json_object(await self._call("GET", "user", {}))
                 tzname = data.get("timezone") or DEFAULT_TIMEZONE
                 try:
                     self._tz = ZoneInfo(tzname)
@@ -324,7 +252,7 @@ class ProviderClient:
                     self._tz = ZoneInfo(DEFAULT_TIMEZONE)
                 self._user = User(
                     client_id=int(data["client_id"]),
-                    extension_id=_opt_int(data.get("extension_id")),
+                    extension_id=opt_int(data.get("extension_id")),
                     timezone=str(tzname),
                     access=str(data.get("access") or ""),
                 )
@@ -336,20 +264,20 @@ class ProviderClient:
         rows = await self._paged(
             "extensions", {"client_id": user.client_id}, {"type": "fax", "status": "active"}
         )
-        exts = [_extension(r) for r in rows]
+        exts = [extension_from_row(r) for r in rows]
         # Filter again: a server ignoring the query must not make us poll phones.
         return [e for e in exts if e.type == "fax" and e.status == "active"]
 
     async def get_extension(self, extension_id: int) -> Extension:
         user = await self.get_user()
         resp = await self._call(
-            "GET", "extension", {"client_id": user.client_id, "extension_id": _int_id(extension_id)}
+            "GET", "extension", {"client_id": user.client_id, "extension_id": int_id(extension_id)}
         )
-        return _extension(_json_object(resp))
+        return extension_from_row(json_object(resp))
 
     async def get_fax_mailto(self, extension_id: int) -> list[str]:
-        resp = await self._call("GET", "fax_mailto", {"extension_id": _int_id(extension_id)})
-        return _split_mailto(_json_object(resp).get("fax_mailto"))
+        resp = await self._call("GET", "fax_mailto", {"extension_id": int_id(extension_id)})
+        return split_mailto(json_object(resp).get("fax_mailto"))
 
     async def set_fax_mailto(self, extension_id: int, addresses: Sequence[str]) -> list[str]:
         """PUT the addresses (an empty list clears to null); returns the provider's answer."""
@@ -361,16 +289,16 @@ class ProviderClient:
                 raise ValueError(f"invalid address for fax_mailto: {a!r}")
         body = {"fax_mailto": ",".join(cleaned) if cleaned else None}
         resp = await self._call(
-            "PUT", "fax_mailto", {"extension_id": _int_id(extension_id)}, json_body=body
+            "PUT", "fax_mailto", {"extension_id": int_id(extension_id)}, json_body=body
         )
-        return _split_mailto(_json_object(resp).get("fax_mailto"))
+        return split_mailto(json_object(resp).get("fax_mailto"))
 
     # ---------------------------------------------------------------- sending
     async def send_fax(
         self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf"
     ) -> SentFax:
         """POST a fax. Never retried: a lost answer raises AmbiguousSubmit."""
-        ext = _int_id(extension_id)
+        ext = int_id(extension_id)
         if not isinstance(dst_num, str) or not dst_num.strip():
             raise ValueError("dst_num must be a non-empty string")
         if len(document) > MAX_DOCUMENT_BYTES:
@@ -408,25 +336,25 @@ class ProviderClient:
             ambiguous=ambiguous,
         )
         try:
-            return self._sent_fax(_json_object(resp))
+            return self._sent_fax(json_object(resp))
         except (ProviderError, KeyError, TypeError, ValueError):
             # 2xx means created, but without an id we cannot follow it.
             raise ambiguous("unreadable success answer", http_status=resp.status_code) from None
 
     async def get_sent_fax(self, extension_id: int, fax_id: int) -> SentFax:
-        args = {"extension_id": _int_id(extension_id), "fax_id": _int_id(fax_id)}
+        args = {"extension_id": int_id(extension_id), "fax_id": int_id(fax_id)}
         await self._ensure_tz()
         resp = await self._call("GET", "fax_out_one", args)
-        return self._sent_fax(_json_object(resp))
+        return self._sent_fax(json_object(resp))
 
     async def list_sent_faxes(
         self, extension_id: int, *, since: dt.datetime | None = None
     ) -> list[SentFax]:
         """All faxes sent from the extension, optionally only those at or after ``since``."""
         if since is not None:
-            _require_aware(since, "since")
+            require_aware(since, "since")
         await self._ensure_tz()
-        rows = await self._paged("fax_out", {"extension_id": _int_id(extension_id)}, {})
+        rows = await self._paged("fax_out", {"extension_id": int_id(extension_id)}, {})
         faxes = [self._sent_fax(r) for r in rows]
         if since is not None:
             faxes = [f for f in faxes if f.datetime is None or f.datetime >= since]
@@ -443,7 +371,7 @@ class ProviderClient:
     async def _action(
         self, extension_id: int, fax_id: int, action: str, done_statuses: set[str]
     ) -> SentFax:
-        args = {"extension_id": _int_id(extension_id), "fax_id": _int_id(fax_id)}
+        args = {"extension_id": int_id(extension_id), "fax_id": int_id(fax_id)}
         await self._ensure_tz()
         trace = _CallTrace()
         try:
@@ -458,27 +386,27 @@ class ProviderClient:
             if current.status in done_statuses:
                 return current
             raise
-        return self._sent_fax(_json_object(resp))
+        return self._sent_fax(json_object(resp))
 
     # -------------------------------------------------------------- receiving
     async def list_received_faxes(
         self, extension_id: int, start: dt.datetime, end: dt.datetime
-    ) -> list[ReceivedFax]:
+    ) -> list[IncomingFax]:
         """Faxes received on the extension between start and end (provider's bounds)."""
-        _require_aware(start, "start")
-        _require_aware(end, "end")
+        require_aware(start, "start")
+        require_aware(end, "end")
         await self._ensure_tz()
         params = {
             "start_datetime": start.astimezone(self._tz).strftime(PROVIDER_DATETIME_FORMAT),
             "end_datetime": end.astimezone(self._tz).strftime(PROVIDER_DATETIME_FORMAT),
             "order": "asc",
         }
-        rows = await self._paged("fax_in", {"extension_id": _int_id(extension_id)}, params)
+        rows = await self._paged("fax_in", {"extension_id": int_id(extension_id)}, params)
         return [self._received_fax(r) for r in rows]
 
     async def download_received_fax(self, extension_id: int, uuid: str) -> FaxFile:
         resp = await self._call(
-            "GET", "fax_in_one", {"extension_id": _int_id(extension_id), "uuid": _uuid(uuid)}
+            "GET", "fax_in_one", {"extension_id": int_id(extension_id), "uuid": uuid_segment(uuid)}
         )
         data = resp.content
         return FaxFile(
@@ -489,7 +417,7 @@ class ProviderClient:
 
     async def delete_received_fax(self, extension_id: int, uuid: str) -> None:
         await self._call(
-            "DELETE", "fax_in_one", {"extension_id": _int_id(extension_id), "uuid": _uuid(uuid)}
+            "DELETE", "fax_in_one", {"extension_id": int_id(extension_id), "uuid": uuid_segment(uuid)}
         )
 
     # ------------------------------------------------------------ machinery
@@ -505,7 +433,7 @@ class ProviderClient:
         return url
 
     def _check_origin(self, url: str) -> None:
-        if _origin(url) not in self._allowed:
+        if origin(url) not in self._allowed:
             raise ProviderError(f"refusing a request to an unconfigured host: {urlsplit(url).netloc}")
 
     async def _guard_host(self, request: httpx.Request) -> None:
@@ -522,7 +450,7 @@ class ProviderClient:
 
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with full jitter: spreads retries of many callers.
-        return self._random.uniform(0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1)))
+        return backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_cap, low=0.0, high=1.0, rng=self._random.random)
 
     async def _call(
         self,
@@ -659,7 +587,7 @@ class ProviderClient:
                 raise ambiguous(f"HTTP {code}", http_status=code, message=err.message, status=err.status)
             raise err
         if code == 429:
-            retry_after = _retry_after(resp)
+            retry_after = retry_after_seconds(resp)
             self._blocked_until = max(self._blocked_until, self._clock() + retry_after)
             err = self._error(resp, template, RateLimited, "rate limited", retry_after=retry_after)
             self._note_error(str(err))
@@ -682,7 +610,7 @@ class ProviderClient:
         what: str,
         **extra: Any,
     ) -> Any:
-        message, status = _error_fields(resp)
+        message, status = error_fields(resp)
         message = self._scrub(message) if message else None
         status = self._scrub(status) if status else None
         text = f"{resp.request.method} {template}: HTTP {resp.status_code} {what}"
@@ -757,7 +685,7 @@ class ProviderClient:
             resp = await self._call(
                 "GET", key, args, params={**params, "page": page, "per_page": PAGE_SIZE}
             )
-            batch = _json_list(resp)
+            batch = json_list(resp)
             if first is None:
                 first = batch
             elif batch == first:
@@ -790,16 +718,16 @@ class ProviderClient:
             datetime=self._dt(row.get("datetime")),
         )
 
-    def _received_fax(self, row: Mapping[str, Any]) -> ReceivedFax:
-        return ReceivedFax(
+    def _received_fax(self, row: Mapping[str, Any]) -> IncomingFax:
+        return IncomingFax(
             uuid=str(row["uuid"]),
             caller_id=str(row.get("caller_id") or ""),
-            client_id=_opt_int(row.get("client_id")),
+            client_id=opt_int(row.get("client_id")),
             datetime=self._dt(row.get("datetime")),
             destination=str(row.get("destination") or ""),
-            extension_group_id=_opt_int(row.get("extension_group_id")),
+            extension_group_id=opt_int(row.get("extension_group_id")),
             extension_id=int(row["extension_id"]),
-            file_size=_opt_int(row.get("file_size")),
+            file_size=opt_int(row.get("file_size")),
         )
 
     # ------------------------------------------------------- health/metrics
@@ -807,8 +735,8 @@ class ProviderClient:
         self.last_success_at = self._clock()
 
     def _note_quota(self, resp: httpx.Response) -> None:
-        limit = _opt_int(resp.headers.get("X-RateLimit-Limit"))
-        remaining = _opt_int(resp.headers.get("X-RateLimit-Remaining"))
+        limit = opt_int(resp.headers.get("X-RateLimit-Limit"))
+        remaining = opt_int(resp.headers.get("X-RateLimit-Remaining"))
         if limit is not None:
             self.rate_limit_limit = limit
         if remaining is not None:
@@ -839,117 +767,3 @@ class _CallTrace:
     """Per-call facts the retry loop learns (mutable, never shared)."""
 
     uncertain_attempts: int = 0  # attempts that failed without a definite answer
-
-
-# --------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return (parts.scheme, parts.hostname.lower(), port)
-
-
-def _int_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"an integer id is required, not {value!r}")
-    return int(value)
-
-
-def _uuid(value: str) -> str:
-    # Provider uuids go into a path segment: no slashes or dot-segments.
-    if not isinstance(value, str) or not _SAFE_SEGMENT.match(value) or set(value) <= {"."}:
-        raise ValueError(f"not a valid received-fax id: {value!r}")
-    return value
-
-
-def _opt_int(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _require_aware(value: dt.datetime, name: str) -> None:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be a time-zone aware datetime")
-
-
-def _split_mailto(value: Any) -> list[str]:
-    if not value:
-        return []
-    return [a.strip() for a in str(value).split(",") if a.strip()]
-
-
-def _extension(row: Mapping[str, Any]) -> Extension:
-    return Extension(
-        id=int(row["id"]),
-        name=str(row.get("name") or ""),
-        label=row.get("label"),
-        type=str(row.get("type") or ""),
-        status=str(row.get("status") or ""),
-        extension_group_id=_opt_int(row.get("extension_group_id")),
-        client_id=_opt_int(row.get("client_id")),
-    )
-
-
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return resp.json()
-    except ValueError:
-        raise ProviderUnavailable(
-            f"{resp.request.method} {resp.request.url.path}: HTTP {resp.status_code} with a body that is not JSON",
-            http_status=resp.status_code,
-        ) from None
-
-
-def _json_object(resp: httpx.Response) -> dict[str, Any]:
-    data = _json(resp)
-    if not isinstance(data, dict):
-        raise ProviderUnavailable(f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _json_list(resp: httpx.Response) -> list[dict[str, Any]]:
-    data = _json(resp)
-    if isinstance(data, dict):
-        # Tolerate an envelope; the documented answer is a bare list.
-        for key in ("items", "data", "results"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-    if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
-        raise ProviderUnavailable("expected a JSON list of objects")
-    return data
-
-
-def _error_fields(resp: httpx.Response) -> tuple[str | None, str | None]:
-    try:
-        body = resp.json()
-    except ValueError:
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    message = body.get("message") or body.get("error_description") or body.get("error")
-    status = body.get("status") or body.get("error")
-    return (str(message)[:500] if message else None, str(status)[:100] if status else None)
-
-
-def _retry_after(resp: httpx.Response) -> float:
-    for header in ("X-RateLimit-Reset", "Retry-After"):
-        value = resp.headers.get(header)
-        if value is None:
-            continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            continue
-        if seconds > 1e9:  # an epoch timestamp after all, not "seconds until"
-            seconds -= time.time()
-        if seconds >= 0:
-            return seconds
-    return DEFAULT_RATE_LIMIT_WAIT

@@ -47,7 +47,8 @@ import pikepdf
 
 from gatewayd.config import Config, load_config
 from gatewayd.daemon import Runtime
-from gatewayd.email_to_fax.imap import ImapIntake, ImapTuning
+from gatewayd.email_to_fax.imap import ImapIntake
+from gatewayd.email_to_fax.imap_session import ImapTuning
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics

@@ -8,19 +8,18 @@ import logging
 from pathlib import Path
 from types import MappingProxyType
 
+import aioimaplib
 import pytest
 from imap_support import Dovecot, config_data, load
 
 from gatewayd.config import NumbersConfig
 from gatewayd.daemon import Runtime, build_services
 from gatewayd.email_to_fax.errors import DestinationNotAllowed, NotAFaxNumber
-from gatewayd.email_to_fax.imap import (
-    ImapIntake,
-    _Identity,
-    _SecretFilter,
+from gatewayd.email_to_fax.imap import ImapIntake, _Identity, fax_recipients, intake_key
+from gatewayd.email_to_fax.imap_session import (
+    SecretFilter,
     connection_security,
-    fax_recipients,
-    intake_key,
+    install_secret_filter,
     mailbox_name,
     uid_set,
 )
@@ -120,7 +119,7 @@ def test_identity_from_header_never_guesses_a_sender() -> None:
 
 
 def test_secret_filter_drops_login_lines_only() -> None:
-    f = _SecretFilter()
+    f = SecretFilter()
 
     def record(msg: str) -> logging.LogRecord:
         return logging.LogRecord("aioimaplib.aioimaplib", logging.DEBUG, __file__, 1, msg, None, None)
@@ -128,6 +127,62 @@ def test_secret_filter_drops_login_lines_only() -> None:
     assert not f.filter(record("Sending : b'ABCD1 LOGIN \"fax\" \"pa\\\\\"ss\"\\r\\n'"))
     assert f.filter(record("Sending : b'ABCD2 NOOP\\r\\n'"))
     assert f.filter(record("Received : b'* 1 EXISTS'"))
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Sending : %s",  # today's wording
+        "-> %s",  # a new wording
+        "wrote %r to the transport",  # the bytes' repr
+        "command %s timed out",
+        "continuation line appended to pending sync command %s : b'+ '",
+    ],
+)
+@pytest.mark.parametrize("password", ['s3cr3t-Pass', 'pa"ss\\word', "päss wört"])
+def test_secret_filter_fails_closed_when_aioimaplib_changes_its_log_text(template: str, password: str) -> None:
+    """Whatever aioimaplib's log text becomes, the password is never written."""
+    filt = install_secret_filter(password)
+    quoted = aioimaplib.quoted(password)
+    lines = [
+        f"A1 LOGIN fax {quoted}",
+        f"A1 login fax {quoted}",  # a lower-case command
+        f"A1 XLOGON fax {quoted}",  # a command we have never heard of
+        f"fax {password}",  # the password as given
+        f"fax {quoted}",  # as quoted on the wire
+    ]
+    captured: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(self.format(record))
+
+    handler = Capture(logging.DEBUG)
+    for name in ("aioimaplib.aioimaplib", "aioimaplib"):
+        logger = logging.getLogger(name)
+        old_level = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+        try:
+            for line in lines:
+                arg: object = (line + "\r\n").encode() if "%r" in template else line
+                logger.debug(template, arg)
+                logger.debug(template % (arg,))
+            logger.debug("harmless %s", "NOOP")
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+    assert captured, "the filter dropped everything, harmless lines too"
+    text = "\n".join(captured)
+    for rendering in {password, quoted, repr(password)[1:-1], repr(quoted.encode())[2:-1], repr(password.encode())[2:-1]}:
+        assert rendering not in text, text
+    assert all("harmless" in c for c in captured), captured
+    assert filt.redact(f"CommandTimeout: A1 LOGIN fax {quoted}") == "CommandTimeout: A1 LOGIN fax <redacted>"
+
+
+def test_secret_filter_drops_a_record_it_cannot_format() -> None:
+    record = logging.LogRecord("aioimaplib.aioimaplib", logging.DEBUG, __file__, 1, "%s %s", ("one",), None)
+    assert not SecretFilter().filter(record)
 
 
 def test_reply_marker_queues_once_and_is_pruned(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.email_to_fax.tracker import Tracker
 from gatewayd.health import Health
 from gatewayd.mail.outbox import OutboxWorker
-from gatewayd.mail.report import Reporter
+from gatewayd.email_to_fax.report import Reporter
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store

@@ -27,7 +27,7 @@ from gatewayd.daemon import Runtime
 from gatewayd.email_to_fax.tracker import Tracker
 from gatewayd.health import Health
 from gatewayd.mail.outbox import OutboxWorker
-from gatewayd.mail.report import Reporter
+from gatewayd.email_to_fax.report import Reporter
 from gatewayd.mailsink import MailSink
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient

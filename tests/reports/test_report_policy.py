@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from reports_support import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, finished_job, make_config, outbox_messages
 
-from gatewayd.mail.report import Reporter, report_recipient
+from gatewayd.email_to_fax.report import Reporter, report_recipient
 from gatewayd.store import Store
 
 

@@ -1,4 +1,4 @@
-"""Status reports: one email per finished job (SPEC section 6).
+"""Status reports: one email per finished job (docs/reports.md).
 
 Service ``Reporter`` ("reports") picks up jobs whose ``finished_at`` is set
 and ``reported_at`` is not, and for each queues its report email(s) in the

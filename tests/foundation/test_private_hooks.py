@@ -1,0 +1,251 @@
+"""Guards for the third-party internals gatewayd relies on.
+
+One test per private hook (docs/architecture.md, "Third-party internals
+relied on"). When a library upgrade removes or reshapes one, the test that
+fails names the hook and the gatewayd file that needs it, instead of the
+gateway failing in production. pyproject.toml pins aiosmtpd and aioimaplib
+to compatible releases (``~=``) for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import socket
+from collections.abc import AsyncIterator
+from email.feedparser import BytesFeedParser
+from email.message import Message
+
+import aioimaplib
+import aioimaplib.aioimaplib
+from aiosmtpd.smtp import SMTP, Envelope
+
+SMTP_PY = "gatewayd/email_to_fax/smtp.py"
+SESSION_PY = "gatewayd/email_to_fax/imap_session.py"
+
+
+def params(func: object) -> list[str]:
+    return list(inspect.signature(func).parameters)  # type: ignore[arg-type]
+
+
+def smtp_instance() -> SMTP:
+    async def make() -> SMTP:
+        return SMTP(handler=object())
+
+    return asyncio.run(make())
+
+
+# --------------------------------------------------------------- aiosmtpd
+
+
+def test_aiosmtpd_smtp_reader_is_the_connection_stream_reader() -> None:
+    async def main() -> object:
+        made: list[SMTP] = []
+
+        def factory() -> SMTP:
+            made.append(SMTP(handler=object()))
+            return made[-1]
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.readline()  # the greeting: the session is up
+            reader_attr = getattr(made[0], "_reader", None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return reader_attr
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    reader = asyncio.run(main())
+    assert isinstance(reader, asyncio.StreamReader), (
+        f"aiosmtpd changed: {SMTP_PY} (FaxSMTP._read_data) relies on SMTP._reader, "
+        f"the connection's asyncio.StreamReader, set once connected (got {reader!r})"
+    )
+
+
+def test_aiosmtpd_smtp_reset_timeout() -> None:
+    assert hasattr(SMTP, "_reset_timeout"), f"aiosmtpd changed: {SMTP_PY} relies on SMTP._reset_timeout"
+    assert params(SMTP._reset_timeout) == ["self", "duration"], (
+        f"aiosmtpd changed: {SMTP_PY} calls SMTP._reset_timeout(duration) and _reset_timeout(); "
+        f"its signature is now {inspect.signature(SMTP._reset_timeout)}"
+    )
+
+
+def test_aiosmtpd_smtp_set_post_data_state() -> None:
+    assert hasattr(SMTP, "_set_post_data_state"), f"aiosmtpd changed: {SMTP_PY} relies on SMTP._set_post_data_state"
+    assert params(SMTP._set_post_data_state) == ["self"], (
+        f"aiosmtpd changed: {SMTP_PY} overrides and calls SMTP._set_post_data_state(); "
+        f"its signature is now {inspect.signature(SMTP._set_post_data_state)}"
+    )
+
+
+def test_aiosmtpd_smtp_create_envelope() -> None:
+    assert hasattr(SMTP, "_create_envelope"), f"aiosmtpd changed: {SMTP_PY} relies on SMTP._create_envelope"
+    assert params(SMTP._create_envelope) == ["self"], (
+        f"aiosmtpd changed: {SMTP_PY} overrides SMTP._create_envelope() to make a FaxEnvelope; "
+        f"its signature is now {inspect.signature(SMTP._create_envelope)}"
+    )
+    assert isinstance(smtp_instance()._create_envelope(), Envelope), (
+        f"aiosmtpd changed: {SMTP_PY} expects SMTP._create_envelope() to return an Envelope"
+    )
+
+
+def test_aiosmtpd_smtp_timeout_cb() -> None:
+    assert hasattr(SMTP, "_timeout_cb"), f"aiosmtpd changed: {SMTP_PY} relies on SMTP._timeout_cb"
+    assert params(SMTP._timeout_cb) == ["self"], (
+        f"aiosmtpd changed: {SMTP_PY} overrides SMTP._timeout_cb(); its signature is now "
+        f"{inspect.signature(SMTP._timeout_cb)}"
+    )
+    assert "_timeout_cb" in inspect.getsource(SMTP._reset_timeout), (
+        f"aiosmtpd changed: {SMTP_PY} expects SMTP._reset_timeout to schedule self._timeout_cb"
+    )
+
+
+def test_aiosmtpd_smtp_authenticate() -> None:
+    assert hasattr(SMTP, "_authenticate"), f"aiosmtpd changed: {SMTP_PY} relies on SMTP._authenticate"
+    assert params(SMTP._authenticate) == ["self", "mechanism", "auth_data"], (
+        f"aiosmtpd changed: {SMTP_PY} overrides SMTP._authenticate(mechanism, auth_data); "
+        f"its signature is now {inspect.signature(SMTP._authenticate)}"
+    )
+    for method in (SMTP.auth_PLAIN, SMTP.auth_LOGIN):
+        assert "self._authenticate(" in inspect.getsource(method), (
+            f"aiosmtpd changed: {SMTP_PY} expects SMTP.{method.__name__} to call self._authenticate"
+        )
+
+
+def test_aiosmtpd_smtp_strip_command_keyword() -> None:
+    assert hasattr(SMTP, "_strip_command_keyword"), (
+        f"aiosmtpd changed: {SMTP_PY} (smtp_MAIL) relies on SMTP._strip_command_keyword"
+    )
+    assert params(SMTP._strip_command_keyword) == ["self", "keyword", "arg"], (
+        f"aiosmtpd changed: {SMTP_PY} calls SMTP._strip_command_keyword(keyword, arg); "
+        f"its signature is now {inspect.signature(SMTP._strip_command_keyword)}"
+    )
+    assert smtp_instance()._strip_command_keyword("FROM:", "FROM:<a@example.com> SIZE=10") == "<a@example.com> SIZE=10"
+
+
+def test_aiosmtpd_smtp_tls_protocol() -> None:
+    smtp = smtp_instance()
+    assert hasattr(smtp, "_tls_protocol") and smtp._tls_protocol is None, (
+        f"aiosmtpd changed: {SMTP_PY} (FaxSMTP.tls) reads SMTP._tls_protocol, None until STARTTLS"
+    )
+
+
+def test_aiosmtpd_smtp_auth_require_tls() -> None:
+    smtp = smtp_instance()
+    assert isinstance(getattr(smtp, "_auth_require_tls", None), bool), (
+        f"aiosmtpd changed: {SMTP_PY} (FaxSMTP.connection_made) sets SMTP._auth_require_tls per connection"
+    )
+    assert "_auth_require_tls" in inspect.getsource(SMTP), (
+        f"aiosmtpd changed: {SMTP_PY} expects SMTP to consult self._auth_require_tls before AUTH"
+    )
+
+
+# ------------------------------------------------------------- aioimaplib
+
+
+async def _imap4_on_a_closed_port() -> AsyncIterator[aioimaplib.IMAP4]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=1)
+    try:
+        yield client
+    finally:
+        task = getattr(client, "_client_task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def test_aioimaplib_imap4_protocol() -> None:
+    async def main() -> object:
+        async for client in _imap4_on_a_closed_port():
+            return getattr(client, "protocol", None)
+        return None
+
+    protocol = asyncio.run(main())
+    assert isinstance(protocol, aioimaplib.IMAP4ClientProtocol), (
+        f"aioimaplib changed: {SESSION_PY} relies on IMAP4.protocol (an IMAP4ClientProtocol) for every command"
+    )
+    for name in ("idle_queue", "idle_done", "has_pending_idle_command", "wait_for_idle_response", "transport"):
+        assert hasattr(protocol, name), f"aioimaplib changed: {SESSION_PY} relies on IMAP4.protocol.{name}"
+
+
+def test_aioimaplib_imap4_client_task() -> None:
+    async def main() -> object:
+        async for client in _imap4_on_a_closed_port():
+            return getattr(client, "_client_task", None)
+        return None
+
+    task = asyncio.run(main())
+    assert isinstance(task, asyncio.Task), (
+        f"aioimaplib changed: {SESSION_PY} (ImapSession.close) cancels IMAP4._client_task, the connect task"
+    )
+
+
+def test_aioimaplib_loggers_are_under_its_package_name() -> None:
+    module_logger = getattr(aioimaplib.aioimaplib, "log", None)
+    assert isinstance(module_logger, logging.Logger) and module_logger.name.startswith("aioimaplib"), (
+        f"aioimaplib changed: {SESSION_PY} (install_secret_filter) filters the password out of the "
+        f"loggers named aioimaplib.*; its logger is now {module_logger!r}"
+    )
+
+
+# ---------------------------------------------------------------- stdlib
+
+
+def test_asyncio_streamreader_limit() -> None:
+    async def make() -> asyncio.StreamReader:
+        return asyncio.StreamReader(limit=12345)
+
+    reader = asyncio.run(make())
+    assert getattr(reader, "_limit", None) == 12345, (
+        "asyncio changed: gatewayd/email_to_fax/fastdata.py (read_data) raises StreamReader._limit "
+        "for long DATA lines"
+    )
+
+
+def test_feedparser_new_message() -> None:
+    assert hasattr(BytesFeedParser, "_new_message"), (
+        "email changed: gatewayd/email_to_fax/parse.py (_BoundedFeedParser) overrides BytesFeedParser._new_message"
+    )
+    assert params(BytesFeedParser._new_message) == ["self"], (
+        "email changed: gatewayd/email_to_fax/parse.py overrides BytesFeedParser._new_message(); "
+        f"its signature is now {inspect.signature(BytesFeedParser._new_message)}"
+    )
+    calls: list[int] = []
+
+    class Counting(BytesFeedParser):
+        def _new_message(self) -> None:
+            calls.append(1)
+            super()._new_message()  # type: ignore[misc]
+
+    parser = Counting()
+    parser.feed(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b\r\n\r\ntwo\r\n--b--\r\n")
+    parser.close()
+    assert len(calls) == 3, "email changed: gatewayd/email_to_fax/parse.py expects one _new_message call per entity"
+
+
+def test_feedparser_msgstack() -> None:
+    parser = BytesFeedParser()
+    assert isinstance(getattr(parser, "_msgstack", None), list), (
+        "email changed: gatewayd/email_to_fax/parse.py (_BoundedFeedParser) reads the nesting depth "
+        "from BytesFeedParser._msgstack"
+    )
+
+
+def test_message_payload() -> None:
+    parser = BytesFeedParser()
+    parser.feed(b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n")
+    msg = parser.close()
+    assert isinstance(msg, Message) and getattr(msg, "_payload", None) == msg.get_payload(decode=False), (
+        "email changed: gatewayd/email_to_fax/parse.py reads Message._payload as get_payload(decode=False) gives it"
+    )
