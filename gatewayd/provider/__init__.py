@@ -20,7 +20,6 @@ from gatewayd.provider.client import (
     Rejected,
     SentFax,
     User,
-    sniff_kind,
 )
 
 __all__ = [
@@ -38,5 +37,4 @@ __all__ = [
     "Rejected",
     "SentFax",
     "User",
-    "sniff_kind",
 ]

@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 import structlog
 
+from gatewayd.filekinds import fax_file_kind
+
 log = structlog.get_logger(__name__)
 
 # --------------------------------------------------------------------------
@@ -195,15 +197,6 @@ class FaxFile:
     data: bytes
     kind: FileKind
     content_type: str
-
-
-def sniff_kind(data: bytes) -> FileKind:
-    """PDF or TIFF by magic bytes; Content-Type and file names are not trusted."""
-    if data.startswith(b"%PDF-"):
-        return "pdf"
-    if data.startswith(b"II*\x00") or data.startswith(b"MM\x00*"):
-        return "tiff"
-    return "unknown"
 
 
 # --------------------------------------------------------------------------
@@ -378,7 +371,7 @@ class ProviderClient:
                 f"document is {len(document)} bytes, the provider takes at most {MAX_DOCUMENT_BYTES}",
                 reason="too_large",
             )
-        kind = sniff_kind(document)
+        kind = fax_file_kind(document)
         if kind == "unknown":
             raise DocumentRefused("document is neither PDF nor TIFF", reason="unsupported_type")
         # Settle everything that may fail harmlessly (time zone, token, rate
@@ -483,7 +476,7 @@ class ProviderClient:
         data = resp.content
         return FaxFile(
             data=data,
-            kind=sniff_kind(data),
+            kind=fax_file_kind(data),
             content_type=resp.headers.get("content-type", "application/octet-stream"),
         )
 

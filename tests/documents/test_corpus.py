@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from gatewayd.email_to_fax.documents import CoverPage, build_document, wants_cover
+from gatewayd.documents.builder import build_document
+from gatewayd.documents.cover import CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import IntakeRefused
 from gatewayd.email_to_fax.parse import parse_message
 from tests.corpus import ACCEPTED, BARE_LF, CorpusCase

@@ -18,28 +18,22 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gatewayd.email_to_fax import documents
-from gatewayd.email_to_fax.documents import (
-    MAX_FAX_BYTES,
-    PAGE_SIZES,
-    ConversionError,
-    CoverPage,
-    DocumentBuilder,
-    FaxDocument,
-    build_document,
-    is_fax_resolution,
-    pdf_page_count,
-    render_cover,
-    tiff_to_pdf,
-    wants_cover,
-)
-from gatewayd.email_to_fax.errors import (
+from gatewayd.documents import builder as builder_module
+from gatewayd.documents import cover as cover_module
+from gatewayd.documents.builder import MAX_FAX_BYTES, DocumentBuilder, FaxDocument, build_document
+from gatewayd.documents.cover import CoverPage, render_cover, wants_cover
+from gatewayd.documents.errors import (
     AttachmentRejected,
+    ConversionError,
     DocumentTooLarge,
-    IntakeRefused,
     NoFaxDocument,
 )
-from gatewayd.email_to_fax.parse import Attachment, UnsupportedPart, sniff_kind
+from gatewayd.documents.geometry import PAGE_SIZES, is_fax_resolution
+from gatewayd.documents.images import tiff_to_pdf
+from gatewayd.documents.pdf import pdf_page_count
+from gatewayd.email_to_fax.parse import Attachment, UnsupportedPart
+from gatewayd.filekinds import sniff_kind
+from gatewayd.refusal import IntakeRefused
 from tests.corpus import (
     PdfFacts,
     make_encrypted_pdf,
@@ -413,7 +407,7 @@ def test_cover_survives_hostile_text(facts: Facts) -> None:
 
 
 def test_missing_font_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(documents, "FONT_PATH", tmp_path / "missing.ttf")
+    monkeypatch.setattr(cover_module, "FONT_PATH", tmp_path / "missing.ttf")
     with pytest.raises(FileNotFoundError, match="fonts-dejavu-core"):
         build_document([], cover=COVER)
 
@@ -431,13 +425,13 @@ async def test_builder_builds_in_a_thread() -> None:
 
 async def test_builder_builds_small_pdfs_inline_and_the_rest_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[int] = []
-    real = documents.build_document
+    real = builder_module.build_document
 
     def spy(*args: object, **kwargs: object) -> FaxDocument:
         threads.append(threading.get_ident())
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(documents, "build_document", spy)
+    monkeypatch.setattr(builder_module, "build_document", spy)
     pdf = make_pdf(1)
     builder = DocumentBuilder(inline_bytes=len(pdf))
     await builder.build([att("a.pdf", pdf)], cover=None)
@@ -467,7 +461,7 @@ async def test_builder_bounds_concurrency_even_when_callers_give_up(monkeypatch:
             running -= 1
         return FaxDocument(b"%PDF", 1, "0" * 64)
 
-    monkeypatch.setattr(documents, "build_document", slow_build)
+    monkeypatch.setattr(builder_module, "build_document", slow_build)
     builder = DocumentBuilder(max_concurrent=2)
     tasks = [asyncio.create_task(builder.build([], cover=None, page_size="A4", max_pages=1)) for _ in range(5)]
     await asyncio.sleep(0.2)
