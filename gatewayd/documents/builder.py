@@ -65,6 +65,8 @@ class UnfaxablePart(Protocol):
 
 @dataclass(frozen=True)
 class FaxDocument:
+    """The fax PDF as built: its bytes, its page count and its SHA-256 (hex)."""
+
     pdf: bytes = field(repr=False)
     pages: int
     sha256: str

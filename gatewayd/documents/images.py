@@ -23,10 +23,11 @@ from PIL import Image, TiffImagePlugin
 from gatewayd.documents.errors import BadImage, ConversionError, TooManyPages
 from gatewayd.documents.geometry import MAX_IMAGE_PIXELS, Layout, check_pixels, fit_layout, page_dimensions
 from gatewayd.documents.tiff import TIFF_MAGICS, G4Frame, g4_frames, g4_pdf, tiff_ifds
+from gatewayd.filekinds import FileKind
 
 __all__ = ["MAX_FRAMES", "ImagePlan", "image_pdf", "inspect_image", "tiff_to_pdf"]
 
-_PIL_FORMATS: Mapping[str, str] = MappingProxyType({
+_PIL_FORMATS: Mapping[FileKind, str] = MappingProxyType({
     "tiff": "TIFF", "jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP",
 })
 # Modes img2pdf embeds faithfully without an alpha channel.
@@ -40,14 +41,14 @@ MAX_FRAMES = 10_000
 class ImagePlan:
     """What the header check found: how many pages, and how to make them."""
 
-    kind: str
+    kind: FileKind
     frames: int
     direct: bool  # the file goes to img2pdf as is
     jpeg: bool = False  # when flattened: encode as JPEG (lossy source), else PNG
     g4: tuple[G4Frame, ...] = ()  # set when every frame is single-strip G4
 
 
-def _open_image(data: bytes, kind: str) -> Image.Image:
+def _open_image(data: bytes, kind: FileKind) -> Image.Image:
     try:
         # formats=: only the decoder the magic bytes chose; no format guessing.
         return Image.open(BytesIO(data), formats=[_PIL_FORMATS[kind]])
@@ -64,11 +65,11 @@ def _bomb(exc: Exception) -> str:
     return f"image too large ({size}, limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)"
 
 
-def _corrupt(kind: str) -> str:
+def _corrupt(kind: FileKind) -> str:
     return "unreadable TIFF" if kind == "tiff" else "corrupt image"
 
 
-def inspect_image(data: bytes, kind: str, *, frame_limit: int) -> ImagePlan:
+def inspect_image(data: bytes, kind: FileKind, *, frame_limit: int) -> ImagePlan:
     """Check an image from its headers (pixel counts, frames, integrity).
 
     Raises ``BadImage`` (with the reason) or ``TooManyPages``.
@@ -111,7 +112,7 @@ def inspect_image(data: bytes, kind: str, *, frame_limit: int) -> ImagePlan:
         raise BadImage(_corrupt(kind)) from None
 
 
-def _header_size(data: bytes, kind: str) -> tuple[int, int] | None:
+def _header_size(data: bytes, kind: FileKind) -> tuple[int, int] | None:
     """Width and height at fixed header offsets (PNG, GIF, BMP); None for other kinds."""
     if kind == "png" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])  # type: ignore[return-value]

@@ -33,7 +33,6 @@ class G4Frame:
     black_is_1: bool
 
 
-
 # TIFF tags read by tiff_ifds; anything else is left to Pillow.
 _NEW_SUBFILE_TYPE, _WIDTH, _LENGTH, _BITS, _COMPRESSION, _PHOTOMETRIC = 254, 256, 257, 258, 259, 262
 _FILL_ORDER, _STRIP_OFFSETS, _ORIENTATION, _SAMPLES, _ROWS_PER_STRIP, _STRIP_COUNTS = 266, 273, 274, 277, 278, 279
