@@ -81,7 +81,9 @@ def two_page_pdf(workdir_: Path) -> bytes:
 
 
 def main() -> int:
-    from gatewayd.email_to_fax.documents import CoverPage, build_document, tiff_to_pdf
+    from gatewayd.documents.builder import build_document
+    from gatewayd.documents.cover import CoverPage
+    from gatewayd.documents.images import tiff_to_pdf
     from gatewayd.email_to_fax.parse import Attachment
 
     print("== (c) documents ==")

@@ -1,8 +1,8 @@
 """Authentication-Results (RFC 8601): who vouches that a mailbox message is genuine.
 
 A message fetched from the IMAP mailbox has no SMTP session to authenticate,
-so its ``From:`` is only believed when the receiving MTA says so (SPEC
-section 4): an ``Authentication-Results`` header written by the MTA whose
+so its ``From:`` is only believed when the receiving MTA says so
+(docs/imap.md, Who is believed; docs/security.md): an ``Authentication-Results`` header written by the MTA whose
 authserv-id is ``imap.trusted_authserv_id`` must show ``dmarc=pass``, or
 ``spf=pass`` / ``dkim=pass`` for a domain aligned with the ``From:`` domain.
 

@@ -1,76 +1,35 @@
-"""Why a message or recipient is refused, as the SMTP reply the SPEC prescribes.
+"""Why a message or recipient is refused, as the SMTP reply docs/smtp.md (Replies) prescribes.
 
 Every refusal in the email-to-fax path is an ``IntakeRefused`` carrying the
-exact reply. The SMTP listener sends ``exc.smtp_reply``; the IMAP intake and
-the CLI turn the same exception into words for a reply email or stderr
-(``exc.reply``, ``exc.text``).
-
-An SMTP reply line is ASCII without CR or LF, at most 512 octets with its
-CRLF (RFC 5321 sections 2.4 and 4.5.3.1.5), but the text may name an
-attachment or an address in any script ("счет.pdf"). ``smtp_reply``
-therefore escapes what is not printable ASCII the way Python's
-``unicode_escape`` codec does (``\\u0441\\u0447\\u0435\\u0442.pdf``; a
-backslash becomes ``\\\\``, CR and LF ``\\r`` and ``\\n``): printable ASCII
-stays as it is, the line is exactly reversible, and a refusal is never
-turned into a ``451`` for want of an encoding. ``reply`` keeps the text as
-it is, for humans (reply emails, reports, logs).
+exact reply (``gatewayd/refusal.py``: the base class and how a reply line is
+escaped). This module holds the flow's own refusals and re-exports the base
+and the document refusals (``gatewayd/documents/errors.py``), so that the
+flow's code imports every refusal from one place.
 """
 
 from __future__ import annotations
 
-# RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
-MAX_REPLY_LINE = 510
+from gatewayd.documents.errors import AttachmentRejected, DocumentTooLarge, NoFaxDocument
+from gatewayd.refusal import MAX_REPLY_LINE, IntakeRefused, smtp_safe
 
-
-def smtp_safe(line: str, limit: int = MAX_REPLY_LINE) -> str:
-    """``line`` as one SMTP reply line: printable ASCII, no CR/LF, at most ``limit`` characters.
-
-    Printable ASCII (space to ``~``) is kept, except the backslash, which is
-    doubled; anything else is escaped as ``unicode_escape`` does (``\\r``,
-    ``\\n``, ``\\t``, ``\\xNN``, ``\\uNNNN``, ``\\UNNNNNNNN``), so
-    ``codecs.decode(line, "unicode_escape")`` gives the original back. A line
-    that would be longer than ``limit`` is cut between two characters and
-    ends with ``...``.
-    """
-    if line.isascii() and line.isprintable() and "\\" not in line and len(line) <= limit:
-        return line  # the common case: nothing to do
-    out: list[str] = []
-    used = 0
-    for ch in line:
-        piece = ch if (" " <= ch <= "~" and ch != "\\") else ch.encode("unicode_escape").decode("ascii")
-        if used + len(piece) > limit:
-            while out and used + 3 > limit:
-                used -= len(out.pop())
-            out.append("...")
-            break
-        out.append(piece)
-        used += len(piece)
-    return "".join(out)
-
-
-class IntakeRefused(Exception):
-    """A message, sender or recipient refused with a definite SMTP reply."""
-
-    code: int = 554
-    status: str = "5.6.0"
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    @property
-    def reply(self) -> str:
-        """The SPEC reply with ``text`` as it is (any script): for humans."""
-        return f"{self.code} {self.status} {self.text}"
-
-    @property
-    def smtp_reply(self) -> str:
-        """The reply as an SMTP reply line: ASCII, one line, at most 510 characters (``smtp_safe``)."""
-        return smtp_safe(self.reply)
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
+__all__ = [
+    "MAX_REPLY_LINE",
+    "AttachmentRejected",
+    "AuthenticationRequired",
+    "BareLineFeed",
+    "DestinationNotAllowed",
+    "DocumentTooLarge",
+    "IntakeRefused",
+    "MalformedMessage",
+    "MessageTooBig",
+    "NoFaxDocument",
+    "NotAFaxNumber",
+    "RateLimitReached",
+    "RelayDenied",
+    "SenderNotAuthorised",
+    "TemporaryFailure",
+    "smtp_safe",
+]
 
 
 class RelayDenied(IntakeRefused):
@@ -122,33 +81,6 @@ class MessageTooBig(IntakeRefused):
 
     def __init__(self) -> None:
         super().__init__("message too big")
-
-
-class NoFaxDocument(IntakeRefused):
-    code, status = 554, "5.6.0"
-
-    def __init__(self, why: str) -> None:
-        super().__init__(f"no fax document: {why}")
-        self.why = why
-
-
-class AttachmentRejected(IntakeRefused):
-    """An attachment that is encrypted, corrupt, unsupported or a pixel bomb."""
-
-    code, status = 554, "5.6.0"
-
-    def __init__(self, filename: str, why: str) -> None:
-        super().__init__(f"{filename}: {why}")
-        self.filename = filename
-        self.why = why
-
-
-class DocumentTooLarge(IntakeRefused):
-    code, status = 552, "5.3.4"
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"fax document too large: {what}")
-        self.what = what
 
 
 class BareLineFeed(IntakeRefused):

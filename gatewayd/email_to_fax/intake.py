@@ -21,9 +21,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gatewayd.email_to_fax.documents import CoverPage, DocumentBuilder, FaxDocument, wants_cover
+from gatewayd.documents.builder import DocumentBuilder, FaxDocument
+from gatewayd.documents.cover import CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
-from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename, sniff_kind
+from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
+from gatewayd.filekinds import sniff_kind
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.logs import get_logger
 from gatewayd.store import NewJob

@@ -1,13 +1,13 @@
-"""Parse a received email into what the fax path needs: text, attachments, names.
+"""Parse a received email (MIME) into what the fax path needs: text, attachments, names.
 
-The rule is the SPEC's: bare LF line endings, duplicate header fields and
+The rule (docs/documents.md, Reading the message): bare LF line endings, duplicate header fields and
 MIME parser defects are refused, not guessed at. Everything else about the
 message is read defensively: any exception the standard library parser
 raises on hostile input becomes ``MalformedMessage``, so the SMTP listener
 only ever sees ``IntakeRefused`` subclasses for bad input.
 
-Attachments are recognised by their content (magic bytes), never by their
-declared type or file name. File names are reduced to safe display names:
+Attachments are recognised by their content (magic bytes,
+``gatewayd/filekinds.py``), never by their declared type or file name. File names are reduced to safe display names:
 they end up in SMTP replies, reports and logs, never in a path.
 
 Speed (docs/performance.md): the standard feed parser walks a message one
@@ -15,7 +15,8 @@ line at a time, ~18,000 lines for a 1 MB attachment, and the default policy
 parses a header field again (and makes a new class) every time it is read.
 So ``_parse`` feeds the parser a *skeleton* of the message in which each
 large base64 leaf body is replaced by a one-line placeholder, and decodes
-those bodies from their slices of the raw bytes (``_skeleton``, ``_feed``);
+those bodies from their slices of the raw bytes (``skeleton.py`` finds them,
+``_feed`` checks them);
 and it parses each header field once per message (``_ParsePolicy``). The
 result is exactly that of parsing the whole message: see ``_feed`` for why,
 and for the fall-back to the plain parse whenever that cannot be shown.
@@ -36,31 +37,28 @@ from email.feedparser import BytesFeedParser
 from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.utils import getaddresses
-from html.parser import HTMLParser
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any
 
 import pybase64
 
+from gatewayd.email_to_fax import skeleton
+from gatewayd.email_to_fax.bodytext import clean_plain, html_to_text, squeeze_blank_lines
 from gatewayd.email_to_fax.errors import (
     AttachmentRejected,
     BareLineFeed,
     IntakeRefused,
     MalformedMessage,
 )
+from gatewayd.filekinds import FileKind, sniff_kind
 
 __all__ = [
     "Attachment",
-    "AttachmentKind",
     "ParsedMessage",
     "UnsupportedPart",
     "parse_message",
     "safe_filename",
-    "sniff_kind",
 ]
-
-AttachmentKind = Literal["pdf", "tiff", "jpeg", "png", "gif", "bmp", "webp"]
-ATTACHMENT_KINDS: tuple[str, ...] = get_args(AttachmentKind)
 
 # Header fields that may appear at most once (RFC 5322 section 3.6 and the
 # MIME fields, RFC 2045/2183). A second copy is how smuggling works: two
@@ -87,14 +85,14 @@ MAX_BODY_CHARS = 100_000
 # What a part declares that would make it one of ours; a declared PDF or
 # image whose bytes are not one is refused as corrupt instead of being
 # listed as an unsupported type.
-_CLAIMED_TYPES: Mapping[str, AttachmentKind] = MappingProxyType({
+_CLAIMED_TYPES: Mapping[str, FileKind] = MappingProxyType({
     "application/pdf": "pdf", "application/x-pdf": "pdf", "application/acrobat": "pdf",
     "image/tiff": "tiff", "image/tiff-fx": "tiff", "image/x-tiff": "tiff",
     "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/pjpeg": "jpeg",
     "image/png": "png", "image/x-png": "png", "image/gif": "gif",
     "image/bmp": "bmp", "image/x-bmp": "bmp", "image/x-ms-bmp": "bmp", "image/webp": "webp",
 })
-_CLAIMED_EXTENSIONS: Mapping[str, AttachmentKind] = MappingProxyType({
+_CLAIMED_EXTENSIONS: Mapping[str, FileKind] = MappingProxyType({
     "pdf": "pdf", "tif": "tiff", "tiff": "tiff", "jpg": "jpeg", "jpeg": "jpeg",
     "jpe": "jpeg", "png": "png", "gif": "gif", "bmp": "bmp", "dib": "bmp", "webp": "webp",
 })
@@ -115,7 +113,7 @@ class Attachment:
     """A faxable attachment; ``kind`` comes from its bytes, not its labels."""
 
     filename: str
-    kind: AttachmentKind
+    kind: FileKind
     data: bytes = field(repr=False)
     declared_type: str
 
@@ -237,110 +235,6 @@ class _ParsePolicy(email.policy.EmailPolicy):
         return header
 
 
-# ---------------------------------------------------------------- skeleton
-
-# A base64 leaf body at least this long is decoded from its slice of the raw
-# message instead of going through the feed parser line by line.
-_SLICE_MIN = 4096
-_CRLF2 = b"\r\n\r\n"
-_FIELD_RE = re.compile(rb"^(content-type|content-transfer-encoding)[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
-_TYPE_RE = re.compile(rb"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)/([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
-_BOUNDARY_RE = re.compile(rb';\s*boundary\s*=\s*(?:"([^"\\\r\n]*)"|([^\s;"]+))', re.IGNORECASE)
-
-
-def _skeleton(raw: bytes, *, max_parts: int, max_depth: int) -> list[tuple[int, int]]:
-    """Where the large base64 leaf bodies are: ``(start, end)`` offsets in ``raw``.
-
-    A quick look at the MIME structure (header blocks, Content-Type,
-    boundaries, Content-Transfer-Encoding); only a hint: ``_feed`` checks
-    with the real parser that each region really is one leaf's whole body,
-    and a region is never offered if it holds a ``-`` (so no line in it
-    starts with ``--``: it cannot hold a boundary of any multipart, whatever
-    its boundary) or a byte that is not ASCII.
-    """
-    scan = _Scan(raw, max_parts=max_parts, max_depth=max_depth)
-    try:
-        scan.entity(0, len(raw), 0)
-    except _GiveUp:
-        return []
-    return scan.regions
-
-
-class _Scan:
-    """The walk of ``_skeleton``. A class, not nested functions: two closures
-    calling each other are a reference cycle, and it would keep the message
-    alive until the next full garbage collection."""
-
-    def __init__(self, raw: bytes, *, max_parts: int, max_depth: int) -> None:
-        self.raw = raw
-        self.budget = max_parts
-        self.max_depth = max_depth
-        self.regions: list[tuple[int, int]] = []
-
-    def entity(self, start: int, end: int, depth: int) -> None:
-        raw = self.raw
-        self.budget -= 1
-        if self.budget < 0 or depth > self.max_depth:
-            raise _GiveUp
-        if raw.startswith(b"\r\n", start):
-            header, body = b"", start + 2
-        else:
-            cut = raw.find(_CRLF2, start, end)
-            if cut < 0:
-                return  # headers only: nothing to skip
-            header, body = raw[start:cut + 2], cut + 4
-        fields: dict[bytes, bytes] = {}
-        for name, value in _FIELD_RE.findall(header.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")):
-            name = name.lower()
-            if name in fields:
-                raise _GiveUp  # duplicate: refused anyway, by the parser
-            fields[name] = value
-        ctype = _TYPE_RE.match(fields.get(b"content-type", b"text/plain"))
-        if ctype is None:
-            raise _GiveUp
-        main = ctype.group(1).lower()
-        if main == b"multipart":
-            found = _BOUNDARY_RE.search(fields[b"content-type"], ctype.end())
-            if found is None:
-                raise _GiveUp
-            self.parts(found.group(1) if found.group(1) is not None else found.group(2), body, end, depth)
-        elif main != b"message" and fields.get(b"content-transfer-encoding", b"").strip().lower() == b"base64":
-            if end - body >= _SLICE_MIN:
-                # Not base64 (a "-", so also no line starting with "--"; not
-                # ASCII): the plain parse words that refusal.
-                if raw.find(b"-", body, end) >= 0 or not raw[body:end].isascii():
-                    raise _GiveUp
-                self.regions.append((body, end))
-
-    def parts(self, boundary: bytes, start: int, end: int, depth: int) -> None:
-        raw = self.raw
-        delimiter = b"--" + boundary
-        # Delimiter lines: at the body's start or after a CRLF, then "--"?, blanks, CRLF or the end.
-        lines: list[tuple[int, int, bool]] = []  # (line start, after its CRLF, is the close delimiter)
-        at = start if raw.startswith(delimiter, start) else raw.find(b"\r\n" + delimiter, start, end)
-        while at >= 0:
-            line = at if at == start and raw.startswith(delimiter, start) else at + 2
-            tail = line + len(delimiter)
-            closing = raw.startswith(b"--", tail, end)
-            after = tail + 2 if closing else tail
-            while after < end and raw[after] in b" \t":
-                after += 1
-            if after == end or raw.startswith(b"\r\n", after, end):
-                lines.append((line, min(after + 2, end), closing))
-                if closing:
-                    break
-            at = raw.find(b"\r\n" + delimiter, tail, end)
-        if not lines or not lines[-1][2]:
-            raise _GiveUp  # no close delimiter: the parser's business
-        for (_, part_start, _), (next_line, _, _) in zip(lines, lines[1:]):
-            # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1).
-            self.entity(part_start, max(next_line - 2, part_start), depth + 1)
-
-
-class _GiveUp(Exception):
-    """The quick look does not understand the structure: parse it all the plain way."""
-
-
 def _feed_all(raw: bytes, *, max_parts: int, max_depth: int) -> Message:
     parser = _BoundedFeedParser(max_parts=max_parts, max_depth=max_depth)
     parser.feed(raw)
@@ -350,7 +244,7 @@ def _feed_all(raw: bytes, *, max_parts: int, max_depth: int) -> Message:
 def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[tuple[Message, str, bool]], dict[int, tuple[int, int]]]:
     """Parse ``raw``: the message, its entities, and the raw slices of skipped bodies.
 
-    The bodies ``_skeleton`` found are replaced by placeholders (a random
+    The bodies ``skeleton.find_regions`` found are replaced by placeholders (a random
     token: a sender cannot forge one), the skeleton is parsed, and the
     result is kept only if every placeholder is, exactly, the whole payload
     of a leaf entity of the walk that has no defects and is neither a
@@ -365,7 +259,7 @@ def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[
     from the same line in the same state. Anything else (the skeleton
     refused, a placeholder elsewhere) parses ``raw`` the plain way.
     """
-    regions = _skeleton(raw, max_parts=max_parts, max_depth=max_depth) if len(raw) >= _SLICE_MIN else []
+    regions = skeleton.find_regions(raw, max_parts=max_parts, max_depth=max_depth) if len(raw) >= skeleton.SLICE_MIN else []
     if regions:
         token = secrets.token_hex(12)
         names: list[str] = []
@@ -453,9 +347,9 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         unsupported.append(UnsupportedPart(name, ctype, f"unsupported type {ctype}"))
 
     if plain:
-        body = "\n\n".join(_clean_plain(t) for t in plain)
+        body = "\n\n".join(clean_plain(t) for t in plain)
     else:
-        body = "\n\n".join(_clean_plain(html_to_text(t)) for t in htmls)
+        body = "\n\n".join(clean_plain(html_to_text(t)) for t in htmls)
 
     from_addr, from_display = _from(msg)
     return ParsedMessage(
@@ -464,7 +358,7 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         from_addr=from_addr,
         from_display=from_display,
         date=_clean_line(_header_str(msg, "date") or "") or None,
-        body_text=_squeeze_blank_lines(body).strip(),
+        body_text=squeeze_blank_lines(body).strip(),
         attachments=tuple(attachments),
         unsupported=tuple(unsupported),
         skipped_inline=tuple(skipped),
@@ -600,28 +494,6 @@ def _decode_text(part: Message, label: str, body: bytes | None = None) -> str:
 # ------------------------------------------------------------------ content
 
 
-def sniff_kind(data: bytes) -> AttachmentKind | None:
-    """What the bytes are, by their magic numbers; None when not a kind we fax."""
-    head = data[:32]
-    if head.startswith(b"%PDF-") or b"%PDF-" in data[:1024]:
-        # Readers accept up to 1 KiB of junk before the header; so do we.
-        return "pdf"
-    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return "tiff"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
-    # "BM" alone is too weak; the DIB header size must be one of the known ones.
-    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
-        return "bmp"
-    return None
-
-
 def safe_filename(name: str | None, fallback: str) -> str:
     """A display name: base name only, no control or format characters, bounded.
 
@@ -709,164 +581,3 @@ def _addresses(msg: Message, name: str) -> tuple[str, ...]:
             if "@" in spec and spec not in found:
                 found.append(spec)
     return tuple(found)
-
-
-# ------------------------------------------------------------------ body text
-
-
-_ATTRIBUTION_RE = re.compile(
-    r"^(on\b.*\bwrote|am\b.*\bschrieb\b.*|le\b.*\ba écrit|el\b.*\bescribió|.*\bнаписал\(?а?\)?|.*\bwrote)\s*:\s*$",
-    re.IGNORECASE,
-)
-_ORIGINAL_MESSAGE_RE = re.compile(r"^\s*-{2,}\s*(original message|ursprüngliche nachricht|исходное сообщение)\s*-{2,}\s*$", re.IGNORECASE)
-_OUTLOOK_RULE_RE = re.compile(r"^_{20,}\s*$")
-_OUTLOOK_HEADER_RE = re.compile(r"^(from|von|от|de)\s*:", re.IGNORECASE)
-
-
-def _clean_plain(text: str) -> str:
-    """Drop quoted replies and the signature: the cover page shows what was written."""
-    lines = [line.rstrip() for line in text.split("\n")]
-    kept: list[str] = []
-    n = len(lines)
-    i = 0
-    while i < n:
-        line = lines[i]
-        if line in ("--", "-- "):  # RFC 3676 signature separator, trailing space often lost
-            break
-        if _ORIGINAL_MESSAGE_RE.match(line):
-            break
-        if _OUTLOOK_RULE_RE.match(line) and i + 1 < n and _OUTLOOK_HEADER_RE.match(lines[i + 1]):
-            break
-        if line.lstrip().startswith(">"):
-            i += 1
-            continue
-        # "On <date>, <someone> wrote:" - possibly wrapped over two lines -
-        # introducing a quote (or ending the text) is part of the quote.
-        span = 0
-        if _ATTRIBUTION_RE.match(line):
-            span = 1
-        elif i + 1 < n and lines[i + 1] and _ATTRIBUTION_RE.match(f"{line} {lines[i + 1]}") and re.match(r"^(on|am|le|el)\b", line, re.IGNORECASE):
-            span = 2
-        if span:
-            j = i + span
-            while j < n and not lines[j].strip():
-                j += 1
-            if j == n or lines[j].lstrip().startswith(">"):
-                i += span
-                continue
-        kept.append(line)
-        i += 1
-    return "\n".join(kept).strip()
-
-
-def _squeeze_blank_lines(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", text)
-
-
-# Line breaks an element stands for: paragraphs are set apart by a blank
-# line, other blocks start on a line of their own (Outlook writes every
-# line as a <div>).
-_PARAGRAPH_TAGS = frozenset({"p", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "dl", "address"})
-_BLOCK_TAGS = frozenset({"div", "tr", "li", "hr", "section", "article", "header", "footer", "dt", "dd", "center"})
-_INVISIBLE_TAGS = frozenset({"script", "style", "head", "title", "template", "noscript", "xml"})
-_VOID_TAGS = frozenset({
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-    "param", "source", "track", "wbr",
-})
-# Quoted originals and signatures as Gmail, Outlook, Thunderbird and Apple
-# Mail mark them.
-_QUOTE_CLASSES = frozenset({"gmail_quote", "gmail_signature", "moz-signature", "moz-cite-prefix", "yahoo_quoted"})
-_QUOTE_IDS = frozenset({"signature", "signature_bookmark", "ms-outlook-mobile-signature"})
-# Outlook puts the quoted original after these markers, as siblings: all
-# that follows is quote.
-_STOP_IDS = frozenset({"divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container"})
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self._breaks = 0  # line breaks owed before the next text
-        self._skip_tag: str | None = None
-        self._skip_depth = 0
-        self._invisible = 0
-        self.stopped = False
-
-    def _block(self, breaks: int) -> None:
-        self._breaks = max(self._breaks, breaks)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.stopped:
-            return
-        if self._skip_tag is not None:
-            if tag == self._skip_tag:
-                self._skip_depth += 1
-            return
-        if tag == "br":
-            self._breaks += 1
-            return
-        if tag in _VOID_TAGS:
-            return
-        attributes = {k: (v or "") for k, v in attrs}
-        element_id = attributes.get("id", "").lower()
-        classes = set(attributes.get("class", "").lower().split())
-        if element_id in _STOP_IDS:
-            self.stopped = True
-            return
-        if tag == "blockquote" or classes & _QUOTE_CLASSES or element_id in _QUOTE_IDS:
-            self._skip_tag, self._skip_depth = tag, 1
-            return
-        if tag in _INVISIBLE_TAGS:
-            self._invisible += 1
-        elif tag in _PARAGRAPH_TAGS:
-            self._block(2)
-        elif tag in _BLOCK_TAGS:
-            self._block(1)
-        if tag == "li":
-            self._text("- ")
-        elif tag in ("td", "th") and self.chunks and not self._breaks:
-            self.chunks.append(" ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.stopped:
-            return
-        if self._skip_tag is not None:
-            if tag == self._skip_tag:
-                self._skip_depth -= 1
-                if self._skip_depth == 0:
-                    self._skip_tag = None
-            return
-        if tag in _INVISIBLE_TAGS:
-            self._invisible = max(self._invisible - 1, 0)
-        elif tag in _PARAGRAPH_TAGS:
-            self._block(2)
-        elif tag in _BLOCK_TAGS:
-            self._block(1)
-
-    def handle_data(self, data: str) -> None:
-        if self.stopped or self._skip_tag is not None or self._invisible:
-            return
-        # HTML whitespace collapses; line structure comes from the tags.
-        text = re.sub(r"\s+", " ", data)
-        if text.strip():
-            self._text(text)
-        elif self.chunks and not self._breaks and not self.chunks[-1].endswith(" "):
-            self.chunks.append(" ")
-
-    def _text(self, text: str) -> None:
-        if self._breaks and self.chunks:
-            self.chunks.append("\n" * self._breaks)
-            text = text.lstrip()
-        self._breaks = 0
-        self.chunks.append(text)
-
-
-def html_to_text(markup: str) -> str:
-    """Reduce an HTML body to plain text, without quoted originals and signatures."""
-    extractor = _TextExtractor()
-    extractor.feed(markup)
-    extractor.close()
-    # Character references are already resolved (convert_charrefs).
-    text = "".join(extractor.chunks).replace("\xa0", " ")
-    lines = [line.strip() for line in text.split("\n")]
-    return _squeeze_blank_lines("\n".join(lines)).strip()

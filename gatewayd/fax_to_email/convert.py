@@ -1,8 +1,9 @@
 """Check a downloaded fax file and turn it into the email's attachments.
 
 The file's type is decided by its magic bytes, never by the provider's
-Content-Type. TIFF is converted with ``documents.tiff_to_pdf`` (the one TIFF
-converter of the project); a PDF is checked for readable pages and kept as
+Content-Type (``gatewayd/filekinds.py``, ``fax_file_kind``). TIFF is converted
+with ``gatewayd.documents.images.tiff_to_pdf`` (the one TIFF converter of the
+project; docs/inbound.md); a PDF is checked for readable pages and kept as
 is. A file that cannot be read is never dropped: it becomes the attachment
 as it came, ``application/octet-stream``, and ``problem`` says why, so the
 caller can add a note and tell the admin.
@@ -15,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gatewayd.email_to_fax.documents import ConversionError, pdf_page_count, tiff_to_pdf
+from gatewayd.documents.errors import ConversionError
+from gatewayd.documents.images import tiff_to_pdf
+from gatewayd.documents.pdf import pdf_page_count
 from gatewayd.fax_to_email.message import FaxAttachment, attachment_name
+from gatewayd.filekinds import fax_file_kind
 from gatewayd.logs import get_logger
-from gatewayd.provider.client import sniff_kind
 
 log = get_logger(__name__)
 
@@ -54,7 +57,7 @@ def prepare_fax(
     """Check ``data`` and build the attachments ``[inbound].attach`` asks for."""
     if attach not in ATTACH_MODES:
         raise ValueError(f"attach must be one of {ATTACH_MODES}, not {attach!r}")
-    kind = sniff_kind(data)
+    kind = fax_file_kind(data)
     notes = tuple(n for n in (size_note(expected_size, len(data)),) if n)
 
     def name(ext: str) -> str:

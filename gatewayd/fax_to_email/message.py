@@ -1,4 +1,4 @@
-"""The email for a received fax (SPEC section 6, "Received fax").
+"""The email for a received fax (docs/inbound.md, The email).
 
 Everything about the fax comes from the provider (caller id, destination)
 and is therefore untrusted: header values go through ``compose``'s

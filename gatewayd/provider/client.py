@@ -36,6 +36,7 @@ import httpx
 import structlog
 
 from gatewayd.backoff import backoff_delay
+from gatewayd.filekinds import fax_file_kind
 from gatewayd.provider.errors import (
     AmbiguousSubmit,
     AuthError,
@@ -88,7 +89,6 @@ __all__ = [
     "Rejected",
     "SentFax",
     "User",
-    "sniff_kind",
 ]
 
 # --------------------------------------------------------------------------
@@ -123,15 +123,6 @@ RETRYABLE_STATUSES: frozenset[str] = frozenset({"failed"})
 CANCELABLE_STATUSES: frozenset[str] = frozenset({"ready_to_send", "failed"})
 
 OnRequest = Callable[[str, str, int | None, float], None]
-
-
-def sniff_kind(data: bytes) -> FileKind:
-    """PDF or TIFF by magic bytes; Content-Type and file names are not trusted."""
-    if data.startswith(b"%PDF-"):
-        return "pdf"
-    if data.startswith(b"II*\x00") or data.startswith(b"MM\x00*"):
-        return "tiff"
-    return "unknown"
 
 
 # --------------------------------------------------------------------------
@@ -306,7 +297,7 @@ class ProviderClient:
                 f"document is {len(document)} bytes, the provider takes at most {MAX_DOCUMENT_BYTES}",
                 reason="too_large",
             )
-        kind = sniff_kind(document)
+        kind = fax_file_kind(document)
         if kind == "unknown":
             raise DocumentRefused("document is neither PDF nor TIFF", reason="unsupported_type")
         # Settle everything that may fail harmlessly (time zone, token, rate
@@ -411,7 +402,7 @@ class ProviderClient:
         data = resp.content
         return FaxFile(
             data=data,
-            kind=sniff_kind(data),
+            kind=fax_file_kind(data),
             content_type=resp.headers.get("content-type", "application/octet-stream"),
         )
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+from gatewayd.filekinds import FaxFileKind
 
 __all__ = ["FINAL_STATUSES", "Extension", "FaxFile", "FileKind", "IncomingFax", "SentFax", "User"]
 
 #: Statuses after which the provider will not change a sent fax by itself.
 FINAL_STATUSES: frozenset[str] = frozenset({"sent", "canceled", "error"})
 
-FileKind = Literal["pdf", "tiff", "unknown"]
+FileKind = FaxFileKind  # one definition: gatewayd/filekinds.py
 
 
 @dataclass(frozen=True)

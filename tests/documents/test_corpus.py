@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from gatewayd.email_to_fax.documents import CoverPage, build_document, wants_cover
+from gatewayd.documents.builder import build_document
+from gatewayd.documents.cover import CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import IntakeRefused
 from gatewayd.email_to_fax.parse import parse_message
-from tests.corpus import ACCEPTED, BARE_LF, CorpusCase
+from tests.corpus import ACCEPTED, CorpusCase
 
 
 def reply_for(raw: bytes) -> str:
@@ -28,22 +29,15 @@ def reply_for(raw: bytes) -> str:
     return f"{ACCEPTED}1"
 
 
-def test_corpus_shape(corpus: list[CorpusCase]) -> None:
-    names = [case.name for case in corpus]
-    assert len(corpus) >= 30
-    assert len(set(names)) == len(names)
-    refused = [case for case in corpus if case.expected_reply_prefix != ACCEPTED]
-    assert len(refused) >= 30
-    for case in corpus:
-        if case.expected_reply_prefix != BARE_LF:
-            assert case.raw.count(b"\n") == case.raw.count(b"\r\n"), case.name
-
-
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # our limit comes first
 def test_every_case_gets_its_reply(corpus: list[CorpusCase]) -> None:
     wrong = {}
+    refused = 0
     for case in corpus:
         reply = reply_for(case.raw)
+        refused += not reply.startswith(ACCEPTED)
         if not reply.startswith(case.expected_reply_prefix):
             wrong[case.name] = (reply, case.expected_reply_prefix)
     assert not wrong
+    # The parser and builder refused many different hostile messages, not a handful.
+    assert refused >= 30 and len(corpus) - refused >= 1

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gatewayd.email_to_fax import documents
-from gatewayd.email_to_fax.documents import CoverPage, render_cover
+from gatewayd.documents import cover
+from gatewayd.documents.cover import CoverPage, render_cover
 from tests.corpus import pdftotext
 
 
 def test_cyrillic_and_greek_draw_with_the_subset(tmp_path: Path) -> None:
     text = "Счёт № 42 — Ελληνικά, «ćšž» 5 €"
-    assert documents._COVER_FONT.path_for(text) != documents.FONT_PATH
+    assert cover._COVER_FONT.path_for(text) != cover.FONT_PATH
     pdf = render_cover(CoverPage("Иван <ivan@example.com>", "+7 812 309-26-31", "today", text, "Прошу оплатить."))
     found = pdftotext(pdf, tmp_path)
     assert text in found and "Иван <ivan@example.com>" in found and "Прошу оплатить." in found
@@ -22,6 +22,6 @@ def test_cyrillic_and_greek_draw_with_the_subset(tmp_path: Path) -> None:
 
 def test_a_character_outside_the_subset_draws_with_the_whole_font(tmp_path: Path) -> None:
     text = "Armenian Բարեւ, Georgian გამარჯობა"
-    assert documents._COVER_FONT.path_for(text) == documents.FONT_PATH
+    assert cover._COVER_FONT.path_for(text) == cover.FONT_PATH
     found = pdftotext(render_cover(CoverPage("a@example.com", "123", "today", text, "")), tmp_path)
     assert "Բարեւ" in found and "გამარჯობა" in found

@@ -14,13 +14,13 @@ from gatewayd.email_to_fax.errors import (
     IntakeRefused,
     MalformedMessage,
 )
+from gatewayd.email_to_fax.bodytext import html_to_text
 from gatewayd.email_to_fax.parse import (
     MAX_FILENAME_CHARS,
-    html_to_text,
     parse_message,
     safe_filename,
-    sniff_kind,
 )
+from gatewayd.filekinds import fax_file_kind, sniff_kind
 from tests.corpus import (
     _crlf,
     _TOP,
@@ -140,6 +140,23 @@ def test_attachments_keep_their_order_and_kind_comes_from_content() -> None:
 )
 def test_sniff_kind(data: bytes, kind: str | None) -> None:
     assert sniff_kind(data) == kind
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"%PDF-1.7\n...", "pdf"),
+        (b"\r\n\r\njunk%PDF-1.4\n", "unknown"),  # the provider's files start with the header
+        (b"II*\x00\x08\x00\x00\x00", "tiff"),
+        (b"MM\x00*\x00\x00\x00\x08", "tiff"),
+        (b"II+\x00\x08\x00\x00\x00", "unknown"),  # BigTIFF: not what a fax provider sends
+        (b"II*\x00" + b"\x00" * 20 + b"%PDF-1.4", "tiff"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "unknown"),
+        (b"", "unknown"),
+    ],
+)
+def test_fax_file_kind_is_stricter_than_sniff_kind(data: bytes, kind: str) -> None:
+    assert fax_file_kind(data) == kind
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.email_to_fax import parse
+from gatewayd.email_to_fax import parse, skeleton
 from gatewayd.email_to_fax.errors import IntakeRefused
 
 
@@ -24,15 +24,15 @@ from gatewayd.email_to_fax.errors import IntakeRefused
 def fast_path(enabled: bool) -> Iterator[None]:
     """Enabled: every base64 body, however short, is taken from its slice.
     Disabled: the quick look never offers a body, so the plain parse runs."""
-    saved = parse._SLICE_MIN, parse._skeleton
+    saved = skeleton.SLICE_MIN, skeleton.find_regions
     try:
         if enabled:
-            parse._SLICE_MIN = 1
+            skeleton.SLICE_MIN = 1
         else:
-            parse._skeleton = lambda raw, **kw: []  # type: ignore[assignment]
+            skeleton.find_regions = lambda raw, **kw: []  # type: ignore[assignment]
         yield
     finally:
-        parse._SLICE_MIN, parse._skeleton = saved
+        skeleton.SLICE_MIN, skeleton.find_regions = saved
 
 
 def outcome(raw: bytes, *, fast: bool) -> tuple[str, object]:

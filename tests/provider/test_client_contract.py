@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gatewayd.filekinds import fax_file_kind
 from gatewayd.provider.client import (
     INFERRED_PATHS,
     MAX_DOCUMENT_BYTES,
@@ -17,7 +18,6 @@ from gatewayd.provider.client import (
     NotFound,
     ProviderClient,
     Rejected,
-    sniff_kind,
 )
 from gatewayd.provider.simulator import run_simulator
 
@@ -40,12 +40,12 @@ def test_paths_table_marks_inferred_paths() -> None:
         assert "# inferred" in line, line
 
 
-def test_sniff_kind() -> None:
-    assert sniff_kind(b"%PDF-1.7\n") == "pdf"
-    assert sniff_kind(b"II*\x00rest") == "tiff"
-    assert sniff_kind(b"MM\x00*rest") == "tiff"
-    assert sniff_kind(b"\x89PNG\r\n") == "unknown"
-    assert sniff_kind(b"") == "unknown"
+def test_fax_file_kind() -> None:
+    assert fax_file_kind(b"%PDF-1.7\n") == "pdf"
+    assert fax_file_kind(b"II*\x00rest") == "tiff"
+    assert fax_file_kind(b"MM\x00*rest") == "tiff"
+    assert fax_file_kind(b"\x89PNG\r\n") == "unknown"
+    assert fax_file_kind(b"") == "unknown"
 
 
 async def test_from_config(sim) -> None:
