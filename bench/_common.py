@@ -27,7 +27,8 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
-from gatewayd.tomlwriter import dumps as to_toml
+
+from tomli_w import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

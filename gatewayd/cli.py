@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from gatewayd import __version__
 from gatewayd.config import Config, ConfigError, config_path, load_config
+from gatewayd.jobstates import JOB_STATES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -194,8 +195,6 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from gatewayd.store import JOB_STATES
-
     if args.state and args.state not in JOB_STATES:
         raise CommandError(f"unknown state {args.state!r}; one of {', '.join(JOB_STATES)}", EXIT_USAGE)
     if args.limit < 1:

@@ -19,12 +19,17 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TextIO
 
+from fpdf import FPDF
+from PIL import Image, ImageDraw
+from tomli_w import dumps as to_toml
+
+from gatewayd.cli import CommandError
 from gatewayd.config import Config, load_config, load_config_data
 from gatewayd.daemon import Daemon
 from gatewayd.logs import setup_logging
 from gatewayd.mailsink import MailSink, SunkMail
+from gatewayd.provider.simulator import run_simulator
 from gatewayd.sdnotify import Notifier
-from gatewayd.tomlwriter import dumps as to_toml
 
 FAX_DOMAIN = "fax.example.com"
 SAMPLE_NUMBER = "+7-812-309-26-31"
@@ -98,8 +103,6 @@ def write_demo_config(path: Path, data: dict[str, Any]) -> Config:
 
 
 def sample_pdf() -> bytes:
-    from fpdf import FPDF
-
     pdf = FPDF(format="A4")
     pdf.add_page()
     font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -117,8 +120,6 @@ def sample_pdf() -> bytes:
 
 def sample_tiff(pages: int = 2) -> bytes:
     """A G4 TIFF at fax resolution, like a fax machine's."""
-    from PIL import Image, ImageDraw
-
     frames = []
     for n in range(pages):
         img = Image.new("1", (1728, 2200), 1)
@@ -206,8 +207,6 @@ async def _follow_job(daemon: Daemon, job_id: int, tour: Tour, timeout: float) -
 
 
 async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = False, out: TextIO | None = None) -> int:
-    from gatewayd.provider.simulator import run_simulator
-
     out = out or sys.stdout
     tour = Tour(out)
     workdir = workdir.absolute()
@@ -330,8 +329,6 @@ def _print_try_it(tour: Tour, smtp_port: int, maildir: Path, config_file: Path, 
 
 
 def main(args: argparse.Namespace) -> int:
-    from gatewayd.cli import CommandError
-
     setup_logging("warning", "console")
     try:
         return asyncio.run(run_demo(Path(args.dir), args.smtp_port, exit_after_tour=args.exit_after_tour))

@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gatewayd.jobstates import ACTIVE_STATES, JOB_STATES
 from gatewayd.logs import get_logger
-from gatewayd.metrics import ACTIVE_JOB_STATES, CONTENT_TYPE_LATEST
-from gatewayd.store import JOB_STATES
+from gatewayd.metrics import CONTENT_TYPE_LATEST
 
 log = get_logger(__name__)
 
@@ -38,7 +38,7 @@ def read_store_facts(store: Any, now: float) -> StoreFacts:
     jobs = store.job_counts()
     depth, oldest = store.outbox_stats()
     ages: dict[str, float] = {}
-    for job in store.jobs_in_states(ACTIVE_JOB_STATES):
+    for job in store.jobs_in_states(ACTIVE_STATES):
         ages[job.state] = max(ages.get(job.state, 0.0), now - job.created_at)
     count_received = getattr(store, "count_received", None)
     held = count_received("no_recipient") if count_received is not None else None
@@ -77,7 +77,7 @@ async def gather_health(rt: Any) -> tuple[bool, dict[str, Any], StoreFacts]:
     if facts.ok:
         for state in JOB_STATES:
             m.jobs.labels(state).set(facts.jobs.get(state, 0))
-        for state in ACTIVE_JOB_STATES:
+        for state in ACTIVE_STATES:
             m.jobs_oldest.labels(state).set(facts.oldest_job_age.get(state, 0.0))
         m.outbox_depth.set(facts.outbox_depth)
         m.outbox_oldest.set(facts.outbox_oldest or 0)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gatewayd import __version__
+from gatewayd.jobstates import ACTIVE_STATES, JOB_STATES
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
@@ -23,8 +24,6 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 disable_created_metrics()
 
 # Known label values (others may appear; these exist from the start).
-JOB_STATES = ("queued", "submitting", "submitted", "sending", "sent", "failed", "canceled", "error", "rejected", "unknown")
-ACTIVE_JOB_STATES = ("queued", "submitting", "submitted", "sending")
 SUBMISSION_RESULTS = ("ok", "adopted", "requeued", "ambiguous", "unavailable", "auth_error", "rejected")
 PROVIDER_ERROR_KINDS = ("unreachable", "rate_limited", "server_error", "auth", "rejected")
 SMTP_CODES = ("250", "421", "450", "451", "452", "530", "535", "550", "552", "553", "554")
@@ -86,7 +85,7 @@ class Metrics:
         self.healthy.set(1)
         for state in JOB_STATES:
             self.jobs.labels(state)
-        for state in ACTIVE_JOB_STATES:
+        for state in ACTIVE_STATES:
             self.jobs_oldest.labels(state)
         for values, family in (
             (SUBMISSION_RESULTS, self.submissions),

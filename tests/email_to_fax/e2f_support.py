@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from tomli_w import dumps as to_toml
+
 from gatewayd.config import Config, HostPort, load_config
 from gatewayd.daemon import Runtime
 from gatewayd.email_to_fax.intake import Intake
@@ -30,7 +32,6 @@ from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store
-from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

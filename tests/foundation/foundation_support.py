@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
-from gatewayd.tomlwriter import dumps as to_toml
+from tomli_w import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -53,10 +53,10 @@ def test_migrations_from_empty_and_reopen(tmp_path) -> None:
     state = tmp_path / "state"
     s = Store(state)
     assert s.schema_version == len(MIGRATIONS) >= 2
-    tables = {r[0] for r in s._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {r[0] for r in s._db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"jobs", "job_events", "outbox", "received", "sender_usage", "intake_keys", "meta"} <= tables
-    assert s._query("PRAGMA journal_mode")[0][0] == "wal"
-    assert s._query("PRAGMA synchronous")[0][0] == 2  # FULL
+    assert s._db.query("PRAGMA journal_mode")[0][0] == "wal"
+    assert s._db.query("PRAGMA synchronous")[0][0] == 2  # FULL
     job_id = enqueue(s)[0]
     s.set_meta("k", "v")
     s.close()
@@ -490,7 +490,7 @@ def test_transition_rejects_bad_input(store) -> None:
 
 def test_a_failed_commit_changes_nothing(store) -> None:
     (job_id,) = enqueue(store)
-    store._conn.execute("CREATE TRIGGER no_events BEFORE INSERT ON job_events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    store._db.conn.execute("CREATE TRIGGER no_events BEFORE INSERT ON job_events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
     with pytest.raises(StoreError, match="disk on fire"):
         store.transition(job_id, "submitting", "x")
     assert store.get_job(job_id).state == "queued"  # the job row's update was rolled back too
@@ -520,7 +520,7 @@ def test_mark_mail_sent_marks_the_received_fax_relayed(store) -> None:
 def test_mark_mail_sent_is_one_commit(store) -> None:
     """If marking the fax relayed fails, the mail is not marked sent either."""
     outbox_id = store.queue_received(fax(), "fax@example.com", b"m")
-    store._conn.execute("CREATE TRIGGER stuck BEFORE UPDATE ON received BEGIN SELECT RAISE(ABORT, 'no'); END")
+    store._db.conn.execute("CREATE TRIGGER stuck BEFORE UPDATE ON received BEGIN SELECT RAISE(ABORT, 'no'); END")
     with pytest.raises(StoreError):
         store.mark_mail_sent(outbox_id)
     assert store.get_mail(outbox_id).state == "pending"

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pikepdf
+from tomli_w import dumps as to_toml
 
 from gatewayd.config import Config, load_config
 from gatewayd.daemon import Runtime
@@ -53,7 +54,6 @@ from gatewayd.email_to_fax.intake import Intake
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.store import Store
-from gatewayd.tomlwriter import dumps as to_toml
 
 DOVECOT = "/usr/sbin/dovecot"
 IMAP_USER = "fax"

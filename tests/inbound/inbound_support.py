@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, syntax
+from tomli_w import dumps as to_toml
 
 from gatewayd.config import Config, load_config_data
 from gatewayd.daemon import Runtime
@@ -28,7 +29,6 @@ from gatewayd.mailsink import MailSink, SunkMail
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store
-from gatewayd.tomlwriter import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 A4 = (595.28, 841.89)

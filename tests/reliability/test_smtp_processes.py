@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tomli_w import dumps as to_toml
 from rel_support import (
     DOMAIN,
     NUMBERS,
@@ -57,7 +58,6 @@ from rel_support import (
 
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.provider.simulator import run_simulator
-from gatewayd.tomlwriter import dumps as to_toml
 
 WORKER_MODULE = "gatewayd.email_to_fax.smtp_processes"
 NOT_AUTHORISED = "550 5.7.1 sender not authorised"

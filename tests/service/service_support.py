@@ -23,7 +23,8 @@ from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
-from gatewayd.tomlwriter import dumps as to_toml
+
+from tomli_w import dumps as to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -1,0 +1,102 @@
+"""The store's schema, as an ordered list of migrations (SQLite ``user_version`` N = the first N applied).
+
+Append only: a released migration is never edited. docs/architecture.md,
+"Storage layout", describes the tables.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        number TEXT NOT NULL,
+        dst_num TEXT NOT NULL,
+        extension INTEGER NOT NULL,
+        report_to TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL,
+        message_id TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        document TEXT NOT NULL,
+        pages INTEGER NOT NULL,
+        doc_bytes INTEGER NOT NULL,
+        provider_id INTEGER,
+        provider_status TEXT NOT NULL DEFAULT '',
+        submitted_at REAL,
+        finished_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        auto_retries_used INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        rule_key TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE UNIQUE INDEX jobs_provider ON jobs(extension, provider_id) WHERE provider_id IS NOT NULL;
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        at REAL NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX job_events_job ON job_events(job_id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL DEFAULT '',
+        mail_from TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        message BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        sent_at REAL
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    CREATE TABLE received (
+        uuid TEXT PRIMARY KEY,
+        extension_id INTEGER NOT NULL,
+        caller_id TEXT NOT NULL DEFAULT '',
+        destination TEXT NOT NULL DEFAULT '',
+        fax_time TEXT NOT NULL DEFAULT '',
+        file_size INTEGER NOT NULL DEFAULT 0,
+        first_seen REAL NOT NULL,
+        state TEXT NOT NULL,
+        recipients TEXT NOT NULL DEFAULT '[]',
+        outbox_id INTEGER REFERENCES outbox(id),
+        relayed_at REAL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX received_state ON received(state);
+    CREATE TABLE sender_usage (
+        rule_key TEXT NOT NULL,
+        at REAL NOT NULL,
+        count INTEGER NOT NULL
+    );
+    CREATE INDEX sender_usage_rule ON sender_usage(rule_key, at);
+    CREATE TABLE intake_keys (
+        key TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        job_ids TEXT NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+    # 2: a job's final report is queued once, in the same commit that sets this
+    """
+    ALTER TABLE jobs ADD COLUMN reported_at REAL;
+    CREATE INDEX jobs_unreported ON jobs(finished_at) WHERE finished_at IS NOT NULL AND reported_at IS NULL;
+    """,
+]
