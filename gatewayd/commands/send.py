@@ -30,7 +30,7 @@ import sys
 
 from gatewayd.cli import EXIT_OK, EXIT_USAGE, CommandError, open_store, load
 from gatewayd.config import Config, is_email_address
-from gatewayd.daemon import Runtime
+from gatewayd.runtime import Runtime
 from gatewayd.email_to_fax.errors import IntakeRefused, SenderNotAuthorised
 from gatewayd.email_to_fax.intake import Intake, message_from_files
 from gatewayd.email_to_fax.policy import Authorisation, NumberPolicy, SenderPolicy, is_bounce_address

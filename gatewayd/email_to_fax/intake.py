@@ -19,13 +19,13 @@ import email.utils
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from gatewayd.email_to_fax.documents import CoverPage, DocumentBuilder, FaxDocument, wants_cover
 from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
 from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename, sniff_kind
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.logs import get_logger
+from gatewayd.runtime import Runtime
 from gatewayd.store import NewJob
 
 log = get_logger(__name__)
@@ -44,7 +44,7 @@ _MAX_NOTE = 2000
 class Intake:
     """Turns an authorised message into durable jobs (SPEC sections 4, 5 and 7)."""
 
-    def __init__(self, rt: Any, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
+    def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
         self.rt = rt
         self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes)
         self.inline_bytes = inline_bytes
