@@ -19,6 +19,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TextIO
 
+from gatewayd.commands.common import CommandError
 from gatewayd.config import Config, load_config, load_config_data
 from gatewayd.daemon import Daemon
 from gatewayd.logs import setup_logging
@@ -327,8 +328,6 @@ def _print_try_it(tour: Tour, smtp_port: int, maildir: Path, config_file: Path, 
 
 
 def main(args: argparse.Namespace) -> int:
-    from gatewayd.cli import CommandError
-
     setup_logging("warning", "console")
     try:
         return asyncio.run(run_demo(Path(args.dir), args.smtp_port, exit_after_tour=args.exit_after_tour))

@@ -29,7 +29,7 @@ import asyncio
 import sys
 from typing import Any, Awaitable, Callable
 
-from gatewayd.cli import EXIT_OK, CommandError, open_store, load
+from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
 from gatewayd.config import Config
 from gatewayd.logs import setup_logging
 from gatewayd.provider.client import NotFound, ProviderClient, ProviderError, RateLimited, Rejected, SentFax

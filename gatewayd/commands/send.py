@@ -28,15 +28,15 @@ import asyncio
 import re
 import sys
 
-from gatewayd.cli import EXIT_OK, EXIT_USAGE, CommandError, open_store, load
+from gatewayd.commands.common import EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, is_email_address
-from gatewayd.runtime import Runtime
 from gatewayd.email_to_fax.errors import IntakeRefused, SenderNotAuthorised
 from gatewayd.email_to_fax.intake import Intake, message_from_files
 from gatewayd.email_to_fax.policy import Authorisation, NumberPolicy, SenderPolicy, is_bounce_address
 from gatewayd.health import Health
 from gatewayd.logs import setup_logging
 from gatewayd.metrics import Metrics
+from gatewayd.runtime import Runtime
 
 EXIT_REFUSED = 1
 
