@@ -1,4 +1,4 @@
-"""``gatewayd cancel ID`` and ``gatewayd retry ID`` (SPEC sections 2 and 5).
+"""``gatewayd cancel ID`` and ``gatewayd retry ID`` (docs/operations.md; docs/reports.md, Cancel and retry from the command line).
 
 They work on the state directory while the daemon runs. Every change is a
 compare-and-set (``Store.transition(expect=...)``), so the command line and

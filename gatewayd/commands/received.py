@@ -1,4 +1,4 @@
-"""``gatewayd received`` and ``gatewayd mailto`` (SPEC section 2).
+"""``gatewayd received`` and ``gatewayd mailto`` (docs/operations.md; docs/inbound.md, Commands).
 
 ``received`` reads the received-fax ledger in the state directory (SQLite
 WAL: safe while the daemon runs). ``mailto`` talks to the provider with the

@@ -17,7 +17,7 @@ administrator. So ``--from`` is optional:
   envelope sender over SMTP; that rule's extension, page limit and hourly
   limit apply, and the report goes to ADDR. ``--extension`` still wins.
 
-Exit 0 and ``queued as <id>`` on stdout; a refusal prints the SPEC's reason
+Exit 0 and ``queued as <id>`` on stdout; a refusal prints its reason (docs/smtp.md, Replies)
 on stderr and exits 1; usage and configuration errors exit 2.
 """
 

@@ -1,4 +1,4 @@
-"""Why a message or recipient is refused, as the SMTP reply the SPEC prescribes.
+"""Why a message or recipient is refused, as the SMTP reply docs/smtp.md prescribes (Replies).
 
 Every refusal in the email-to-fax path is an ``IntakeRefused`` carrying the
 exact reply. The SMTP listener sends ``exc.smtp_reply``; the IMAP intake and
@@ -60,7 +60,7 @@ class IntakeRefused(Exception):
 
     @property
     def reply(self) -> str:
-        """The SPEC reply with ``text`` as it is (any script): for humans."""
+        """The reply of docs/smtp.md with ``text`` as it is (any script): for humans."""
         return f"{self.code} {self.status} {self.text}"
 
     @property

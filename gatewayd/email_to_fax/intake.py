@@ -4,9 +4,9 @@
 builds one fax document (cover page + attachments), writes it durably and
 stores one job per destination in a single commit. Only then does it return
 the job ids, so a caller that answers "250 queued" after it has kept its
-promise (SPEC section 7).
+promise (docs/architecture.md, Durability rules).
 
-Refusals are ``IntakeRefused`` subclasses carrying the SPEC's SMTP reply.
+Refusals are ``IntakeRefused`` subclasses carrying their SMTP reply (docs/smtp.md, Replies).
 Anything else that goes wrong (the store, the disk, a bug) is logged and
 becomes ``TemporaryFailure`` (451): the client keeps the message and tries
 again, which is always safe because nothing was committed.
@@ -42,7 +42,7 @@ _MAX_NOTE = 2000
 
 
 class Intake:
-    """Turns an authorised message into durable jobs (SPEC sections 4, 5 and 7)."""
+    """Turns an authorised message into durable jobs (docs/architecture.md, Email to fax, step by step)."""
 
     def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
         self.rt = rt
@@ -164,7 +164,7 @@ def _sender_line(parsed: ParsedMessage, report_to: str) -> str:
 
 
 def _note(parsed: ParsedMessage) -> str:
-    """What was not faxed, in words for the report (SPEC: never silently dropped)."""
+    """What was not faxed, in words for the report (docs/documents.md, Reading the message: never silently dropped)."""
     parts = []
     if parsed.unsupported:
         parts.append("not faxed: " + "; ".join(f"{u.filename} ({u.reason})" for u in parsed.unsupported))

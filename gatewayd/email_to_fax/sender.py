@@ -1,4 +1,4 @@
-"""Submits queued fax jobs to the provider, at most once each (SPEC section 5).
+"""Submits queued fax jobs to the provider, at most once each (docs/provider.md, The fax POST is never repeated blindly).
 
 The provider's fax POST has no idempotency key, so the order of events is
 what keeps a fax from being sent twice:

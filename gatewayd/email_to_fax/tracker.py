@@ -1,4 +1,4 @@
-"""Follows every submitted fax at the provider until it ends (SPEC section 5).
+"""Follows every submitted fax at the provider until it ends (docs/reports.md, Job states after submission).
 
 Service ``Tracker`` ("tracker") watches the jobs in ``AT_PROVIDER`` states
 (submitted, sending, and failed awaiting an automatic retry) and moves them
@@ -50,7 +50,7 @@ log = get_logger(__name__)
 
 NO_LONGER_KNOWN = "the provider no longer knows this fax; its outcome is unknown"
 
-# Provider status words (provider-api.md, "Sending").
+# Provider status words (docs/provider.md).
 P_READY = "ready_to_send"
 P_SENDING = "sending"
 P_SENT = "sent"
