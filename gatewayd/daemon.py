@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import ssl
 import time
 from typing import Any, Callable
 
@@ -50,13 +51,15 @@ def build_provider(config: Config, metrics: Metrics) -> ProviderApi:
     return ProviderClient.from_config(config.provider, on_request=metrics.observe_provider_request)
 
 
-def build_smtp_listener(rt: Runtime, intake: Intake, *, tuning: SmtpTuning | None = None) -> SmtpListener:
+def build_smtp_listener(
+    rt: Runtime, intake: Intake, *, tuning: SmtpTuning | None = None, tls_context: ssl.SSLContext | None = None
+) -> SmtpListener:
     """The SMTP listener, with its other listener processes when ``smtp.processes`` > 1
     (gatewayd/email_to_fax/smtp_processes.py; the listener starts them once it is bound)."""
     tuning = tuning or SmtpTuning()
     more = rt.config.smtp.processes - 1
     processes = ListenerProcesses(rt, more, tuning) if more > 0 else None
-    return SmtpListener(rt, intake, tuning=tuning, processes=processes)
+    return SmtpListener(rt, intake, tuning=tuning, tls_context=tls_context, processes=processes)
 
 
 def build_services(rt: Runtime) -> list[Service]:
