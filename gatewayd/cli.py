@@ -1,8 +1,10 @@
-"""The ``gatewayd`` command line (SPEC section 2).
+"""The ``gatewayd`` command line (docs/operations.md, The command line):
+parses the arguments and runs the command.
 
 Usage and configuration errors exit 2 with the reason on stderr. Commands
 that read or change jobs open the state directory directly: SQLite in WAL
-mode lets them work while the daemon runs.
+mode lets them work while the daemon runs. The helpers every command shares
+are in gatewayd/commands/common.py.
 """
 
 from __future__ import annotations
@@ -10,25 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
+import getpass
 import os
+import signal
 import sys
 from datetime import datetime
 from typing import Callable, Sequence
 
 from gatewayd import __version__
-from gatewayd.config import Config, ConfigError, config_path, load_config
+from gatewayd.commands import control, received
+from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
+from gatewayd.config import Config, config_path
 from gatewayd.jobstates import JOB_STATES
+from gatewayd.logs import get_logger, setup_logging
+from gatewayd.passwords import hash_password
+from gatewayd.store import Job, JobEvent, JobNotFound, StoreError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class CommandError(Exception):
-    """A user-facing failure of a command: printed without a traceback."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "main"]
 
 
 def _add_config_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -87,31 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> Config:
-    path = config_path(args.config)
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CommandError(format_problems(path, exc.problems), EXIT_USAGE) from None
-
-
-def format_problems(path: str, problems: list[str]) -> str:
-    """One problem per line, ``key.path: reason``, under a line naming the file."""
-    if len(problems) == 1 and problems[0].startswith(f"{path}:"):
-        return problems[0]  # the file itself: unreadable, not TOML
-    count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
-    return f"invalid configuration {path} ({count}):\n" + "\n".join(f"  {p}" for p in problems)
-
-
 # ------------------------------------------------------------------ commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import signal
-
+    # Imported here for start-up speed: the daemon pulls in every component,
+    # which the one-shot commands do not need.
     from gatewayd.daemon import Daemon
-    from gatewayd.logs import get_logger, setup_logging
-    from gatewayd.store import StoreError
 
     config = load(args)
     setup_logging(config.log.level, config.log.format)
@@ -162,11 +144,7 @@ def summarise_config(c: Config) -> str:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    from gatewayd.passwords import hash_password
-
     if sys.stdin.isatty():
-        import getpass
-
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
             raise CommandError("the passwords differ")
@@ -176,18 +154,6 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         raise CommandError("empty password", EXIT_USAGE)
     print(hash_password(password))
     return EXIT_OK
-
-
-def open_store(config: Config):  # -> gatewayd.store.Store
-    """The state directory's store, for commands that run beside the daemon."""
-    from gatewayd.store import Store, StoreError
-
-    if not config.state_dir.exists():
-        raise CommandError(f"no state directory at {config.state_dir} (has the daemon run yet?)")
-    try:
-        return Store(config.state_dir)
-    except StoreError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def _when(ts: float | None) -> str:
@@ -211,8 +177,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from gatewayd.store import JobNotFound
-
     store = open_store(load(args))
     try:
         try:
@@ -226,7 +190,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_job(job, events) -> str:
+def format_job(job: Job, events: Sequence[JobEvent]) -> str:
     rows = [
         ("job", str(job.id)),
         ("state", job.state + (f" ({job.reason})" if job.reason else "")),
@@ -255,19 +219,25 @@ def format_job(job, events) -> str:
     return "\n".join(out)
 
 
-def _delegate(module: str, attr: str = "main") -> Callable[[argparse.Namespace], int]:
-    """Commands implemented in their own module, loaded only when used."""
+def cmd_demo(args: argparse.Namespace) -> int:
+    # Imported here for start-up speed: the demo runs the whole daemon.
+    from gatewayd import demo
 
-    def run(args: argparse.Namespace) -> int:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                raise CommandError(f"'{args.command}' is not available yet in this build") from None
-            raise
-        return getattr(mod, attr)(args)
+    return demo.main(args)
 
-    return run
+
+def cmd_send(args: argparse.Namespace) -> int:
+    # Imported here for start-up speed: sending loads the document pipeline.
+    from gatewayd.commands import send
+
+    return send.main(args)
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    # Imported here for start-up speed: the simulator is an aiohttp server.
+    from gatewayd.commands import simulator
+
+    return simulator.main(args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -276,13 +246,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "hash-password": cmd_hash_password,
     "jobs": cmd_jobs,
     "job": cmd_job,
-    "demo": _delegate("gatewayd.demo"),
-    "send": _delegate("gatewayd.commands.send"),
-    "cancel": _delegate("gatewayd.commands.control", "cancel"),
-    "retry": _delegate("gatewayd.commands.control", "retry"),
-    "received": _delegate("gatewayd.commands.received", "received"),
-    "mailto": _delegate("gatewayd.commands.received", "mailto"),
-    "simulator": _delegate("gatewayd.commands.simulator"),
+    "demo": cmd_demo,
+    "send": cmd_send,
+    "cancel": control.cancel,
+    "retry": control.retry,
+    "received": received.received,
+    "mailto": received.mailto,
+    "simulator": cmd_simulator,
 }
 
 
@@ -291,8 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # One-shot commands log only warnings, to stderr: stdout is their output.
     # `run` and `demo` configure logging again from their own settings.
-    from gatewayd.logs import setup_logging
-
     setup_logging("warning", "auto", sys.stderr)
     try:
         return COMMANDS[args.command](args)

@@ -1,12 +1,13 @@
-"""The daemon: builds every component from the configuration in one place and
-runs them under a supervisor.
+"""The daemon: builds every component from the configuration in one place,
+runs them under a supervisor, and handles the signals (stop, reload).
 
-Each component is a ``Service``: ``start()`` binds what must be bound before
-systemd is told READY (listeners), ``run()`` is its long-running loop, and
-``stop()`` lets it finish in-flight work. A ``run()`` that crashes is logged
-and restarted with backoff; it never takes the daemon down. Collaborators
-(store, provider client, metrics, health, the current configuration) travel
-in one ``Runtime`` that is passed in, so tests wire real parts the same way.
+Each component is a ``Service`` (gatewayd/runtime.py): ``start()`` binds what
+must be bound before systemd is told READY (listeners), ``run()`` is its
+long-running loop, and ``stop()`` lets it finish in-flight work. A ``run()``
+that crashes is restarted with backoff (gatewayd/supervisor.py); it never
+takes the daemon down. Collaborators (store, provider client, metrics,
+health, the current configuration) travel in one ``Runtime`` that is passed
+in, so tests wire real parts the same way.
 """
 
 from __future__ import annotations
@@ -14,19 +15,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import random
 import signal
+import ssl
 import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable
 
 from gatewayd.config import Config, ConfigError, load_config
+from gatewayd.email_to_fax.imap import ImapIntake
+from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.sender import Sender
+from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
+from gatewayd.email_to_fax.smtp_processes import ListenerProcesses
+from gatewayd.email_to_fax.tracker import Tracker
+from gatewayd.fax_to_email.poller import InboundPoller
 from gatewayd.health import Health
+from gatewayd.http import HttpServer
 from gatewayd.logs import get_logger, setup_logging
+from gatewayd.mail.outbox import OutboxWorker
+from gatewayd.email_to_fax.report import Reporter
 from gatewayd.memory import release_free_memory
 from gatewayd.metrics import Metrics
+from gatewayd.provider.client import ProviderClient
+from gatewayd.runtime import ProviderApi, Runtime, Service
 from gatewayd.sdnotify import Notifier
 from gatewayd.store import Store
+from gatewayd.supervisor import Supervisor
 
 log = get_logger(__name__)
 
@@ -34,125 +47,19 @@ STOP_TIMEOUT = 8.0  # SIGTERM must end the process within 10 s
 MEMORY_RELEASE_EVERY = 60.0  # seconds between malloc_trim calls
 
 
-class Service(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def run(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-@dataclass
-class Runtime:
-    """What every component may use. ``config`` is replaced on reload."""
-
-    config: Config
-    store: Store
-    provider: Any  # gatewayd.provider.client.ProviderClient
-    metrics: Metrics
-    health: Health
-    clock: Callable[[], float] = time.time
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
-    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    def wake(self, name: str) -> None:
-        """Tell a worker (e.g. "sender", "reports", "outbox") there is work now."""
-        self.wakeups.setdefault(name, asyncio.Event()).set()
-
-    async def nap(self, name: str, seconds: float) -> bool:
-        """Sleep until woken by ``wake(name)``, the timeout, or stop; True when stopping."""
-        event = self.wakeups.setdefault(name, asyncio.Event())
-        if not event.is_set():
-            stop = asyncio.ensure_future(self.stopping.wait())
-            woken = asyncio.ensure_future(event.wait())
-            try:
-                await asyncio.wait({stop, woken}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                woken.cancel()
-        event.clear()
-        return self.stopping.is_set()
-
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep unless the daemon stops first; True when stopping."""
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, seconds))
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-
-class Supervisor:
-    """Runs services' ``run()`` as tasks; restarts a crashed one with backoff.
-
-    ``on_restart(name)`` is called for each restart (the daemon counts them
-    in ``gatewayd_service_restarts_total``).
-    """
-
-    def __init__(
-        self,
-        stopping: asyncio.Event,
-        *,
-        min_backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        on_restart: Callable[[str], None] | None = None,
-    ) -> None:
-        self.stopping = stopping
-        self.min_backoff = min_backoff
-        self.max_backoff = max_backoff
-        self.on_restart = on_restart
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.restarts: dict[str, int] = {}
-
-    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        self.tasks[name] = asyncio.create_task(self._keep_running(name, factory), name=name)
-
-    async def _keep_running(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        backoff = self.min_backoff
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                await factory()
-                if self.stopping.is_set():
-                    return
-                log.warning("service_returned", service=name)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if self.stopping.is_set():
-                    log.exception("service_failed_while_stopping", service=name)
-                    return
-                log.exception("service_crashed", service=name)
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-            if self.on_restart is not None:
-                with contextlib.suppress(Exception):
-                    self.on_restart(name)
-            if time.monotonic() - started > 5 * self.max_backoff:
-                backoff = self.min_backoff  # it ran fine for a long while
-            delay = backoff * (0.5 + random.random() / 2)
-            log.info("service_restart_scheduled", service=name, delay=round(delay, 2), restarts=self.restarts[name])
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=delay)
-            backoff = min(self.max_backoff, backoff * 2)
-
-    async def wait_stopped(self, timeout: float) -> None:
-        if not self.tasks:
-            return
-        done, pending = await asyncio.wait(self.tasks.values(), timeout=timeout)
-        for task in pending:
-            log.warning("service_cancelled_at_stop", service=task.get_name())
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
-
-
-def build_provider(config: Config, metrics: Metrics) -> Any:
-    from gatewayd.provider.client import ProviderClient
-
+def build_provider(config: Config, metrics: Metrics) -> ProviderApi:
     return ProviderClient.from_config(config.provider, on_request=metrics.observe_provider_request)
+
+
+def build_smtp_listener(
+    rt: Runtime, intake: Intake, *, tuning: SmtpTuning | None = None, tls_context: ssl.SSLContext | None = None
+) -> SmtpListener:
+    """The SMTP listener, with its other listener processes when ``smtp.processes`` > 1
+    (gatewayd/email_to_fax/smtp_processes.py; the listener starts them once it is bound)."""
+    tuning = tuning or SmtpTuning()
+    more = rt.config.smtp.processes - 1
+    processes = ListenerProcesses(rt, more, tuning) if more > 0 else None
+    return SmtpListener(rt, intake, tuning=tuning, tls_context=tls_context, processes=processes)
 
 
 def build_services(rt: Runtime) -> list[Service]:
@@ -161,35 +68,20 @@ def build_services(rt: Runtime) -> list[Service]:
     # Each flow adds its components here; keep the order: listeners last, so
     # workers are running before the first message is accepted.
     # --- wiring: email to fax
-    from gatewayd.email_to_fax.intake import Intake
-    from gatewayd.email_to_fax.sender import Sender
-    from gatewayd.email_to_fax.smtp import SmtpListener
-
     services.append(Sender(rt))
-    services.append(SmtpListener(rt, Intake(rt)))
+    services.append(build_smtp_listener(rt, Intake(rt)))
     # --- wiring: status tracking and outbox
-    from gatewayd.email_to_fax.tracker import Tracker
-    from gatewayd.mail.outbox import OutboxWorker
-    from gatewayd.email_to_fax.report import Reporter
-
     services.extend([Tracker(rt), Reporter(rt), OutboxWorker(rt)])
     # --- wiring: fax to email
     if rt.config.inbound.enabled:
-        from gatewayd.fax_to_email.poller import InboundPoller
-
         services.append(InboundPoller(rt))  # its emails go out through the OutboxWorker above
     # --- wiring: imap
     if rt.config.imap.enabled:
-        from gatewayd.email_to_fax.imap import ImapIntake
-        from gatewayd.email_to_fax.intake import Intake as MailboxIntake
-
         # Its own Intake (same code path as SMTP, own document-build slots):
         # a slow mailbox never holds up an SMTP client waiting for its 250.
-        services.append(ImapIntake(rt, MailboxIntake(rt)))
+        services.append(ImapIntake(rt, Intake(rt)))
     # --- wiring: http
     if rt.config.http.listen is not None:
-        from gatewayd.http import HttpServer
-
         services.append(HttpServer(rt))
     return services
 
@@ -202,7 +94,7 @@ class Daemon:
         config_path: str | None = None,
         notifier: Notifier | None = None,
         services_factory: Callable[[Runtime], list[Service]] = build_services,
-        provider_factory: Callable[[Config, Metrics], Any] = build_provider,
+        provider_factory: Callable[[Config, Metrics], ProviderApi] = build_provider,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -232,7 +124,7 @@ class Daemon:
         provider = self.provider_factory(self.config, metrics)
         rt = Runtime(config=self.config, store=store, provider=provider, metrics=metrics, health=health)
         self.rt = rt
-        self._retired_providers: list[Any] = []
+        self._retired_providers: list[ProviderApi] = []
         self._background: set[asyncio.Task[None]] = set()
         self._last_status = ""
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -323,13 +215,6 @@ class Daemon:
         retrying = len(store.jobs_in_states(("failed",)))
         return format_status(store.job_counts(), *store.outbox_stats(), retrying=retrying)
 
-    def _status_line(self, rt: Runtime) -> str:
-        """The STATUS= line, read on the calling thread (prefer ``_status``)."""
-        try:
-            return self._store_status(rt.store)
-        except Exception:
-            return "store not answering"
-
     async def _status(self, rt: Runtime, timeout: float = 5.0) -> str:
         try:
             return await asyncio.wait_for(rt.store.run(self._store_status, rt.store), timeout=timeout)
@@ -419,22 +304,6 @@ class Daemon:
         self.notifier.ready(status if applied else f"reload rejected, running configuration kept; {status}")
         return applied
 
-    def reload(self, rt: Runtime) -> bool:
-        """Synchronous reload (reads the file on the calling thread); see ``areload``."""
-        if not self.config_path:
-            log.warning("reload_without_config_file")
-            return False
-        self.notifier.reloading()
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload_rejected", path=str(self.config_path), problems=exc.problems)
-            self.notifier.ready("reload rejected: configuration invalid, running configuration kept")
-            return False
-        applied = self._apply(rt, new)
-        self.notifier.ready(self._status_line(rt))
-        return applied
-
     async def _reject(self, rt: Runtime, problems: list[str]) -> bool:
         log.error("reload_rejected", path=str(self.config_path), problems=problems)
         status = await self._status(rt)
@@ -468,7 +337,7 @@ class Daemon:
         log.info("reload_applied", path=str(self.config_path), changed=changed_sections(old, new), needs_restart=pending)
         return True
 
-    def _retire_provider(self, rt: Runtime, client: Any, timeout: float) -> None:
+    def _retire_provider(self, rt: Runtime, client: ProviderApi, timeout: float) -> None:
         """Close a replaced provider client once calls already running on it are surely over."""
         self._retired_providers.append(client)
 
@@ -481,7 +350,7 @@ class Daemon:
 
         try:
             task = asyncio.get_running_loop().create_task(close_later(), name="provider-retire")
-        except RuntimeError:  # no loop (synchronous reload from a test): closed at stop
+        except RuntimeError:  # no running loop: closed at stop
             return
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -23,7 +23,7 @@ from fpdf import FPDF
 from PIL import Image, ImageDraw
 from tomli_w import dumps as to_toml
 
-from gatewayd.cli import CommandError
+from gatewayd.commands.common import CommandError
 from gatewayd.config import Config, load_config, load_config_data
 from gatewayd.daemon import Daemon
 from gatewayd.logs import setup_logging

@@ -1,6 +1,6 @@
 """What /healthz reports: the store, the listeners and the provider's reachability.
 
-Healthy (200) when all of these hold (SPEC section 8):
+Healthy (200) when all of these hold (docs/operations.md, Health):
 
 * the store answers (a query on its thread, within a deadline);
 * every listener that registered itself is up (``smtp``, ``http``, and the
@@ -18,7 +18,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
+
+
+class ProviderFacts(Protocol):
+    """What the provider client records of its calls (on ``Health.clock``'s monotonic clock)."""
+
+    last_success_at: float | None
+    last_error: str | None
+    last_error_at: float | None
 
 
 @dataclass
@@ -42,13 +50,13 @@ class Health:
     def polled(self, name: str) -> None:
         self.polls[name] = self.clock()
 
-    def provider_verdict(self, provider: Any, poll_interval: float) -> tuple[bool, str | None]:
+    def provider_verdict(self, provider: ProviderFacts, poll_interval: float) -> tuple[bool, str | None]:
         """(ok, problem). The provider's ``last_success_at``/``last_error_at``
         are on this object's clock (monotonic)."""
         now = self.clock()
-        last_ok = getattr(provider, "last_success_at", None)
-        last_err_at = getattr(provider, "last_error_at", None)
-        last_err = getattr(provider, "last_error", None)
+        last_ok = provider.last_success_at
+        last_err_at = provider.last_error_at
+        last_err = provider.last_error
         if last_err_at is None or (last_ok is not None and last_ok >= last_err_at):
             return True, None  # never failed, or the last call succeeded
         # Never succeeded: count from our own start (the client keeps only
@@ -64,7 +72,7 @@ class Health:
         self,
         *,
         store_ok: bool,
-        provider: Any,
+        provider: ProviderFacts,
         poll_interval: float,
         queues: dict[str, Any] | None = None,
         stopping: bool = False,
@@ -82,8 +90,8 @@ class Health:
         provider_ok, provider_problem = self.provider_verdict(provider, poll_interval)
         if provider_problem:
             problems.append(provider_problem)
-        last_ok = getattr(provider, "last_success_at", None)
-        last_err_at = getattr(provider, "last_error_at", None)
+        last_ok = provider.last_success_at
+        last_err_at = provider.last_error_at
         body: dict[str, Any] = {
             "status": "ok" if not problems else "unhealthy",
             "problems": problems,
@@ -92,7 +100,7 @@ class Health:
             "provider": {
                 "ok": provider_ok,
                 "last_success_age": None if last_ok is None else round(now - last_ok, 1),
-                "last_error": getattr(provider, "last_error", None),
+                "last_error": provider.last_error,
                 "last_error_age": None if last_err_at is None else round(now - last_err_at, 1),
                 "down_after": round(3 * poll_interval, 1),
             },

@@ -14,9 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gatewayd.config import Config
 from gatewayd.jobstates import ACTIVE_STATES, JOB_STATES
 from gatewayd.logs import get_logger
 from gatewayd.metrics import CONTENT_TYPE_LATEST
+from gatewayd.runtime import Runtime
+from gatewayd.store import Store
 
 log = get_logger(__name__)
 
@@ -33,19 +36,18 @@ class StoreFacts:
     held_inbound: int | None = None
 
 
-def read_store_facts(store: Any, now: float) -> StoreFacts:
+def read_store_facts(store: Store, now: float) -> StoreFacts:
     """Runs on the store's thread."""
     jobs = store.job_counts()
     depth, oldest = store.outbox_stats()
     ages: dict[str, float] = {}
     for job in store.jobs_in_states(ACTIVE_STATES):
         ages[job.state] = max(ages.get(job.state, 0.0), now - job.created_at)
-    count_received = getattr(store, "count_received", None)
-    held = count_received("no_recipient") if count_received is not None else None
+    held = store.count_received("no_recipient")
     return StoreFacts(True, jobs, ages, depth, oldest, held)
 
 
-def poll_interval(config: Any) -> float:
+def poll_interval(config: Config) -> float:
     """The longest provider poll interval: the provider is judged against three of it."""
     intervals = [config.provider.status_poll_interval]
     if config.inbound.enabled:
@@ -53,7 +55,7 @@ def poll_interval(config: Any) -> float:
     return max(intervals)
 
 
-async def gather_health(rt: Any) -> tuple[bool, dict[str, Any], StoreFacts]:
+async def gather_health(rt: Runtime) -> tuple[bool, dict[str, Any], StoreFacts]:
     """Read the store (with a deadline), judge health, refresh the gauges."""
     store = rt.store
     try:
@@ -85,7 +87,7 @@ async def gather_health(rt: Any) -> tuple[bool, dict[str, Any], StoreFacts]:
             m.inbound_held.set(facts.held_inbound)
     m.healthy.set(1 if healthy else 0)
     m.provider_up.set(1 if body["provider"]["ok"] else 0)
-    remaining = getattr(rt.provider, "rate_limit_remaining", None)
+    remaining = rt.provider.rate_limit_remaining
     if isinstance(remaining, int):
         m.provider_quota_remaining.set(remaining)
     return healthy, body, facts
@@ -96,7 +98,7 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

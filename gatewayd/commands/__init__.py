@@ -1,1 +1,2 @@
-"""Command-line commands that live in their own module (loaded on use)."""
+"""The command-line commands that have their own module; gatewayd/cli.py parses
+the arguments and dispatches to them (docs/operations.md, The command line)."""

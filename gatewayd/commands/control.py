@@ -1,4 +1,4 @@
-"""``gatewayd cancel ID`` and ``gatewayd retry ID`` (SPEC sections 2 and 5).
+"""``gatewayd cancel ID`` and ``gatewayd retry ID`` (docs/operations.md; docs/reports.md, Cancel and retry from the command line).
 
 They work on the state directory while the daemon runs. Every change is a
 compare-and-set (``Store.transition(expect=...)``), so the command line and
@@ -29,7 +29,7 @@ import asyncio
 import sys
 from typing import Any, Awaitable, Callable
 
-from gatewayd.cli import EXIT_OK, CommandError, open_store, load
+from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
 from gatewayd.config import Config
 from gatewayd.logs import setup_logging
 from gatewayd.provider.client import NotFound, ProviderClient, ProviderError, RateLimited, Rejected, SentFax

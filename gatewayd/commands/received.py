@@ -1,4 +1,4 @@
-"""``gatewayd received`` and ``gatewayd mailto`` (SPEC section 2).
+"""``gatewayd received`` and ``gatewayd mailto`` (docs/operations.md; docs/inbound.md, Commands).
 
 ``received`` reads the received-fax ledger in the state directory (SQLite
 WAL: safe while the daemon runs). ``mailto`` talks to the provider with the
@@ -14,8 +14,11 @@ import asyncio
 import sys
 from typing import Sequence
 
-from gatewayd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
+from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, is_email_address
+from gatewayd.logs import setup_logging
+from gatewayd.provider.client import AuthError, NotFound, ProviderClient, ProviderError, RateLimited
+from gatewayd.store import StoreError
 
 # The ledger's words, and what the command shows for them.
 _STATE_WORDS = {"queued": "queued", "relayed": "relayed", "no_recipient": "held"}
@@ -37,8 +40,6 @@ def _state_text(state: str, mail_state: str | None, mail_error: str) -> str:
 
 def received(args: argparse.Namespace) -> int:
     """List received faxes: time, uuid, caller, destination, state, recipients."""
-    from gatewayd.store import StoreError
-
     limit = getattr(args, "limit", 50)
     if limit < 1:
         raise CommandError("--limit must be at least 1", EXIT_USAGE)
@@ -73,8 +74,6 @@ def parse_address_list(text: str) -> list[str]:
 
 
 async def _mailto(config: Config, extension: int, addresses: Sequence[str] | None) -> list[str]:
-    from gatewayd.provider.client import ProviderClient
-
     client = ProviderClient.from_config(config.provider)
     try:
         if addresses is None:
@@ -86,8 +85,6 @@ async def _mailto(config: Config, extension: int, addresses: Sequence[str] | Non
 
 def mailto(args: argparse.Namespace) -> int:
     """Show or set an extension's fax_mailto at the provider."""
-    from gatewayd.provider.client import AuthError, NotFound, ProviderError, RateLimited
-
     extension = args.extension
     if extension < 1:
         raise CommandError("the extension id must be a positive integer", EXIT_USAGE)
@@ -95,8 +92,6 @@ def mailto(args: argparse.Namespace) -> int:
     # provider when one address is wrong.
     addresses = None if args.addresses is None else parse_address_list(args.addresses)
     config = load(args)
-    from gatewayd.logs import setup_logging
-
     # Log events (e.g. the client's retries) go to stderr, as configured:
     # stdout carries only the addresses, for scripts.
     setup_logging(config.log.level, config.log.format)

@@ -17,7 +17,7 @@ administrator. So ``--from`` is optional:
   envelope sender over SMTP; that rule's extension, page limit and hourly
   limit apply, and the report goes to ADDR. ``--extension`` still wins.
 
-Exit 0 and ``queued as <id>`` on stdout; a refusal prints the SPEC's reason
+Exit 0 and ``queued as <id>`` on stdout; a refusal prints its reason (docs/smtp.md, Replies)
 on stderr and exits 1; usage and configuration errors exit 2.
 """
 
@@ -28,15 +28,15 @@ import asyncio
 import re
 import sys
 
-from gatewayd.cli import EXIT_OK, EXIT_USAGE, CommandError, open_store, load
+from gatewayd.commands.common import EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, is_email_address
-from gatewayd.daemon import Runtime
 from gatewayd.email_to_fax.errors import IntakeRefused, SenderNotAuthorised
 from gatewayd.email_to_fax.intake import Intake, message_from_files
 from gatewayd.email_to_fax.policy import Authorisation, NumberPolicy, SenderPolicy, is_bounce_address
 from gatewayd.health import Health
 from gatewayd.logs import setup_logging
 from gatewayd.metrics import Metrics
+from gatewayd.runtime import Runtime
 
 EXIT_REFUSED = 1
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from gatewayd.cli import EXIT_USAGE, CommandError
+from gatewayd.commands.common import EXIT_USAGE, CommandError
+from gatewayd.provider.simulator import main_simulator
 
 
 def main(args: argparse.Namespace) -> int:
-    from gatewayd.provider.simulator import main_simulator
-
     try:
         asyncio.run(main_simulator(args.listen, args.client_id, args.client_secret))
     except ValueError as exc:  # a bad --listen value

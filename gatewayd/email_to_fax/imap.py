@@ -57,6 +57,7 @@ from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolic
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.mail.compose import bare_address, new_message, to_bytes
+from gatewayd.runtime import Runtime
 
 log = get_logger(__name__)
 
@@ -212,7 +213,7 @@ class ImapIntake:
 
     name = "imap"
 
-    def __init__(self, rt: Any, intake: Any, *, tuning: ImapTuning | None = None) -> None:
+    def __init__(self, rt: Runtime, intake: Any, *, tuning: ImapTuning | None = None) -> None:
         self.rt = rt
         self.intake = intake
         self.tuning = tuning or ImapTuning()

@@ -4,9 +4,9 @@
 builds one fax document (cover page + attachments), writes it durably and
 stores one job per destination in a single commit. Only then does it return
 the job ids, so a caller that answers "250 queued" after it has kept its
-promise (SPEC section 7).
+promise (docs/architecture.md, Durability rules).
 
-Refusals are ``IntakeRefused`` subclasses carrying the SPEC's SMTP reply.
+Refusals are ``IntakeRefused`` subclasses carrying their SMTP reply (docs/smtp.md, Replies).
 Anything else that goes wrong (the store, the disk, a bug) is logged and
 becomes ``TemporaryFailure`` (451): the client keeps the message and tries
 again, which is always safe because nothing was committed.
@@ -19,7 +19,6 @@ import email.utils
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from gatewayd.documents.builder import DocumentBuilder, FaxDocument
 from gatewayd.documents.cover import CoverPage, wants_cover
@@ -28,6 +27,7 @@ from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message
 from gatewayd.filekinds import sniff_kind
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.logs import get_logger
+from gatewayd.runtime import Runtime
 from gatewayd.store import NewJob
 
 log = get_logger(__name__)
@@ -44,9 +44,9 @@ _MAX_NOTE = 2000
 
 
 class Intake:
-    """Turns an authorised message into durable jobs (SPEC sections 4, 5 and 7)."""
+    """Turns an authorised message into durable jobs (docs/architecture.md, Email to fax, step by step)."""
 
-    def __init__(self, rt: Any, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
+    def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
         self.rt = rt
         self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes)
         self.inline_bytes = inline_bytes
@@ -166,7 +166,7 @@ def _sender_line(parsed: ParsedMessage, report_to: str) -> str:
 
 
 def _note(parsed: ParsedMessage) -> str:
-    """What was not faxed, in words for the report (SPEC: never silently dropped)."""
+    """What was not faxed, in words for the report (docs/documents.md, Reading the message: never silently dropped)."""
     parts = []
     if parsed.unsupported:
         parts.append("not faxed: " + "; ".join(f"{u.filename} ({u.reason})" for u in parsed.unsupported))

@@ -1,4 +1,4 @@
-"""Who may send a fax, to which numbers, and how often (SPEC sections 3 and 4).
+"""Who may send a fax, to which numbers, and how often (docs/security.md).
 
 Everything here is default deny: a recipient is refused unless it is a number
 the policy allows, a sender is refused unless an SMTP account or a
@@ -236,7 +236,7 @@ def _usable_address(address: str) -> str:
 
 
 class SenderPolicy:
-    """Decides whether a sender may fax (SPEC section 4); default deny."""
+    """Decides whether a sender may fax (docs/security.md, Sender authorisation); default deny."""
 
     def __init__(self, config: Config) -> None:
         self._auth = config.smtp.auth

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from gatewayd.config import MailConfig, is_email_address
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, attempts_text
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, new_message, safe_header_text, to_bytes
+from gatewayd.runtime import Runtime
 from gatewayd.store import CANCELED, ERROR, FAILED, REJECTED, SENT, UNKNOWN, Job, JobEvent, StoreError
 
 log = get_logger(__name__)
@@ -207,7 +208,7 @@ class Reporter:
 
     name = "reports"
 
-    def __init__(self, rt: Any, *, poll_interval: float = 10.0, batch: int = 50) -> None:
+    def __init__(self, rt: Runtime, *, poll_interval: float = 10.0, batch: int = 50) -> None:
         self.rt = rt
         # The tracker wakes us; the poll catches what other processes (the
         # CLI) finished.

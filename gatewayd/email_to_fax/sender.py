@@ -1,4 +1,4 @@
-"""Submits queued fax jobs to the provider, at most once each (SPEC section 5).
+"""Submits queued fax jobs to the provider, at most once each (docs/provider.md, The fax POST is never repeated blindly).
 
 The provider's fax POST has no idempotency key, so the order of events is
 what keeps a fax from being sent twice:
@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from gatewayd.backoff import backoff_delay
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.provider.client import (
     AmbiguousSubmit,
@@ -43,6 +42,7 @@ from gatewayd.provider.client import (
     Rejected,
     SentFax,
 )
+from gatewayd.runtime import Runtime
 from gatewayd.store import QUEUED, REJECTED, ERROR, SUBMITTED, SUBMITTING, Job, StoreError
 
 log = get_logger(__name__)
@@ -73,7 +73,7 @@ class Sender:
 
     name = "sender"
 
-    def __init__(self, rt: Any, tuning: SenderTuning | None = None) -> None:
+    def __init__(self, rt: Runtime, tuning: SenderTuning | None = None) -> None:
         self.rt = rt
         self.tuning = tuning or SenderTuning()
         self._workers: dict[int, asyncio.Task[None]] = {}  # extension -> its drain task
@@ -276,13 +276,12 @@ class Sender:
                         next_attempt_at=self.rt.clock() + delay, submitted_at=None)
 
     def _backoff(self) -> float:
-        raw = self.tuning.backoff_base * 2 ** max(0, self._failures - 1)
-        return min(self.tuning.backoff_cap, raw) * (0.8 + 0.4 * random.random())
+        return backoff_delay(self._failures, base=self.tuning.backoff_base, cap=self.tuning.backoff_cap, low=0.8, high=1.2)
 
     def _reconcile_after(self) -> float:
         # If this process loses track of a POST (it never does short of a
         # crash), the job is looked at again only after the POST's timeout.
-        timeout = float(getattr(self.rt.config.provider, "timeout", 30.0))
+        timeout = float(self.rt.config.provider.timeout)
         return timeout * 2 + 30.0
 
     # ----------------------------------------------------------- reconciling
@@ -346,7 +345,7 @@ class Sender:
     def _window(self, started: float) -> tuple[dt.datetime, dt.datetime]:
         """Provider datetimes a fax created by the POST started at ``started`` may carry."""
         skew = self.tuning.match_skew
-        timeout = float(getattr(self.rt.config.provider, "timeout", 30.0))
+        timeout = float(self.rt.config.provider.timeout)
         lo = dt.datetime.fromtimestamp(started - skew, dt.timezone.utc)
         hi = dt.datetime.fromtimestamp(started + timeout + skew, dt.timezone.utc)
         # The provider gives whole seconds: widen by one so truncation never excludes.

@@ -1,6 +1,6 @@
-"""The SMTP listener (SPEC section 4): aiosmtpd served in the daemon's own loop.
+"""The SMTP listener (docs/smtp.md): aiosmtpd served in the daemon's own loop.
 
-Every reply of the SPEC's table is given at the stage where the decision is
+Every reply of the table in docs/smtp.md, Replies, is given at the stage where the decision is
 final: sender at MAIL, each recipient at RCPT (a refused recipient does not
 affect the others), the message at the end of DATA, and ``250 queued as``
 only after the jobs are committed. No exception ever reaches aiosmtpd (which
@@ -15,7 +15,7 @@ Stock aiosmtpd behaviour replaced here, and why:
 * DATA: read by ``_read_data`` with ``fastdata.read_data`` instead of
   aiosmtpd's line-by-line loop: pieces of up to 256 KiB, dot-unstuffed as a
   stream, the bytes otherwise exactly as sent. It notices bare LF, enforces
-  ``max_message_size`` with the SPEC reply (reading the rest to the end),
+  ``max_message_size`` with its reply in docs/smtp.md (reading the rest to the end),
   restarts the idle timeout whenever data arrives, and keeps a body above
   2 MiB in an anonymous temporary file in the state directory instead of in
   memory (a spool that cannot be written answers ``451``). The message is
@@ -59,6 +59,7 @@ from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.passwords import hash_password, verify_password
+from gatewayd.runtime import Runtime
 
 log = get_logger(__name__)
 
@@ -308,7 +309,7 @@ class FaxSMTP(SMTP):
 
         The idle timeout is ``data_timeout``, restarted whenever data arrives.
         Past ``data_size_limit`` the content is dropped but read to the end,
-        so the client gets the SPEC reply instead of a broken connection. A
+        so the client gets the reply of docs/smtp.md, Replies, instead of a broken connection. A
         client that leaves raises ``ConnectionResetError`` (nothing is kept).
         """
         tuning = self.listener.tuning
@@ -364,7 +365,7 @@ class _Decisions:
         self.listener = listener
 
     @property
-    def rt(self) -> Any:
+    def rt(self) -> Runtime:
         return self.listener.rt
 
     async def handle_EHLO(self, server: FaxSMTP, session: Any, envelope: FaxEnvelope, hostname: str, responses: list[str]) -> list[str]:
@@ -512,28 +513,31 @@ class SmtpListener:
 
     def __init__(
         self,
-        rt: Any,
+        rt: Runtime,
         intake: Intake,
         *,
         tuning: SmtpTuning | None = None,
         tls_context: ssl.SSLContext | None = None,
         sockets: Sequence[socket.socket] | None = None,
+        processes: ListenerProcesses | None = None,
     ) -> None:
         """``sockets``: serve these (an SMTP listener process, handed them by
-        the main process) instead of binding ``smtp.listen``."""
+        the main process) instead of binding ``smtp.listen``. ``processes``:
+        the other listener processes (main process only, ``smtp.processes`` > 1;
+        the daemon builds them), started once this listener is bound."""
         self.rt = rt
         self.intake = intake
         self.tuning = tuning or SmtpTuning()
         self.decisions = _Decisions(self)
         # Bytes of message being parsed and converted at once, over all
         # sessions; the budget is shared between the listener processes.
-        processes = max(1, rt.config.smtp.processes)
-        self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // processes))
+        sharing = max(1, rt.config.smtp.processes)
+        self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // sharing))
         self.sessions: set[FaxSMTP] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.closing = False
         self._sockets = sockets
-        self.processes: ListenerProcesses | None = None  # the other listener processes (main process only)
+        self.processes = processes
         self._tls_context = tls_context
         self._dummy_hash = ""
         self._policy_for: tuple[Any, SenderPolicy, NumberPolicy] | None = None
@@ -605,7 +609,7 @@ class SmtpListener:
             hostname=cfg.hostname or None,
             ident="ESMTP gatewayd",
             tls_context=tls_context,
-            require_starttls=False,  # enforced by FaxSMTP with the SPEC's wording
+            require_starttls=False,  # enforced by FaxSMTP with the wording of docs/smtp.md, Replies
             timeout=self.tuning.command_timeout,
             auth_required=False,  # decided by the policy at MAIL
             auth_require_tls=True,  # relaxed per session for trusted networks
@@ -620,7 +624,7 @@ class SmtpListener:
         # A real hash of a random password: verifying an unknown user costs the same.
         self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_hex(16))
         loop = asyncio.get_running_loop()
-        more = cfg.processes - 1 if self._sockets is None else 0
+        more = self.processes if self._sockets is None else None  # the other listener processes, to start here
         try:
             if self._sockets is not None:
                 for sock in self._sockets:
@@ -628,11 +632,10 @@ class SmtpListener:
             else:
                 for address in cfg.listen:
                     server = await loop.create_server(lambda: self._protocol(tls_context), address.host, address.port,
-                                                      reuse_address=True, reuse_port=more > 0 or None)
+                                                      reuse_address=True, reuse_port=True if more is not None else None)
                     self.servers.append(server)
-            if more > 0:
-                self.processes = ListenerProcesses(self.rt, more, self.addresses, self.tuning)
-                await self.processes.start()
+            if more is not None:
+                await more.start(self.addresses)
         except (OSError, WorkerError):
             for server in self.servers:
                 server.close()

@@ -25,21 +25,19 @@ The main process (``ListenerProcesses``):
 * at stop, sends SIGTERM to every worker at once: each gives its sessions
   the listener's grace, as the main process does, then SIGKILL.
 
-A worker (``python -m gatewayd.email_to_fax.smtp_processes``) sends back
+A worker (``python -m gatewayd.email_to_fax.smtp_worker``) sends back
 what only the main process can act on: "wake the sender" after a commit,
 and its SMTP reply counts for ``/metrics``. It stops when the main process
-goes away (the socket pair closes; also ``PR_SET_PDEATHSIG``).
+goes away (the socket pair closes; also ``PR_SET_PDEATHSIG``). This module
+is the main process's side and the channel both sides speak.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import ctypes
 import os
 import pickle
-import random
 import signal
 import socket
 import struct
@@ -47,9 +45,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from gatewayd.logs import bind_context, get_logger
+from gatewayd.backoff import backoff_delay
+from gatewayd.config import Config
+from gatewayd.logs import get_logger
+from gatewayd.runtime import Runtime
 
 log = get_logger(__name__)
 
@@ -57,22 +58,29 @@ _HEADER = struct.Struct(">I")
 _MAX_FRAME = 16 << 20  # a configuration is a few KB; anything larger is a bug
 READY_TIMEOUT = 60.0  # a worker imports everything before it says ready
 REPORT_EVERY = 1.0  # seconds between reports (reply counts, or just "alive") to the main process
-_PR_SET_PDEATHSIG = 1
+WORKER_MODULE = "gatewayd.email_to_fax.smtp_worker"  # a worker's entry point (``python -m``)
 
 
 class WorkerError(Exception):
     """A listener process could not be started."""
 
 
+class ListenerTuning(Protocol):
+    """What the main process reads of ``SmtpTuning`` (which it hands to every worker)."""
+
+    @property
+    def process_stall_timeout(self) -> float: ...
+
+
 # ------------------------------------------------------------------ channel
 
 
-def _frame(message: tuple[Any, ...]) -> bytes:
+def frame(message: tuple[Any, ...]) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _HEADER.pack(len(data)) + data
 
 
-async def _receive(reader: asyncio.StreamReader) -> tuple[Any, ...]:
+async def receive(reader: asyncio.StreamReader) -> tuple[Any, ...]:
     """One message from the other end; ``EOFError`` when it is gone.
 
     Only ever between the main process and a child it started, over a
@@ -128,17 +136,19 @@ class _Worker:
 class ListenerProcesses:
     """The main process's side: starts, watches, reconfigures and stops the workers."""
 
-    rt: Any
+    rt: Runtime
     count: int  # workers, besides the main process's own listener
-    addresses: list[tuple[str, int]]  # bound by the main process (port 0 resolved)
-    tuning: Any  # SmtpTuning (its process_stall_timeout too)
+    tuning: ListenerTuning  # an SmtpTuning, handed to every worker
+    addresses: list[tuple[str, int]] = field(default_factory=list)  # bound by the main process (port 0 resolved)
     min_backoff: float = 1.0
     max_backoff: float = 30.0
     workers: list[_Worker] = field(default_factory=list)
     stopping: bool = False
 
-    async def start(self) -> None:
-        """Start every worker and wait until each listens; raise ``WorkerError`` otherwise."""
+    async def start(self, addresses: list[tuple[str, int]]) -> None:
+        """Start every worker on ``addresses`` (the ones the main process's
+        listener bound) and wait until each listens; raise ``WorkerError`` otherwise."""
+        self.addresses = list(addresses)
         self.workers = [_Worker(index=i + 1) for i in range(self.count)]
         try:
             await asyncio.gather(*(self._spawn(w) for w in self.workers))
@@ -156,7 +166,7 @@ class ListenerProcesses:
             # pass_fds keeps the numbers: the worker wraps the same fds.
             handed = [(s.fileno(), host, port) for s, (host, port) in zip(sockets, self.addresses)]
             worker.proc = subprocess.Popen(
-                [sys.executable, "-m", "gatewayd.email_to_fax.smtp_processes", "--control-fd", str(child.fileno()),
+                [sys.executable, "-m", WORKER_MODULE, "--control-fd", str(child.fileno()),
                  "--parent", str(os.getpid())],
                 pass_fds=[child.fileno(), *(fd for fd, _, _ in handed)], stdin=subprocess.DEVNULL, env=env,
             )
@@ -174,7 +184,7 @@ class ListenerProcesses:
         worker.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         worker.writer = writer
-        writer.write(_frame(("start", {"index": worker.index, "config": self.rt.config, "tuning": self.tuning,
+        writer.write(frame(("start", {"index": worker.index, "config": self.rt.config, "tuning": self.tuning,
                                        "sockets": handed})))
         worker.reader_task = asyncio.create_task(self._listen(worker, reader), name=f"smtp-process-{worker.index}")
         try:
@@ -187,7 +197,7 @@ class ListenerProcesses:
         metrics = self.rt.metrics
         try:
             while True:
-                kind, *rest = await _receive(reader)
+                kind, *rest = await receive(reader)
                 worker.last_seen = time.monotonic()
                 if kind == "wake":
                     self.rt.wake(str(rest[0]))
@@ -208,11 +218,11 @@ class ListenerProcesses:
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_exception(WorkerError(f"SMTP listener process {worker.index} exited before listening"))
 
-    def reconfigure(self, config: Any) -> None:
+    def reconfigure(self, config: Config) -> None:
         """A reload hook: every worker takes the configuration the main process now runs."""
         for worker in self.workers:
             if worker.writer is not None and not worker.writer.is_closing():
-                worker.writer.write(_frame(("config", config)))
+                worker.writer.write(frame(("config", config)))
 
     async def supervise(self) -> None:
         """Restart a worker that ends while the daemon is not stopping, and
@@ -236,7 +246,7 @@ class ListenerProcesses:
                     worker.last_seen = now
 
     async def _watch(self, worker: _Worker) -> None:
-        backoff = self.min_backoff
+        attempt = 0  # restarts since the worker last ran fine for a long while
         while not self.stopping:
             proc = worker.proc
             if proc is not None:
@@ -249,9 +259,9 @@ class ListenerProcesses:
                 await self._close_channel(worker)
                 worker.proc = None
                 if time.monotonic() - worker.started_at > 10 * self.max_backoff:
-                    backoff = self.min_backoff  # it ran fine for a long while
-            delay = backoff * (0.5 + random.random() / 2)
-            backoff = min(self.max_backoff, backoff * 2)
+                    attempt = 0  # it ran fine for a long while
+            attempt += 1
+            delay = backoff_delay(attempt, base=self.min_backoff, cap=self.max_backoff, low=0.5, high=1.0)
             if await self.rt.sleep(delay) or self.stopping:
                 return
             try:
@@ -326,131 +336,3 @@ async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
     while proc.poll() is None:
         await asyncio.sleep(0.1)
     return int(proc.returncode)
-
-
-# -------------------------------------------------------------- worker side
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM when the main process dies (Linux), even before the channel says so."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it died before prctl took effect
-        sys.exit(0)
-
-
-async def _worker_main(control_fd: int) -> int:
-    from gatewayd.daemon import Runtime
-    from gatewayd.email_to_fax.intake import Intake
-    from gatewayd.email_to_fax.smtp import SmtpListener
-    from gatewayd.health import Health
-    from gatewayd.logs import setup_logging
-    from gatewayd.metrics import Metrics
-    from gatewayd.store import Store
-
-    loop = asyncio.get_running_loop()
-    channel = socket.socket(fileno=control_fd)
-    reader, writer = await asyncio.open_unix_connection(sock=channel)
-    kind, start = await _receive(reader)
-    if kind != "start":
-        return 2
-    index = int(start["index"])
-    config = start["config"]
-    setup_logging(config.log.level, config.log.format)
-    sockets = [socket.socket(fileno=fd) for fd, _host, _port in start["sockets"]]
-
-    class WorkerRuntime(Runtime):
-        def wake(self, name: str) -> None:
-            if not writer.is_closing():  # the main process gone: its sender will look at start
-                writer.write(_frame(("wake", name)))
-
-    with bind_context(smtp_process=index):
-        try:
-            store = Store(config.state_dir)
-        except Exception as exc:  # noqa: BLE001 - told to the main process, which fails its start
-            writer.write(_frame(("failed", f"store: {exc}")))
-            await writer.drain()
-            return 1
-        rt = WorkerRuntime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())
-        loop.add_signal_handler(signal.SIGTERM, rt.stopping.set)
-        # Ctrl-C reaches the whole process group: the main process stops us
-        # (with SIGTERM) when it stops, not before. It also sends every reload.
-        loop.add_signal_handler(signal.SIGINT, lambda: None)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        listener = SmtpListener(rt, Intake(rt), tuning=start["tuning"], sockets=sockets)
-        try:
-            await listener.start()
-        except Exception as exc:  # noqa: BLE001
-            writer.write(_frame(("failed", f"{type(exc).__name__}: {exc}")))
-            await writer.drain()
-            store.close()
-            return 1
-        writer.write(_frame(("ready", os.getpid())))
-        log.info("smtp_process_ready", pid=os.getpid())
-
-        async def from_main() -> None:
-            try:
-                while True:
-                    kind, *rest = await _receive(reader)
-                    if kind == "config":
-                        rt.config = rest[0]
-                        setup_logging(rt.config.log.level, rt.config.log.format)
-                        for hook in rt.reload_hooks:
-                            hook(rt.config)
-            except EOFError:
-                log.info("smtp_process_parent_gone")
-            rt.stopping.set()
-
-        sent: dict[str, float] = {}
-
-        def send_counts() -> None:
-            nonlocal sent
-            if writer.is_closing():
-                return
-            counts = _reply_counts(rt.metrics)
-            delta = {code: n - sent.get(code, 0) for code, n in counts.items() if n > sent.get(code, 0)}
-            # Nothing new is still news: the main process kills a worker it
-            # has not heard from for a while (its event loop is stuck).
-            writer.write(_frame(("replies", delta)))
-            sent = counts
-
-        async def report() -> None:
-            while not await rt.sleep(REPORT_EVERY):
-                send_counts()
-
-        listening = asyncio.create_task(from_main())
-        reporting = asyncio.create_task(report())
-        await rt.stopping.wait()
-        await listener.stop()
-        listening.cancel()
-        reporting.cancel()
-        send_counts()  # what was answered during the stop grace (421s, late 250s) too
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.drain(), timeout=1.0)
-        writer.close()
-        store.close()
-        log.info("smtp_process_stopped")
-    return 0
-
-
-def _reply_counts(metrics: Any) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for family in metrics.smtp_replies.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                counts[str(sample.labels.get("code", ""))] = sample.value
-    return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="an SMTP listener process of gatewayd (started by `gatewayd run`)")
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
-    args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    return asyncio.run(_worker_main(args.control_fd))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

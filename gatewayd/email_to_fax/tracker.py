@@ -1,4 +1,4 @@
-"""Follows every submitted fax at the provider until it ends (SPEC section 5).
+"""Follows every submitted fax at the provider until it ends (docs/reports.md, Job states after submission).
 
 Service ``Tracker`` ("tracker") watches the jobs in ``AT_PROVIDER`` states
 (submitted, sending, and failed awaiting an automatic retry) and moves them
@@ -32,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from gatewayd.backoff import backoff_delay
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.provider.client import (
     PAGE_SIZE,
@@ -42,13 +43,14 @@ from gatewayd.provider.client import (
     Rejected,
     SentFax,
 )
+from gatewayd.runtime import Runtime
 from gatewayd.store import AT_PROVIDER, CANCELED, ERROR, FAILED, SENDING, SENT, SUBMITTED, UNKNOWN, Job
 
 log = get_logger(__name__)
 
 NO_LONGER_KNOWN = "the provider no longer knows this fax; its outcome is unknown"
 
-# Provider status words (provider-api.md, "Sending").
+# Provider status words (docs/provider.md).
 P_READY = "ready_to_send"
 P_SENDING = "sending"
 P_SENT = "sent"
@@ -152,13 +154,13 @@ class Tracker:
 
     name = "tracker"
 
-    def __init__(self, rt: Any, *, max_backoff: float = 4.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rt: Runtime, *, max_backoff: float = 4.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.rt = rt
         self.max_backoff = max_backoff
         # Poll pacing runs on a monotonic clock (a wall-clock step must not
         # stall or hurry polling); stored times (next_attempt_at) use rt.clock.
         self._mono = monotonic
-        self._factor = 1.0
+        self._quiet_polls = 0  # polls in a row that changed nothing: they space out the next ones
         self._last_poll: float | None = None
         self._blocked_until = 0.0
         self._known: set[int] = set()
@@ -167,6 +169,13 @@ class Tracker:
         self._list_pages: dict[int, int] = {}
         # When the failed jobs waiting for an automatic retry are due (job id -> rt.clock time).
         self._retry_at: dict[int, float] = {}
+
+    @property
+    def _factor(self) -> float:
+        """The poll interval's multiple: 1, then doubling with each quiet poll, up to ``max_backoff``."""
+        if self._quiet_polls == 0:
+            return 1.0
+        return backoff_delay(self._quiet_polls, base=2.0, cap=self.max_backoff, low=1.0, high=1.0)
 
     async def start(self) -> None:
         pass
@@ -190,14 +199,14 @@ class Tracker:
         jobs = await store.run(store.jobs_in_states, AT_PROVIDER)
         ids = {j.id for j in jobs}
         if ids - self._known:
-            self._factor = 1.0  # new work: follow it at the base pace
+            self._quiet_polls = 0  # new work: follow it at the base pace
         self._known = ids
         now = self._mono()
         poll_due = self._last_poll is None or now >= self._last_poll + base * self._factor
         if jobs and poll_due and now >= self._blocked_until:
             await self._guarded_poll(jobs, base)
         elif not jobs:
-            self._factor = 1.0
+            self._quiet_polls = 0
             self.rt.health.polled("tracker")  # nothing to follow is a healthy state
         if self._mono() >= self._blocked_until:
             await self._guarded_retries()
@@ -226,9 +235,9 @@ class Tracker:
         else:
             self.rt.health.polled("tracker")
             if stats.changes:
-                self._factor = 1.0
+                self._quiet_polls = 0
             else:
-                self._factor = min(self.max_backoff, self._factor * 2)
+                self._quiet_polls += 1
         self._last_poll = self._mono()
 
     def _rate_limited(self, exc: RateLimited, base: float) -> None:
@@ -336,7 +345,7 @@ class Tracker:
                 if await self._retry(job):
                     done += 1
         if done:
-            self._factor = 1.0
+            self._quiet_polls = 0
         return done
 
     async def _retry(self, job: Job) -> bool:

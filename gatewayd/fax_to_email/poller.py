@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from gatewayd.config import Config, is_email_address
 from gatewayd.fax_to_email.convert import PreparedFax, prepare_fax
@@ -53,6 +53,7 @@ from gatewayd.provider.client import (
     ProviderUnavailable,
     RateLimited,
 )
+from gatewayd.runtime import Runtime
 from gatewayd.store import ReceivedFax as LedgerFax
 from gatewayd.store import StoreError
 
@@ -158,7 +159,7 @@ class InboundPoller:
 
     def __init__(
         self,
-        rt: Any,
+        rt: Runtime,
         *,
         first_lookback: float | None = None,
         overlap_extra: float = OVERLAP_EXTRA,
@@ -387,8 +388,7 @@ class InboundPoller:
         return file
 
     def _tz(self) -> tzinfo:
-        tz = getattr(self.rt.provider, "timezone", None)
-        return tz if isinstance(tz, tzinfo) else timezone.utc
+        return self.rt.provider.timezone
 
     # -------------------------------------------------------- recipients
 

@@ -8,15 +8,17 @@ survives restarts); a 5xx is final, logged, and reported to ``[mail].admin``
 
 from __future__ import annotations
 
-import random
 import ssl
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 import aiosmtplib
 
+from gatewayd.backoff import backoff_delay
+from gatewayd.config import Config, MailConfig
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, new_message, to_bytes
+from gatewayd.runtime import Runtime
 from gatewayd.store import OutboxMail
 
 log = get_logger(__name__)
@@ -42,19 +44,19 @@ class PermanentDeliveryError(Exception):
 SendFunc = Callable[[OutboxMail], Awaitable[DeliveryResult]]
 
 
-def backoff_delay(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> float:
-    """30 s, 1 min, 2 min ... up to an hour, with jitter so a queue does not stampede."""
-    delay = min(cap, base * (2 ** max(0, attempts)))
-    return delay * (0.75 + random.random() / 2)
+def retry_delay(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> float:
+    """Wait after ``attempts`` failed deliveries (0 = the first failed): 30 s,
+    1 min, 2 min ... up to an hour, with jitter so a queue does not stampede."""
+    return backoff_delay(max(0, attempts) + 1, base=base, cap=cap, low=0.75, high=1.25)
 
 
 class SmtpRelay:
     """Sends one stored email to ``[mail].relay`` with aiosmtplib."""
 
-    def __init__(self, config_getter: Callable[[], Any]) -> None:
+    def __init__(self, config_getter: Callable[[], Config]) -> None:
         self._config = config_getter  # reads the current config each time (reload)
 
-    def _tls_context(self, mail_cfg: Any) -> ssl.SSLContext:
+    def _tls_context(self, mail_cfg: MailConfig) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=mail_cfg.tls_ca_file or None)
         return ctx
 
@@ -96,7 +98,7 @@ class OutboxWorker:
 
     name = "outbox"
 
-    def __init__(self, rt: Any, *, send: SendFunc | None = None, poll_interval: float = 15.0, batch: int = 20) -> None:
+    def __init__(self, rt: Runtime, *, send: SendFunc | None = None, poll_interval: float = 15.0, batch: int = 20) -> None:
         self.rt = rt
         self.send = send or SmtpRelay(lambda: rt.config)
         self.poll_interval = poll_interval
@@ -137,7 +139,7 @@ class OutboxWorker:
         try:
             result = await self.send(mail)
         except TemporaryDeliveryError as exc:
-            delay = backoff_delay(mail.attempts)
+            delay = retry_delay(mail.attempts)
             await store.run(store.mark_mail_retry, mail.id, str(exc), self.rt.clock() + delay)
             self.rt.metrics.mail_deliveries.labels("deferred").inc()
             log.warning("mail_deferred", error=str(exc), retry_in=round(delay), attempts=mail.attempts + 1)
@@ -171,7 +173,7 @@ class OutboxWorker:
                 # attempt count kept: a fresh row due now would be retried at
                 # once, for ever, as long as the relay says 4xx.
                 error = "; ".join(f"{r}: {e}" for r, e in sorted(result.temporary.items()))
-                retry_at = self.rt.clock() + backoff_delay(mail.attempts)
+                retry_at = self.rt.clock() + retry_delay(mail.attempts)
                 if result.accepted:
                     store.split_mail_deferred(mail.id, sorted(result.temporary), error, retry_at)
                     store.mark_mail_sent(mail.id)

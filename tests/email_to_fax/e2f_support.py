@@ -24,13 +24,14 @@ from typing import Any
 from tomli_w import dumps as to_toml
 
 from gatewayd.config import Config, HostPort, load_config
-from gatewayd.daemon import Runtime
+from gatewayd.daemon import build_smtp_listener
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.sender import Sender, SenderTuning
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
+from gatewayd.runtime import Runtime
 from gatewayd.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ async def run_gateway(config: Config, *, sim: Any = None, sender: bool = False, 
         provider = ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0)
     rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health())
     intake = Intake(rt)
-    listener = SmtpListener(rt, intake, tuning=smtp_tuning or SmtpTuning(stop_grace=1.0), tls_context=tls_context)
+    listener = build_smtp_listener(rt, intake, tuning=smtp_tuning or SmtpTuning(stop_grace=1.0), tls_context=tls_context)
     the_sender = Sender(rt, sender_tuning or FAST_SENDER) if sender else None
     tasks: list[asyncio.Task[Any]] = []
     try:

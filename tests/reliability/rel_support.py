@@ -24,7 +24,7 @@ from typing import Any
 from e2f_support import to_toml
 
 from gatewayd.config import Config, HostPort, load_config_data
-from gatewayd.daemon import Runtime
+from gatewayd.daemon import build_smtp_listener
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.sender import Sender, SenderTuning
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
@@ -34,6 +34,7 @@ from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.email_to_fax.report import Reporter
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
+from gatewayd.runtime import Runtime
 from gatewayd.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -349,7 +350,7 @@ async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | 
                            OutboxWorker(rt, poll_interval=0.2)]
     if extra is not None:
         services += extra(rt)
-    services.append(SmtpListener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0)))
+    services.append(build_smtp_listener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0)))
     h = InProcess(rt, clock, services)
     try:
         for s in services:

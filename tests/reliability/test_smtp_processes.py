@@ -59,7 +59,7 @@ from rel_support import (
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.provider.simulator import run_simulator
 
-WORKER_MODULE = "gatewayd.email_to_fax.smtp_processes"
+WORKER_MODULE = "gatewayd.email_to_fax.smtp_worker"
 NOT_AUTHORISED = "550 5.7.1 sender not authorised"
 SENDER_IDLE_POLL = 5.0  # gatewayd.email_to_fax.sender.SenderTuning.idle_poll: not a config key
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from reports_support import Gateway, finished_job
 
-from gatewayd.cli import CommandError
+from gatewayd.commands.common import CommandError
 from gatewayd.commands.control import cancel_job, retry_job
 from gatewayd.provider.client import ProviderClient
 from gatewayd.provider.simulator import ProviderSimulator

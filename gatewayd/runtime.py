@@ -1,0 +1,118 @@
+"""What every service shares: the ``Runtime`` it is given, the ``Service``
+shape the daemon runs, and the ``ProviderApi`` the services call.
+
+A ``Runtime`` carries the collaborators (store, provider client, metrics,
+health, the current configuration) and the stop/wake signalling; the daemon
+builds one and passes it in, so tests wire real parts the same way.
+``ProviderApi`` lists exactly what the services use of
+``gatewayd.provider.client.ProviderClient`` (docs/provider.md), so a test
+double or a replacement client is checked against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from gatewayd.config import Config
+from gatewayd.health import Health
+from gatewayd.metrics import Metrics
+from gatewayd.provider.client import Extension, FaxFile, ReceivedFax, SentFax
+from gatewayd.store import Store
+
+
+class Service(Protocol):
+    """A component the daemon runs: ``start()`` binds what must be bound before
+    systemd is told READY (listeners), ``run()`` is its long-running loop (restarted
+    by the supervisor when it crashes), ``stop()`` lets it finish in-flight work."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ProviderApi(Protocol):
+    """The provider client as the services use it (docs/provider.md).
+
+    Sender: ``send_fax``, ``list_sent_faxes``. Tracker: ``list_sent_faxes``,
+    ``get_sent_fax``, ``retry_fax``. Inbound poller: ``list_fax_extensions``,
+    ``list_received_faxes``, ``download_received_fax``, ``get_fax_mailto``,
+    ``timezone``. Health and metrics: ``last_success_at``, ``last_error``,
+    ``last_error_at`` (on ``time.monotonic``'s clock), ``rate_limit_remaining``.
+    The daemon: ``aclose``.
+    """
+
+    last_success_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+    rate_limit_remaining: int | None
+
+    @property
+    def timezone(self) -> dt.tzinfo: ...
+
+    async def aclose(self) -> None: ...
+
+    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = ...) -> SentFax: ...
+
+    async def get_sent_fax(self, extension_id: int, fax_id: int) -> SentFax: ...
+
+    async def list_sent_faxes(self, extension_id: int, *, since: dt.datetime | None = ...) -> list[SentFax]: ...
+
+    async def retry_fax(self, extension_id: int, fax_id: int) -> SentFax: ...
+
+    async def list_fax_extensions(self) -> list[Extension]: ...
+
+    async def list_received_faxes(self, extension_id: int, start: dt.datetime, end: dt.datetime) -> list[ReceivedFax]: ...
+
+    async def download_received_fax(self, extension_id: int, uuid: str) -> FaxFile: ...
+
+    async def get_fax_mailto(self, extension_id: int) -> list[str]: ...
+
+
+@dataclass
+class Runtime:
+    """What every component may use. ``config`` is replaced on reload (and
+    ``provider`` too when a reload changes its keys): read them each time."""
+
+    config: Config
+    store: Store
+    provider: ProviderApi
+    metrics: Metrics
+    health: Health
+    clock: Callable[[], float] = time.time
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, name: str) -> None:
+        """Tell a worker (e.g. "sender", "reports", "outbox") there is work now."""
+        self.wakeups.setdefault(name, asyncio.Event()).set()
+
+    async def nap(self, name: str, seconds: float) -> bool:
+        """Sleep until woken by ``wake(name)``, the timeout, or stop; True when stopping."""
+        event = self.wakeups.setdefault(name, asyncio.Event())
+        if not event.is_set():
+            stop = asyncio.ensure_future(self.stopping.wait())
+            woken = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({stop, woken}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                woken.cancel()
+        event.clear()
+        return self.stopping.is_set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless the daemon stops first; True when stopping."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, seconds))
+            return True
+        except asyncio.TimeoutError:
+            return False
