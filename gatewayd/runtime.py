@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 from gatewayd.config import Config
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
-from gatewayd.provider.client import Extension, FaxFile, ReceivedFax, SentFax
+from gatewayd.provider.client import Extension, FaxFile, IncomingFax, SentFax
 from gatewayd.store import Store
 
 
@@ -69,7 +69,7 @@ class ProviderApi(Protocol):
 
     async def list_fax_extensions(self) -> list[Extension]: ...
 
-    async def list_received_faxes(self, extension_id: int, start: dt.datetime, end: dt.datetime) -> list[ReceivedFax]: ...
+    async def list_received_faxes(self, extension_id: int, start: dt.datetime, end: dt.datetime) -> list[IncomingFax]: ...
 
     async def download_received_fax(self, extension_id: int, uuid: str) -> FaxFile: ...
 
