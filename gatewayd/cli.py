@@ -79,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("mailto", "show or set an extension's fax_mailto at the provider")
     p.add_argument("extension", type=int)
     p.add_argument("--set", dest="addresses", default=None, metavar="ADDR,ADDR")
+    add("provider-check", "read-only check of every provider path gatewayd uses (exit 0 all as expected, 1 not)")
     add("hash-password", "read a password on stdin, print the hash for [[smtp.users]]")
     p = add("simulator", "run the provider simulator alone")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
     p.add_argument("--client-id", default="demo")
     p.add_argument("--client-secret", default="demo")
+    p.add_argument("--path", dest="paths", action="append", default=[], metavar="KEY=PATH",
+                   help="serve a provider path elsewhere, as [provider.paths] KEY = PATH (repeatable)")
     return parser
 
 
@@ -240,6 +243,13 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return simulator.main(args)
 
 
+def cmd_provider_check(args: argparse.Namespace) -> int:
+    # Imported here for start-up speed: it needs the provider client (httpx).
+    from gatewayd.commands import provider_check
+
+    return provider_check.main(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -253,6 +263,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "received": received.received,
     "mailto": received.mailto,
     "simulator": cmd_simulator,
+    "provider-check": cmd_provider_check,
 }
 
 

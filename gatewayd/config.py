@@ -21,6 +21,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from gatewayd.passwords import is_password_hash
+from gatewayd.provider.paths import PathProblem, check_path, merged_paths
 
 # Where the systemd unit keeps the service (docs/deployment.md): its
 # ConfigurationDirectory= and StateDirectory=. A configuration read from
@@ -70,6 +71,9 @@ class ProviderConfig:
     status_poll_interval: float = 20.0
     auto_retries: int = 2
     retry_delay: float = 300.0
+    # [provider.paths]: (key, template) overrides of the client's path table
+    # (gatewayd/provider/paths.py), checked at load; docs/provider.md.
+    paths: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -671,6 +675,7 @@ class _Loader:
             status_poll_interval=s.get("status_poll_interval", d.status_poll_interval, parse_duration),
             auto_retries=s.get("auto_retries", d.auto_retries, _non_negative_int),
             retry_delay=s.get("retry_delay", d.retry_delay, parse_duration),
+            paths=self.provider_paths(s.get("paths", {}, kind=dict)),
         )
         s.finish()
         if cfg.timeout <= 0:
@@ -682,6 +687,25 @@ class _Loader:
         if not cfg.client_secret and "client_secret_file" not in s.table:
             self.problem("provider.client_secret", "required (or client_secret_file)")
         return cfg
+
+    def provider_paths(self, table: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        """[provider.paths]: each key of the path table with the placeholders it needs."""
+        out: list[tuple[str, str]] = []
+        for key, template in table.items():
+            path = f"provider.paths.{key}"
+            if not isinstance(template, str):
+                self.problem(path, f"expected a string, got {_show(template)}")
+                continue
+            try:
+                out.append((key, check_path(key, template)))
+            except PathProblem as exc:
+                self.problem(path, str(exc))
+        if len(out) == len(table):
+            try:
+                merged_paths(dict(out))
+            except PathProblem as exc:
+                self.problem("provider.paths", str(exc))
+        return tuple(out)
 
     def smtp(self, s: _Section) -> SmtpConfig:
         d = SmtpConfig()

@@ -392,7 +392,7 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
 )
 
 # Keys the provider client is built from: a reload that changes one builds a new client.
-PROVIDER_CLIENT_KEYS = ("base_url", "token_url", "client_id", "client_secret", "timeout")
+PROVIDER_CLIENT_KEYS = ("base_url", "token_url", "client_id", "client_secret", "timeout", "paths")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:

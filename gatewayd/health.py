@@ -8,6 +8,9 @@ Healthy (200) when all of these hold (docs/operations.md, Health):
 * the provider's last call succeeded, or its last success (or, if it never
   succeeded, the daemon's start) is younger than three poll intervals, so
   one failed poll does not flap the verdict;
+* no provider path has answered 404 or 405 on ``PATH_ALARM_AFTER`` calls
+  in a row (a wrong path, most likely an inferred one: docs/provider.md,
+  Checking a new account); the daemon keeps using the other paths;
 * the daemon is not shutting down.
 
 Otherwise 503, with the same JSON body whose ``problems`` name each failing
@@ -20,6 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+#: Consecutive 404/405 answers on one provider path that make it "failing":
+#: one may be a fax deleted meanwhile, several in a row are a wrong path.
+PATH_ALARM_AFTER = 3
+
 
 class ProviderFacts(Protocol):
     """What the provider client records of its calls (on ``Health.clock``'s monotonic clock)."""
@@ -27,6 +34,7 @@ class ProviderFacts(Protocol):
     last_success_at: float | None
     last_error: str | None
     last_error_at: float | None
+    failing_paths: dict[str, tuple[int, int]]  # path key -> (404 or 405, consecutive count)
 
 
 @dataclass
@@ -90,6 +98,12 @@ class Health:
         provider_ok, provider_problem = self.provider_verdict(provider, poll_interval)
         if provider_problem:
             problems.append(provider_problem)
+        failing = failing_paths(provider)
+        for key, (status, count) in sorted(failing.items()):
+            problems.append(
+                f"provider path {key}: HTTP {status} on {count} calls in a row "
+                "(wrong path? run `gatewayd provider-check`, see [provider.paths])"
+            )
         last_ok = provider.last_success_at
         last_err_at = provider.last_error_at
         body: dict[str, Any] = {
@@ -103,6 +117,7 @@ class Health:
                 "last_error": provider.last_error,
                 "last_error_age": None if last_err_at is None else round(now - last_err_at, 1),
                 "down_after": round(3 * poll_interval, 1),
+                "failing_paths": {k: {"status": st, "count": n} for k, (st, n) in sorted(failing.items())},
             },
             "last_poll_age": {k: round(now - v, 1) for k, v in sorted(self.polls.items())},
             "uptime": round(now - self.started, 1),
@@ -110,3 +125,8 @@ class Health:
         if queues is not None:
             body["queues"] = queues
         return (not problems), body
+
+
+def failing_paths(provider: ProviderFacts) -> dict[str, tuple[int, int]]:
+    """The provider paths that answered 404/405 at least ``PATH_ALARM_AFTER`` times in a row."""
+    return {k: v for k, v in provider.failing_paths.items() if v[1] >= PATH_ALARM_AFTER}

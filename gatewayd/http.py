@@ -18,6 +18,7 @@ from gatewayd.config import Config
 from gatewayd.jobstates import ACTIVE_STATES, JOB_STATES
 from gatewayd.logs import get_logger
 from gatewayd.metrics import CONTENT_TYPE_LATEST
+from gatewayd.provider.paths import PATHS
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store
 
@@ -87,6 +88,9 @@ async def gather_health(rt: Runtime) -> tuple[bool, dict[str, Any], StoreFacts]:
             m.inbound_held.set(facts.held_inbound)
     m.healthy.set(1 if healthy else 0)
     m.provider_up.set(1 if body["provider"]["ok"] else 0)
+    failing = body["provider"]["failing_paths"]
+    for key in {*PATHS, *failing}:
+        m.provider_path_failing.labels(key).set(1 if key in failing else 0)
     remaining = rt.provider.rate_limit_remaining
     if isinstance(remaining, int):
         m.provider_quota_remaining.set(remaining)

@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gatewayd import __version__
 from gatewayd.jobstates import ACTIVE_STATES, JOB_STATES
+from gatewayd.provider.paths import PATHS
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
@@ -60,6 +61,10 @@ class Metrics:
             "gatewayd_provider_quota_remaining",
             "Provider requests left in the hour, as last reported by X-RateLimit-Remaining (-1: not reported yet)", registry=r,
         )
+        self.provider_path_failing = Gauge(
+            "gatewayd_provider_path_failing",
+            "1 while a provider path answers 404/405 on consecutive calls (a wrong path; as /healthz)", ["path"], registry=r,
+        )
         self.rate_limit_waits = Counter("gatewayd_rate_limit_waits", "Waits imposed by rate limits", ["scope"], registry=r)
         # Email to fax.
         self.smtp_replies = Counter("gatewayd_smtp_replies", "SMTP replies by code", ["code"], registry=r)
@@ -94,6 +99,7 @@ class Metrics:
             (MAIL_RESULTS, self.mail_deliveries),
             (RATE_LIMIT_SCOPES, self.rate_limit_waits),
             (REPORT_OUTCOMES, self.reports),
+            (tuple(PATHS), self.provider_path_failing),
         ):
             for value in values:
                 family.labels(value)

@@ -45,7 +45,8 @@ class ProviderApi(Protocol):
     ``get_sent_fax``, ``retry_fax``. Inbound poller: ``list_fax_extensions``,
     ``list_received_faxes``, ``download_received_fax``, ``get_fax_mailto``,
     ``timezone``. Health and metrics: ``last_success_at``, ``last_error``,
-    ``last_error_at`` (on ``time.monotonic``'s clock), ``rate_limit_remaining``.
+    ``last_error_at`` (on ``time.monotonic``'s clock), ``rate_limit_remaining``,
+    ``failing_paths`` (path key -> (404/405, consecutive count)).
     The daemon: ``aclose``.
     """
 
@@ -53,6 +54,7 @@ class ProviderApi(Protocol):
     last_error: str | None
     last_error_at: float | None
     rate_limit_remaining: int | None
+    failing_paths: dict[str, tuple[int, int]]
 
     @property
     def timezone(self) -> dt.tzinfo: ...

@@ -10,9 +10,15 @@ from gatewayd.provider.simulator import main_simulator
 
 
 def main(args: argparse.Namespace) -> int:
+    paths: dict[str, str] = {}
+    for item in getattr(args, "paths", []):
+        key, sep, template = item.partition("=")
+        if not sep:
+            raise CommandError(f"--path wants KEY=PATH, not {item!r}", EXIT_USAGE)
+        paths[key.strip()] = template.strip()
     try:
-        asyncio.run(main_simulator(args.listen, args.client_id, args.client_secret))
-    except ValueError as exc:  # a bad --listen value
+        asyncio.run(main_simulator(args.listen, args.client_id, args.client_secret, paths=paths))
+    except ValueError as exc:  # a bad --listen or --path value (PathProblem is one)
         raise CommandError(str(exc), EXIT_USAGE) from None
     except KeyboardInterrupt:
         pass

@@ -17,7 +17,7 @@ The errors are defined in ``errors.py``, the result records in
 ``results.py`` and the wire-format readers in ``wire.py``; callers import
 all of them from here. This module stays over 600 lines on purpose: it is
 one class, the request machinery (token, retries, rate limits) together with
-every endpoint that uses it, so that the provider's paths stay in one file.
+every endpoint that uses it; the path table itself is in ``paths.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from gatewayd.provider.errors import (
     RateLimited,
     Rejected,
 )
+from gatewayd.provider.paths import INFERRED_PATHS, PATHS, merged_paths
 from gatewayd.provider.wire import (
     error_fields,
     extension_from_row,
@@ -91,22 +92,8 @@ __all__ = [
     "User",
 ]
 
-# --------------------------------------------------------------------------
-# API paths: the one table. Relative to base_url (".../api/ver1.0").
-# A wrong inferred path is corrected here and nowhere else.
-# --------------------------------------------------------------------------
-PATHS: dict[str, str] = {
-    "user": "/user",
-    "extensions": "/client/{client_id}/extension/",
-    "extension": "/client/{client_id}/extension/{extension_id}",
-    "fax_mailto": "/extension/{extension_id}/fax/",  # inferred
-    "fax_out": "/extension/{extension_id}/fax/out/",
-    "fax_out_one": "/extension/{extension_id}/fax/out/{fax_id}",
-    "fax_in": "/extension/{extension_id}/fax/in/",  # inferred
-    "fax_in_one": "/extension/{extension_id}/fax/in/{uuid}",  # inferred
-}
-#: Keys of PATHS that are inferred from sibling resources, not documented.
-INFERRED_PATHS: frozenset[str] = frozenset({"fax_mailto", "fax_in", "fax_in_one"})
+# API paths: the one table is in paths.py (overridable with [provider.paths]);
+# each client uses its merged copy, ``self.paths``.
 #: Label used for the token endpoint in on_request callbacks and logs.
 TOKEN_PATH_LABEL = "/oauth/token"
 
@@ -151,7 +138,10 @@ class ProviderClient:
         clock: Callable[[], float] = time.monotonic,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        paths: Mapping[str, str] | None = None,
     ) -> None:
+        #: The path table in use: PATHS with the configuration's overrides.
+        self.paths: dict[str, str] = merged_paths(paths)
         self._base_url = base_url.rstrip("/")
         self._token_url = token_url
         self._allowed = {origin(self._base_url), origin(token_url)}
@@ -188,6 +178,11 @@ class ProviderClient:
         # The provider's hourly quota as last reported (X-RateLimit-*), for metrics.
         self.rate_limit_limit: int | None = None
         self.rate_limit_remaining: int | None = None
+        # Paths that answered 404/405 on consecutive calls: key -> (status,
+        # count); a 2xx on the path clears it (docs/operations.md, Health).
+        self.failing_paths: dict[str, tuple[int, int]] = {}
+        #: The field names of the last token answer (for provider-check).
+        self.token_fields: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, provider_cfg: Any, **kw: Any) -> ProviderClient:
@@ -202,6 +197,7 @@ class ProviderClient:
             str(provider_cfg.client_id),
             provider_cfg.client_secret,
             float(timeout),
+            paths=dict(getattr(provider_cfg, "paths", ()) or ()),
             **kw,
         )
 
@@ -306,7 +302,7 @@ class ProviderClient:
         self._check_blocked()
         ctype = "application/pdf" if kind == "pdf" else "image/tiff"
         started_at = dt.datetime.now(dt.timezone.utc)
-        template = PATHS["fax_out"]
+        template = self.paths["fax_out"]
         url = self._url("fax_out", {"extension_id": ext})
 
         def ambiguous(why: str, **kw: Any) -> AmbiguousSubmit:
@@ -318,14 +314,19 @@ class ProviderClient:
                 **kw,
             )
 
-        resp = await self._authed(
-            "POST",
-            template,
-            url,
-            data={"dst_num": dst_num},
-            files={"file": (filename, document, ctype)},
-            ambiguous=ambiguous,
-        )
+        try:
+            resp = await self._authed(
+                "POST",
+                template,
+                url,
+                data={"dst_num": dst_num},
+                files={"file": (filename, document, ctype)},
+                ambiguous=ambiguous,
+            )
+        except (NotFound, Rejected) as exc:
+            self._note_path("fax_out", exc.http_status)
+            raise
+        self._note_path("fax_out", resp.status_code)
         try:
             return self._sent_fax(json_object(resp))
         except (ProviderError, KeyError, TypeError, ValueError):
@@ -411,6 +412,15 @@ class ProviderClient:
             "DELETE", "fax_in_one", {"extension_id": int_id(extension_id), "uuid": uuid_segment(uuid)}
         )
 
+    # ---------------------------------------------------------------- probing
+    async def get_raw(
+        self, key: str, args: Mapping[str, Any], params: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        """GET one path of the table and return the answer as it came (2xx;
+        errors raise as for every call). GET only, so ``gatewayd
+        provider-check`` can read a production account without changing it."""
+        return await self._call("GET", key, args, params=params)
+
     # ------------------------------------------------------------ machinery
     async def _ensure_tz(self) -> None:
         # Provider datetimes are wall times in the client's zone: know it first.
@@ -418,7 +428,7 @@ class ProviderClient:
             await self.get_user()
 
     def _url(self, key: str, args: Mapping[str, Any]) -> str:
-        path = PATHS[key].format(**{k: quote(str(v), safe="") for k, v in args.items()})
+        path = self.paths[key].format(**{k: quote(str(v), safe="") for k, v in args.items()})
         url = self._base_url + path
         self._check_origin(url)
         return url
@@ -454,7 +464,7 @@ class ProviderClient:
         trace: _CallTrace | None = None,
     ) -> httpx.Response:
         """An idempotent call (GET/PUT/DELETE) with bounded retries."""
-        template = PATHS[key]
+        template = self.paths[key]
         url = self._url(key, args)
         trace = trace or _CallTrace()
         waited_for_limit = False
@@ -462,9 +472,14 @@ class ProviderClient:
         while True:
             attempt += 1
             try:
-                return await self._authed(
+                resp = await self._authed(
                     method, template, url, params=params, json_body=json_body
                 )
+                self._note_path(key, resp.status_code)
+                return resp
+            except (NotFound, Rejected) as exc:
+                self._note_path(key, exc.http_status)
+                raise
             except ProviderUnavailable as exc:
                 trace.uncertain_attempts += 1
                 if attempt >= self._max_attempts:
@@ -655,6 +670,7 @@ class ProviderClient:
             except (ValueError, KeyError, TypeError):
                 self._note_error("unreadable token answer")
                 raise ProviderUnavailable("token endpoint gave an unreadable answer") from None
+            self.token_fields = frozenset(body) if isinstance(body, dict) else frozenset()
             self._previous_token, self._access_token = self._access_token, token
             margin = min(TOKEN_RENEW_MARGIN, expires_in / 2)
             self._token_renew_at = asked_at + expires_in - margin
@@ -732,6 +748,15 @@ class ProviderClient:
             self.rate_limit_limit = limit
         if remaining is not None:
             self.rate_limit_remaining = remaining
+
+    def _note_path(self, key: str, status: int | None) -> None:
+        # 404/405 on one call may be a deleted fax; on consecutive calls it is
+        # most likely a wrong path (an inferred one, docs/provider.md).
+        if status in (404, 405):
+            _, count = self.failing_paths.get(key, (status, 0))
+            self.failing_paths[key] = (status, count + 1)
+        elif status is not None and 200 <= status < 300:
+            self.failing_paths.pop(key, None)
 
     def _note_error(self, text: str) -> None:
         self.last_error = self._scrub(text)

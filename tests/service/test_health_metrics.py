@@ -180,6 +180,7 @@ class Provider:
         self.last_error_at: float | None = None
         self.last_error: str | None = None
         self.rate_limit_remaining: int | None = None
+        self.failing_paths: dict[str, tuple[int, int]] = {}
 
     def ok(self, at: float) -> None:
         self.last_success_at = at

@@ -133,6 +133,7 @@ class Idle:
 
 class FakeProvider:
     last_success_at = last_error_at = last_error = None
+    failing_paths: dict[str, tuple[int, int]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -135,6 +135,7 @@ class Hook:
 
 class _NoProvider:
     last_success_at = last_error_at = last_error = None
+    failing_paths: dict[str, tuple[int, int]] = {}
 
     async def aclose(self) -> None:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,15 @@ from gatewayd.provider.simulator.model import API_PREFIX, MAX_FILE_BYTES, TOKEN_
 log = structlog.get_logger(__name__)
 
 __all__ = ["ProviderSimulator", "run_simulator"]
+
+
+# The client's placeholder names -> the handlers' match_info names.
+_ROUTE_NAMES = {"client_id": "cid", "extension_id": "eid", "fax_id": "fid", "uuid": "uuid"}
+
+
+def route_path(template: str) -> str:
+    """A client path template as an aiohttp route (``{extension_id}`` -> ``{eid}``)."""
+    return re.sub(r"\{(\w+)\}", lambda m: "{" + _ROUTE_NAMES[m.group(1)] + "}", template)
 
 
 class ProviderSimulator(ControlApi):
@@ -70,18 +80,22 @@ class ProviderSimulator(ControlApi):
         r = app.router
         p = API_PREFIX
         r.add_post(TOKEN_PATH, self._h_token)
-        r.add_get(p + "/user", self._h_user)
-        r.add_get(p + "/client/{cid}/extension/", self._h_extensions)
-        r.add_get(p + "/client/{cid}/extension/{eid}", self._h_extension)
-        r.add_get(p + "/extension/{eid}/fax/", self._h_get_mailto)
-        r.add_put(p + "/extension/{eid}/fax/", self._h_put_mailto)
-        r.add_post(p + "/extension/{eid}/fax/out/", self._h_send)
-        r.add_get(p + "/extension/{eid}/fax/out/", self._h_list_sent)
-        r.add_get(p + "/extension/{eid}/fax/out/{fid}", self._h_get_sent)
-        r.add_put(p + "/extension/{eid}/fax/out/{fid}", self._h_action)
-        r.add_get(p + "/extension/{eid}/fax/in/", self._h_list_received)
-        r.add_get(p + "/extension/{eid}/fax/in/{uuid}", self._h_download)
-        r.add_delete(p + "/extension/{eid}/fax/in/{uuid}", self._h_delete_received)
+        routes = (
+            ("GET", "user", self._h_user),
+            ("GET", "extensions", self._h_extensions),
+            ("GET", "extension", self._h_extension),
+            ("GET", "fax_mailto", self._h_get_mailto),
+            ("PUT", "fax_mailto", self._h_put_mailto),
+            ("POST", "fax_out", self._h_send),
+            ("GET", "fax_out", self._h_list_sent),
+            ("GET", "fax_out_one", self._h_get_sent),
+            ("PUT", "fax_out_one", self._h_action),
+            ("GET", "fax_in", self._h_list_received),
+            ("GET", "fax_in_one", self._h_download),
+            ("DELETE", "fax_in_one", self._h_delete_received),
+        )
+        for method, key, handler in routes:
+            r.add_route(method, p + route_path(self.paths[key]), handler)
         r.add_post("/_sim/inbound", self._c_inbound)
         r.add_get("/_sim/sent", self._c_sent)
         r.add_get("/_sim/received", self._c_received)

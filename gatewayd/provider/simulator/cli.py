@@ -59,6 +59,7 @@ async def main_simulator(
                 f"{e.id} ({e.name})" for e in sorted(sim.extensions.values(), key=lambda e: e.id) if e.type == "fax"
             ),
         ]
+        lines += [f"  path {k} served at {v} (overridden)" for k, v in sorted((kw.get("paths") or {}).items())]
         print("\n".join(lines), file=out, flush=True)
         await asyncio.Event().wait()
     finally:

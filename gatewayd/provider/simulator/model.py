@@ -8,13 +8,14 @@ import io
 import itertools
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from gatewayd.provider.paths import merged_paths
 from gatewayd.provider.simulator.faults import Fault
 
 __all__ = ["API_PREFIX", "DATETIME_FORMAT", "FIRST_FAX_ID", "MAX_FILE_BYTES", "OUTCOMES", "RATE_WINDOW", "STATUSES", "TOKEN_PATH", "LoggedRequest", "SimAccount", "SimClock", "SimExtension", "SimReceivedFax", "SimSentFax", "count_pages", "file_kind"]
@@ -154,7 +155,12 @@ class SimAccount:
         clock: SimClock | None = None,
         account_id: int = 12,
         access: str = "full",
+        paths: Mapping[str, str] | None = None,
     ) -> None:
+        # The path table it serves: the client's defaults with the same
+        # [provider.paths] overrides (an overridden path is served instead of
+        # its default, as a provider would), docs/provider.md.
+        self.paths = merged_paths(paths)
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
