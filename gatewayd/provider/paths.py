@@ -51,7 +51,8 @@ def placeholders(template: str) -> set[str]:
         if field is None:
             continue
         if spec or conversion or not field.isidentifier():
-            raise PathProblem(f"{{{field}}}: placeholders are plain names like {{extension_id}}")
+            written = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise PathProblem(f"{{{written}}}: placeholders are plain names like {{extension_id}}")
         names.add(field)
     return names
 
