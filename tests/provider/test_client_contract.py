@@ -32,7 +32,7 @@ def test_paths_table_marks_inferred_paths() -> None:
     assert all(k in PATHS for k in INFERRED_PATHS)
     import inspect
 
-    import gatewayd.provider.client as mod
+    import gatewayd.provider.paths as mod  # the table lives there (docs/provider.md)
 
     src = inspect.getsource(mod)
     for key in INFERRED_PATHS:
