@@ -325,6 +325,7 @@ def _print_try_it(tour: Tour, smtp_port: int, maildir: Path, config_file: Path, 
     tour.say(f"      gatewayd jobs -c {config_file}")
     tour.say(f"      gatewayd job 1 -c {config_file}")
     tour.say(f"      gatewayd received -c {config_file}")
+    tour.say(f"      gatewayd provider-check -c {config_file}   (read-only check of every provider path)")
     tour.say(f"      curl -s http://127.0.0.1:{http_port}/healthz")
 
 
