@@ -21,11 +21,13 @@ __all__ = [
     "ADDRESS_FIELDS",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_HEADER_CHARS",
+    "MAX_COMMENTS",
     "MAX_ENCODED_WORDS",
     "MAX_HEADER_CHARS",
     "MAX_HTML_CHARS",
     "MAX_PARSED_HEADER_CHARS",
     "HeaderBudget",
+    "check_field",
 ]
 
 # One header field the parser reads (Subject, Content-Type, ...). Long
@@ -35,6 +37,9 @@ MAX_HEADER_CHARS = 4096
 MAX_ADDRESS_HEADER_CHARS = 8192
 MAX_ADDRESSES = 100  # per address field, counted by its "@" signs
 MAX_ENCODED_WORDS = 50  # "=?" sequences per field
+# Comments per field: the parser recurses once per nested "(" (a RecursionError
+# after a thousand) and slices the value at each.
+MAX_COMMENTS = 32
 # All the fields one message's parse reads together (every MIME part's
 # Content-Type, Content-Disposition, ... included).
 MAX_PARSED_HEADER_CHARS = 32 * 1024
@@ -75,3 +80,5 @@ def check_field(name: str, value: str) -> None:
         raise MessageTooComplex(f"{name} field size")
     if value.count("=?") > MAX_ENCODED_WORDS:
         raise MessageTooComplex(f"{name} encoded words")
+    if value.count("(") > MAX_COMMENTS:
+        raise MessageTooComplex(f"{name} comments")

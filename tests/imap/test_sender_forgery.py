@@ -12,6 +12,7 @@ import re
 from imap_support import TRUSTED_ID, Dovecot, fax_message, run_imap, wait_for
 
 from gatewayd.email_to_fax.authresults import verify_sender
+from gatewayd.email_to_fax import imap as imap_module
 from gatewayd.email_to_fax.imap import _Identity
 
 # The envelope sender the attacker chose, as a verifying MTA copies it into
@@ -88,7 +89,16 @@ def _raw_with(results: str, from_line: str, subject: str) -> bytes:
     return f"Authentication-Results: {results}\r\n{from_line}\r\n".encode() + base
 
 
-async def test_forged_results_and_from_tricks_through_dovecot(dovecot: Dovecot, make_config) -> None:
+async def test_forged_results_and_from_tricks_through_dovecot(dovecot: Dovecot, make_config, monkeypatch) -> None:
+    # Strangers are judged from the raw header block: their messages are never parsed.
+    parsed: list[bytes] = []
+    real_parse = imap_module.parse_message
+
+    def counting_parse(raw: bytes, **kw):
+        parsed.append(raw)
+        return real_parse(raw, **kw)
+
+    monkeypatch.setattr(imap_module, "parse_message", counting_parse)
     hostile = [
         _raw_with(_forged_results(FORGED_MAILFROM), "From: alice@example.com", "forged mailfrom"),
         _raw_with(_forged_results(FORGED_MAILFROM_ALIGNED), "From: alice@example.com", "forged aligned"),
@@ -110,3 +120,4 @@ async def test_forged_results_and_from_tricks_through_dovecot(dovecot: Dovecot, 
         jobs = gw.jobs()
         assert [j.subject for j in jobs] == ["genuine"]
         assert gw.store.list_mail() == []  # strangers get no reply
+        assert parsed == [genuine]
