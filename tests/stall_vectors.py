@@ -69,6 +69,8 @@ def vectors() -> list[tuple[str, Callable[[], bytes], str]]:
         ("html-3x100k-a", lambda: message(html_parts=["<a" * 50_000] * 3), ACCEPTED),
         ("to-16000-addresses", lambda: message(to=_fold([f"u{i}@example.com" for i in range(16_000)], ",")), TOO_COMPLEX),
         ("subject-40000-encoded-words", lambda: message(subject=_fold(["=?utf-8?q?a?="] * 40_000, "")), TOO_COMPLEX),
+        ("to-101-addresses", lambda: message(to=_fold([f"u{i}@example.com" for i in range(101)], ",")), TOO_COMPLEX),
+        ("subject-51-encoded-words", lambda: message(subject=_fold(["=?utf-8?q?a?="] * 51, "")), TOO_COMPLEX),
         ("subject-8k-plain", lambda: message(subject=_fold(["word"] * 1_600, "")), TOO_COMPLEX),
         ("to-nested-comments", lambda: message(to="(" * 3000 + ")" * 3000 + " fax@fax.example.com"), TOO_COMPLEX),
         ("parts-101", lambda: message(extra_parts=101), TOO_COMPLEX),

@@ -161,13 +161,17 @@ class _TextExtractor(HTMLParser):
 # A "<" that does not open a tag closed before the next "<". The standard
 # HTML parser rescans from such a "<" to the end of the input for every one
 # of them: 100 KB of "<a<a<a..." took 5 s, of "<a <a <a ..." 79 s
-# (docs/security.md, Hostile input). Written as text ("&lt;") instead, every
-# "<" left has its ">" before the next "<", and the parser is linear. The
+# (docs/security.md, Hostile input). Replaced by a stand-in the parser takes
+# as text (and put back afterwards; a character reference "&lt;" would cost
+# a Python call each to resolve), every "<" left has its ">" before the next
+# "<", and the parser is linear. The
 # lookahead stops at the next "<" or ">", so this pass is linear too. What
 # it changes in real mail: a "<" inside a quoted attribute value or a
 # comment ends that tag early, so a few characters of markup may show as
 # text; never anything hidden.
 _UNCLOSED_LT = re.compile(r"<(?![^<>]*>)")
+# A noncharacter: never in text meant for interchange (one that is shows as "<").
+_LT_STAND_IN = "\uffff"
 
 
 def _drop_comments_and_declarations(markup: str) -> str:
@@ -197,9 +201,9 @@ def _drop_comments_and_declarations(markup: str) -> str:
 def html_to_text(markup: str) -> str:
     """Reduce an HTML body to plain text, without quoted originals and signatures."""
     extractor = _TextExtractor()
-    extractor.feed(_UNCLOSED_LT.sub("&lt;", _drop_comments_and_declarations(markup)))
+    extractor.feed(_UNCLOSED_LT.sub(_LT_STAND_IN, _drop_comments_and_declarations(markup)))
     extractor.close()
     # Character references are already resolved (convert_charrefs).
-    text = "".join(extractor.chunks).replace("\xa0", " ")
+    text = "".join(extractor.chunks).replace("\xa0", " ").replace(_LT_STAND_IN, "<")
     lines = [line.strip() for line in text.split("\n")]
     return squeeze_blank_lines("\n".join(lines)).strip()

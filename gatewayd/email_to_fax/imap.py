@@ -51,7 +51,7 @@ from gatewayd.email_to_fax.imap_session import (
     MessageInfo,
     connection_security,
 )
-from gatewayd.email_to_fax.limits import check_field
+from gatewayd.email_to_fax.limits import check_field, check_header_block
 from gatewayd.email_to_fax.parse import parse_message
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy
 from gatewayd.logs import bind_context, get_logger
@@ -152,6 +152,7 @@ class _Identity:
         Authentication-Results values are kept as the MTA wrote them: no
         RFC 2047 decoding (``rawheaders.py`` says why)."""
         try:
+            check_header_block(header)
             fields = rawheaders.fields(header)
         except Exception:  # noqa: BLE001 - hostile header: nobody we know sent it
             return cls(None, None, "", ())

@@ -23,13 +23,19 @@ __all__ = [
     "MAX_ADDRESS_HEADER_CHARS",
     "MAX_COMMENTS",
     "MAX_ENCODED_WORDS",
+    "MAX_HEADER_BLOCK_BYTES",
     "MAX_HEADER_CHARS",
     "MAX_HTML_CHARS",
     "MAX_PARSED_HEADER_CHARS",
     "HeaderBudget",
     "check_field",
+    "check_header_block",
 ]
 
+# The message's own header block, found before anything is parsed (Postfix
+# cuts headers at the same size, header_size_limit; the feed parser would
+# read every line of it, 40,000 folded lines of a Subject: included).
+MAX_HEADER_BLOCK_BYTES = 100 * 1024
 # One header field the parser reads (Subject, Content-Type, ...). Long
 # fields nobody reads (Received, References, DKIM-Signature) cost nothing.
 MAX_HEADER_CHARS = 4096
@@ -66,6 +72,13 @@ class HeaderBudget:
         self.chars_left -= len(value)
         if self.chars_left < 0:
             raise MessageTooComplex("header fields")
+
+
+def check_header_block(raw: bytes) -> None:
+    """Refuse a message whose header block (up to the first blank line) is over the cap."""
+    if len(raw) > MAX_HEADER_BLOCK_BYTES and raw.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK_BYTES + 4) < 0 \
+            and not raw.startswith(b"\r\n"):
+        raise MessageTooComplex("header block size")
 
 
 def check_field(name: str, value: str) -> None:

@@ -51,7 +51,7 @@ from gatewayd.email_to_fax.errors import (
     MalformedMessage,
     MessageTooComplex,
 )
-from gatewayd.email_to_fax.limits import MAX_HTML_CHARS, HeaderBudget
+from gatewayd.email_to_fax.limits import MAX_HTML_CHARS, HeaderBudget, check_header_block
 from gatewayd.filekinds import FileKind, sniff_kind
 
 __all__ = [
@@ -161,6 +161,7 @@ def parse_message(raw: bytes, *, max_parts: int = 100, max_depth: int = 10, crlf
     # look-behind on a 25 MB message.
     if not crlf_checked and raw.count(b"\n") != raw.count(b"\r\n"):
         raise BareLineFeed()
+    check_header_block(raw)
     try:
         return _parse(raw, max_parts=max_parts, max_depth=max_depth)
     except IntakeRefused:
