@@ -65,7 +65,6 @@ def safe_header_text(value: str, limit: int = 200) -> str:
     # times the limit is more than enough to show ``limit`` characters.
     text = _decode_words((value or "")[: max(limit, 1) * 4])
     text = _CONTROL.sub(" ", text).replace("=?", "= ?").strip()
-    text = " ".join(text.split(" "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
