@@ -432,7 +432,7 @@ def hostile_corpus(tmp_path: Path) -> list[CorpusCase]:
     add("nested_200_multiparts", _nested(200), MALFORMED + "too deeply nested")
     add("too_many_parts",
         multipart("too_many_parts", [text_part(f"part {i}") for i in range(150)]),
-        MALFORMED + "too many parts")
+        MALFORMED + "too complex")
 
     # --- attachments refused
     add("zero_byte_attachment",

@@ -20,8 +20,12 @@ Which header is read -- the security argument (also in docs/imap.md):
   (then a forged one would be the topmost). RFC 8601 section 5 requires the
   MTA to delete incoming headers that claim its own authserv-id; the
   deployment must do so (docs/imap.md shows how to check).
-* The chosen header is parsed strictly. If it is malformed the message is
-  not authenticated: never fall back to a header further down.
+* The chosen header is parsed strictly, from the raw header bytes: never
+  after RFC 2047 decoding, which would turn text the sender controls inside
+  the MTA's own header (the envelope local part, the HELO name, a DKIM
+  ``i=``) into new statements (``rawheaders.py``). An encoded word there is
+  a syntax error (``?`` is a special). If the header is malformed the
+  message is not authenticated: never fall back to a header further down.
 
 Alignment is "relaxed" without a public suffix list: the two domains are
 equal, or one is a subdomain of the other (and the shorter has at least two
@@ -341,7 +345,8 @@ def verify_sender(headers: Sequence[str], trusted_authserv_id: str, from_addr: s
     ``trusted_authserv_id`` (case-insensitive) is read; see the module
     docstring for why. Passing statements, any one suffices:
 
-    * ``dmarc=pass`` whose ``header.from`` (when present) is the From: domain;
+    * ``dmarc=pass`` whose ``header.from`` is the From: domain (a pass
+      without ``header.from`` is not one);
     * ``spf=pass`` whose ``smtp.mailfrom`` domain is aligned with it (an SPF
       pass for only the HELO name is not);
     * ``dkim=pass`` whose ``header.d`` (or, without it, ``header.i``) is
@@ -367,8 +372,10 @@ def verify_sender(headers: Sequence[str], trusted_authserv_id: str, from_addr: s
         if info.result != "pass":
             continue
         if info.method == "dmarc":
+            # A dmarc=pass says nothing about our From: unless it names its
+            # domain: without header.from it could be about any domain.
             header_from = info.values("header", "from")
-            if all(_domain(h) == from_domain for h in header_from):
+            if header_from and all(_domain(h) == from_domain for h in header_from):
                 return AuthVerdict(True, "dmarc", f"dmarc=pass for {from_domain}", count)
         elif info.method == "spf":
             for mailfrom in info.values("smtp", "mailfrom"):

@@ -22,6 +22,7 @@ __all__ = [
     "IntakeRefused",
     "MalformedMessage",
     "MessageTooBig",
+    "MessageTooComplex",
     "NoFaxDocument",
     "NotAFaxNumber",
     "RateLimitReached",
@@ -96,6 +97,14 @@ class MalformedMessage(IntakeRefused):
     def __init__(self, why: str) -> None:
         super().__init__(f"malformed message: {why}")
         self.why = why
+
+
+class MessageTooComplex(MalformedMessage):
+    """Over one of the caps in ``limits.py``: reading it would stall the daemon."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__("too complex")
+        self.what = what  # which cap, for the logs; the reply does not say
 
 
 class TemporaryFailure(IntakeRefused):

@@ -32,16 +32,15 @@ import asyncio
 import contextlib
 import email.policy
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
 from typing import Any, Literal
 
 import aioimaplib
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.config import ImapConfig
+from gatewayd.email_to_fax import rawheaders
 from gatewayd.email_to_fax.authresults import AuthVerdict, verify_sender
 from gatewayd.email_to_fax.errors import IntakeRefused, MessageTooBig
 from gatewayd.email_to_fax.imap_session import (
@@ -52,7 +51,8 @@ from gatewayd.email_to_fax.imap_session import (
     MessageInfo,
     connection_security,
 )
-from gatewayd.email_to_fax.parse import ParsedMessage, parse_message
+from gatewayd.email_to_fax.limits import check_field, check_header_block
+from gatewayd.email_to_fax.parse import parse_message
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
@@ -136,8 +136,9 @@ def fax_recipients(
 
 @dataclass(frozen=True)
 class _Identity:
-    """What decides who sent a message: read from the parsed message or, when
-    it cannot be parsed (or is too big to fetch), from its header alone."""
+    """What decides who sent a message, read from its raw header block
+    before anything else of it is parsed (docs/imap.md, Who is believed):
+    a stranger's message is never parsed in full (docs/security.md)."""
 
     from_addr: str | None
     message_id: str | None
@@ -145,40 +146,38 @@ class _Identity:
     authentication_results: tuple[str, ...]
 
     @classmethod
-    def of(cls, parsed: ParsedMessage) -> "_Identity":
-        return cls(parsed.from_addr, parsed.message_id, parsed.subject, tuple(parsed.authentication_results))
-
-    @classmethod
     def from_header(cls, header: bytes) -> "_Identity":
-        """Lenient, but never guesses a sender: two From: fields or two
-        addresses in one give no sender (a stranger)."""
+        """Strict, never guesses a sender: two From: fields, two addresses in
+        one, or one read with defects give no sender (a stranger). The
+        Authentication-Results values are kept as the MTA wrote them: no
+        RFC 2047 decoding (``rawheaders.py`` says why)."""
         try:
-            msg = BytesHeaderParser(policy=email.policy.default).parsebytes(header)
-            froms = msg.get_all("from") or []
-            from_addr = None
-            if len(froms) == 1:
-                addrs = getattr(froms[0], "addresses", ())
-                if len(addrs) == 1 and addrs[0].username and addrs[0].domain:
-                    from_addr = addrs[0].addr_spec
-            ids = msg.get_all("message-id") or []
-            subjects = msg.get_all("subject") or []
-            results = tuple(" ".join(str(v).split()) for v in (msg.get_all("authentication-results") or ()))
-            return cls(
-                from_addr,
-                str(ids[0]).strip() if len(ids) == 1 else None,
-                " ".join(str(subjects[0]).split()) if len(subjects) == 1 else "",
-                results,
-            )
+            check_header_block(header)
+            fields = rawheaders.fields(header)
         except Exception:  # noqa: BLE001 - hostile header: nobody we know sent it
             return cls(None, None, "", ())
+        froms = [v for n, v in fields if n.lower() == "from"]
+        ids = [v for n, v in fields if n.lower() == "message-id"]
+        subjects = [v for n, v in fields if n.lower() == "subject"]
+        results = tuple(" ".join(v.split()) for n, v in fields if n.lower() == "authentication-results")
+        return cls(
+            rawheaders.single_from(froms[0]) if len(froms) == 1 else None,
+            (" ".join(ids[0].split()) or None) if len(ids) == 1 else None,
+            _decoded_subject(subjects[0]) if len(subjects) == 1 else "",
+            results,
+        )
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+def _decoded_subject(value: str) -> str:
+    """The Subject for a reply, RFC 2047 decoded; empty when over a cap or unreadable."""
+    try:
+        check_field("Subject", value)
+        return " ".join(str(email.policy.default.header_factory("subject", value)).split())
+    except Exception:  # noqa: BLE001 - only ever shown back to an authorised sender
+        return ""
 
 
-def _header_block(raw: bytes) -> bytes:
-    m = _HEADER_END.search(raw)
-    return raw[: m.end()] if m else raw
+_header_block = rawheaders.header_block
 
 
 # ------------------------------------------------------------------ outcome
@@ -343,21 +342,17 @@ class ImapIntake:
             header = await session.fetch(info.uid, "BODY.PEEK[HEADER]")
             if header is None:
                 return _Outcome(None)
-            return await self._decide(header, parsed=None, refusal=MessageTooBig(), size=info.size)
+            return await self._decide(header, refusal=MessageTooBig(), size=info.size)
         raw = await session.fetch(info.uid)
         if raw is None:
             return _Outcome(None)  # expunged meanwhile; the next listing will not show it
-        try:
-            parsed = await asyncio.to_thread(parse_message, raw)
-        except IntakeRefused as exc:
-            return await self._decide(raw, parsed=None, refusal=exc, size=info.size)
-        except MemoryError:
-            return _Outcome(None)
-        return await self._decide(raw, parsed=parsed, refusal=None, size=info.size)
+        return await self._decide(raw, refusal=None, size=info.size)
 
-    async def _decide(self, raw: bytes, *, parsed: ParsedMessage | None, refusal: IntakeRefused | None, size: int) -> _Outcome:
+    async def _decide(self, raw: bytes, *, refusal: IntakeRefused | None, size: int) -> _Outcome:
         config = self.rt.config
-        ident = _Identity.of(parsed) if parsed is not None else _Identity.from_header(_header_block(raw))
+        # Who sent it is decided from the raw header block alone, before the
+        # full parse: a stranger's message is never parsed (docs/security.md).
+        ident = _Identity.from_header(_header_block(raw))
         key = intake_key(ident.message_id, raw)
         with bind_context(message_id=ident.message_id):
             authorisation, verdict = self._authorise(ident)
@@ -366,7 +361,12 @@ class ImapIntake:
                 return _Outcome("failed")
             if refusal is not None:
                 return await self._refuse(ident, authorisation, key, [refusal])
-            assert parsed is not None
+            try:
+                parsed = await asyncio.to_thread(parse_message, raw)
+            except IntakeRefused as exc:
+                return await self._refuse(ident, authorisation, key, [exc])
+            except MemoryError:
+                return _Outcome(None)
             plan = fax_recipients(parsed.header_addresses, config.imap.addresses, NumberPolicy(config.numbers))
             if not plan.destinations:
                 refusals = list(plan.refused) or [NoFaxRecipient(_example_address(config.imap.addresses))]

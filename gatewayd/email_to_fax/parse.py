@@ -49,7 +49,9 @@ from gatewayd.email_to_fax.errors import (
     BareLineFeed,
     IntakeRefused,
     MalformedMessage,
+    MessageTooComplex,
 )
+from gatewayd.email_to_fax.limits import MAX_HTML_CHARS, HeaderBudget, check_header_block
 from gatewayd.filekinds import FileKind, sniff_kind
 
 __all__ = [
@@ -159,6 +161,7 @@ def parse_message(raw: bytes, *, max_parts: int = 100, max_depth: int = 10, crlf
     # look-behind on a 25 MB message.
     if not crlf_checked and raw.count(b"\n") != raw.count(b"\r\n"):
         raise BareLineFeed()
+    check_header_block(raw)
     try:
         return _parse(raw, max_parts=max_parts, max_depth=max_depth)
     except IntakeRefused:
@@ -189,7 +192,7 @@ class _BoundedFeedParser(BytesFeedParser):
     def _new_message(self) -> None:
         self._parts += 1
         if self._parts > self._max_parts:
-            raise MalformedMessage("too many parts")
+            raise MessageTooComplex("parts")
         if len(getattr(self, "_msgstack", ())) > self._max_depth:
             raise MalformedMessage("too deeply nested")
         super()._new_message()  # type: ignore[misc]
@@ -220,17 +223,22 @@ class _ParsePolicy(email.policy.EmailPolicy):
     ``get_content_type``, ``get_filename``, ...). Header objects are
     immutable, so the walk can share them. One instance per message (the
     cache dies with it); messages are parsed in several threads at once.
+
+    It also holds the message's ``HeaderBudget`` (``limits.py``): a field
+    over a cap is refused before the slow header parser sees it.
     """
 
     def __init__(self) -> None:
         super().__init__(header_factory=_HEADER_CLASSES)
         object.__setattr__(self, "_fetched", {})
+        object.__setattr__(self, "_budget", HeaderBudget())
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         fetched: dict[tuple[str, str], Any] = self._fetched  # type: ignore[attr-defined]
         key = (name, value)
         header = fetched.get(key)
         if header is None:
+            self._budget.charge(name, value)  # type: ignore[attr-defined]
             header = fetched[key] = super().header_fetch_parse(name, value)
         return header
 
@@ -294,7 +302,7 @@ def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[
 def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
     msg, entities, bodies = _feed(raw, max_parts=max_parts, max_depth=max_depth)
     if len(entities) > max_parts:
-        raise MalformedMessage("too many parts")
+        raise MessageTooComplex("parts")
     for part, section, _ in entities:
         _check_entity(part, section)
 
@@ -349,7 +357,7 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
     if plain:
         body = "\n\n".join(clean_plain(t) for t in plain)
     else:
-        body = "\n\n".join(clean_plain(html_to_text(t)) for t in htmls)
+        body = "\n\n".join(clean_plain(html_to_text(t)) for t in _bounded(htmls, MAX_HTML_CHARS))
 
     from_addr, from_display = _from(msg)
     return ParsedMessage(
@@ -365,10 +373,23 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         header_addresses=MappingProxyType(
             {name: _addresses(msg, name) for name in _ADDRESS_HEADERS}
         ),
+        # Raw, never RFC 2047 decoded (gatewayd/email_to_fax/authresults.py says why).
         authentication_results=tuple(
-            _clean_line(_unescape_8bit(str(v))) for v in (msg.get_all("authentication-results") or ())
+            _clean_line(_unescape_8bit(v)) for k, v in msg.raw_items() if k.lower() == "authentication-results"
         ),
     )
+
+
+def _bounded(texts: list[str], limit: int) -> list[str]:
+    """The texts, cut so that together they hold at most ``limit`` characters
+    (what lies beyond is never shown: see MAX_BODY_CHARS; limits.py)."""
+    out: list[str] = []
+    for text in texts:
+        if limit <= 0:
+            break
+        out.append(text[:limit])
+        limit -= len(out[-1])
+    return out
 
 
 # ------------------------------------------------------------ structure walk

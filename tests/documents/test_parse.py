@@ -432,7 +432,7 @@ def test_part_limit() -> None:
         return multipart("flat", [text_part(f"p{i}") for i in range(parts)])
 
     assert parse_message(flat(99), max_parts=100).body_text.startswith("p0")  # 99 parts + the message
-    with pytest.raises(MalformedMessage, match="too many parts"):
+    with pytest.raises(MalformedMessage, match="too complex"):
         parse_message(flat(100), max_parts=100)
 
 

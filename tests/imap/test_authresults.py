@@ -131,8 +131,9 @@ def test_dmarc_pass_for_another_from_domain_does_not_count() -> None:
     assert not verdict(f"{ID}; dmarc=pass header.from=evil.test").passed
 
 
-def test_dmarc_pass_without_header_from_counts() -> None:
-    assert verdict(f"{ID}; dmarc=pass").passed
+def test_dmarc_pass_without_header_from_does_not_count() -> None:
+    # It could be about any domain (issue 14): header.from must name ours.
+    assert not verdict(f"{ID}; dmarc=pass").passed
 
 
 @pytest.mark.parametrize("result", ["fail", "none", "temperror", "permerror", "neutral", "softfail", "policy"])
