@@ -19,7 +19,9 @@ tables stays one commit:
 - ``outbox``: every email gatewayd sends;
 - ``received``: the ledger of received faxes;
 - ``usage``: the hourly sender counters;
-- ``markers``: metadata and the IMAP reply markers.
+- ``markers``: metadata and the IMAP reply markers;
+- ``restore``: a backup's mark, applied at the first start on the copy
+  (``backup`` makes the copy).
 
 docs/architecture.md, "Storage layout" and "Durability rules", describes
 the files and the guarantees. The job states live in gatewayd/jobstates.py
@@ -59,18 +61,19 @@ from gatewayd.store.migrations import MIGRATIONS
 from gatewayd.store.outbox import OutboxMail, OutboxTable
 from gatewayd.store.provider_ids import IdOwner, ProviderIds, ReleasedId
 from gatewayd.store.received import ReceivedFax, ReceivedLedger
+from gatewayd.store.restore import RestoredFrom, RestoreMark
 from gatewayd.store.usage import SenderUsage
 
 __all__ = [
     "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
     "QUEUED", "REJECTED", "SENDING", "SENT", "SUBMITTED", "SUBMITTING", "UNKNOWN",
-    "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "ReceivedFax", "ReleasedId", "Store", "StoreError",
+    "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
 ]
 
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers):
+class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:
