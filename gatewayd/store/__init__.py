@@ -18,6 +18,7 @@ tables stays one commit:
   hands out again moves to the new job);
 - ``outbox``: every email gatewayd sends;
 - ``received``: the ledger of received faxes;
+- ``provider_deletes``: received faxes due for deletion at the provider;
 - ``usage``: the hourly sender counters;
 - ``markers``: metadata and the IMAP reply markers;
 - ``restore``: a backup's mark, applied at the first start on the copy
@@ -59,6 +60,7 @@ from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
 from gatewayd.store.markers import Markers
 from gatewayd.store.migrations import MIGRATIONS
 from gatewayd.store.outbox import OutboxMail, OutboxTable
+from gatewayd.store.provider_deletes import PendingDelete, ProviderDeletes
 from gatewayd.store.provider_ids import IdOwner, ProviderIds, ReleasedId
 from gatewayd.store.received import ReceivedFax, ReceivedLedger
 from gatewayd.store.restore import RestoredFrom, RestoreMark
@@ -67,13 +69,13 @@ from gatewayd.store.usage import SenderUsage
 __all__ = [
     "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
     "QUEUED", "REJECTED", "SENDING", "SENT", "SUBMITTED", "SUBMITTING", "UNKNOWN",
-    "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
+    "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "PendingDelete", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
 ]
 
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark):
+class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:
