@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Callable, Sequence
 
 from gatewayd import __version__
-from gatewayd.commands import control, received
+from gatewayd.commands import backup, control, received
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, config_path
 from gatewayd.jobstates import JOB_STATES
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("extension", type=int)
     p.add_argument("--set", dest="addresses", default=None, metavar="ADDR,ADDR")
     add("provider-check", "read-only check of every provider path gatewayd uses (exit 0 all as expected, 1 not)")
+    p = add("backup", "copy the state (database and documents) into a new directory while the daemon runs")
+    p.add_argument("dir", metavar="DIR", help="a new or empty directory")
     add("hash-password", "read a password on stdin, print the hash for [[smtp.users]]")
     p = add("simulator", "run the provider simulator alone")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
@@ -264,6 +266,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "mailto": received.mailto,
     "simulator": cmd_simulator,
     "provider-check": cmd_provider_check,
+    "backup": backup.backup,
 }
 
 

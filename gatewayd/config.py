@@ -162,6 +162,7 @@ class InboundConfig:
     fallback_to: tuple[str, ...] = ()
     mailto_refresh: float = 600.0
     first_lookback: float = 86400.0  # first poll of an extension: how far back
+    delete_after_relay: bool = False  # DELETE the fax at the provider once the relay accepted its email
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def route_for(self, destination: str) -> tuple[str, ...] | None:
@@ -894,6 +895,7 @@ class _Loader:
             fallback_to=s.get_list("fallback_to", (), parse_email),
             mailto_refresh=s.get("mailto_refresh", d.mailto_refresh, parse_duration),
             first_lookback=s.get("first_lookback", d.first_lookback, parse_duration),
+            delete_after_relay=s.get("delete_after_relay", False, kind=bool),
             routes=tuple(routes),
         )
         s.finish()

@@ -116,6 +116,11 @@ class Daemon:
         """Start everything, tell systemd READY, serve until SIGTERM/SIGINT."""
         loop = asyncio.get_running_loop()
         store = Store(self.config.state_dir)
+        restored = store.apply_restore_mark()
+        if restored is not None:
+            # docs/operations.md, "Backup and restore": nothing is sent before the provider's list is checked.
+            log.warning("restored_from_backup", backup_id=restored.backup_id, taken_at=restored.taken_at,
+                        jobs_to_reconcile=restored.queued + restored.submitting)
         removed = store.clean_documents()
         if removed:
             log.info("documents_cleaned", removed=removed)

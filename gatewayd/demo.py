@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import shutil
 import socket
 import sys
 import time
@@ -91,10 +92,34 @@ def demo_config(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, re
     return load_config_data(data, source="(demo)")
 
 
+DEMO_CONFIG_HEADER = "# Written by `gatewayd demo`"
+
+
+def fresh_start(workdir: Path) -> None:
+    """Remove what an earlier demo run left in ``workdir`` (its state and Maildir).
+
+    The simulator starts empty at every run, so the gateway must too: an old
+    run's jobs would hold the fax ids the new simulator hands out again, and
+    its queued jobs would go to a provider that never heard of them. Only a
+    directory an earlier demo wrote (its config.toml says so) is cleared.
+    """
+    state_dir, maildir, config_file = workdir / "state", workdir / "mail", workdir / "config.toml"
+    if not state_dir.exists() and not maildir.exists():
+        return
+    try:
+        written_by_demo = config_file.read_text(encoding="utf-8").startswith(DEMO_CONFIG_HEADER)
+    except OSError:
+        written_by_demo = False
+    if not written_by_demo:
+        raise DemoError(f"{workdir} holds a state/ or mail/ directory the demo did not write; choose another --dir")
+    for path in (state_dir, maildir):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_demo_config(path: Path, data: dict[str, Any]) -> Config:
     """Write the configuration the demo runs with and load it back through the real loader."""
     header = (
-        "# Written by `gatewayd demo`; valid while the demo runs (the simulator and\n"
+        f"{DEMO_CONFIG_HEADER}; valid while the demo runs (the simulator and\n"
         "# mail sink ports change at every start). Use it with the command line:\n"
         f"#   gatewayd jobs -c {path}\n\n"
     )
@@ -212,6 +237,7 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
     workdir = workdir.absolute()
     state_dir, maildir, config_file = workdir / "state", workdir / "mail", workdir / "config.toml"
     workdir.mkdir(parents=True, exist_ok=True)
+    fresh_start(workdir)
     if smtp_port == 0:
         smtp_port = free_port()
     elif not port_is_free(smtp_port):

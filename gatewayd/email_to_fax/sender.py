@@ -43,7 +43,7 @@ from gatewayd.provider.client import (
     SentFax,
 )
 from gatewayd.runtime import Runtime
-from gatewayd.store import QUEUED, REJECTED, ERROR, SUBMITTED, SUBMITTING, Job, StoreError
+from gatewayd.store import QUEUED, REJECTED, ERROR, SUBMITTED, SUBMITTING, IdOwner, Job, StoreError
 
 log = get_logger(__name__)
 
@@ -263,11 +263,22 @@ class Sender:
 
     async def _mark_submitted(self, job: Job, fax: SentFax, why: str, started: float | None) -> None:
         store = self.rt.store
-        await store.run(
-            store.transition, job.id, SUBMITTED, f"{why} as fax {fax.id}", expect=[SUBMITTING],
+        # An id an old job still holds was handed out again by the provider
+        # (docs/architecture.md, "Provider ids handed out again"): the old job
+        # lets go of it in the same commit, so this live job is never stranded.
+        _, released = await store.run(
+            store.take_provider_id, job.id, SUBMITTED, f"{why} as fax {fax.id}", expect=[SUBMITTING],
             provider_id=fax.id, provider_status=fax.status, submitted_at=started or self.rt.clock(),
-            attempts=job.attempts + 1, next_attempt_at=None,
+            attempts=job.attempts + 1, next_attempt_at=None, reconcile_until=None,
         )
+        for old in released:
+            if old.was_finished:
+                log.warning("sender_provider_id_reused", provider_id=fax.id, old_job_id=old.job_id, old_state=old.state,
+                            hint="the provider handed out an id a finished job had; the old job keeps it in its history only")
+            else:
+                log.error("sender_provider_id_taken_from_live_job", provider_id=fax.id, old_job_id=old.job_id, old_state=old.state,
+                          hint="the provider reused the id of a fax it had accepted for another job (an account reset or switch?); "
+                               "that job can no longer be followed and is now 'unknown'")
         self._first_miss.pop(job.id, None)
 
     async def _requeue(self, job: Job, reason: str, delay: float) -> None:
@@ -290,7 +301,7 @@ class Sender:
         """A job whose POST may or may not have created a fax: look before resending."""
         store, rt = self.rt.store, self.rt
         started = job.submitted_at if job.submitted_at is not None else job.updated_at
-        window = self._window(started)
+        window = self._window(started, job.reconcile_until)
         try:
             faxes = await rt.provider.list_sent_faxes(job.extension, since=window[0])
         except RateLimited as exc:
@@ -304,7 +315,11 @@ class Sender:
             await self._reconcile_later(job, f"cannot reconcile yet: {exc}", self._backoff())
             return
         self._failures = 0
-        owned = await store.run(store.provider_ids_in_use, job.extension)
+        owners = await store.run(store.provider_id_owners, job.extension)
+        owned = {fax_id for fax_id, owner in owners.items() if owner.job_id != job.id}
+        # An id a finished job holds is that job's fax only if it matches its
+        # number and its own submission time; otherwise the provider reused it.
+        owned -= {f.id for f in faxes if f.id in owned and self._reused(f, owners[f.id])}
         candidates = sorted(
             (f for f in faxes if _same_number(f.dst_num, job.dst_num) and f.id not in owned
              and f.datetime is not None and window[0] <= f.datetime <= window[1]),
@@ -332,22 +347,39 @@ class Sender:
             log.warning("sender_reconcile_outside_window", faxes=[(f.id, f.datetime.isoformat() if f.datetime else None) for f in near[:5]],
                         window=[w.isoformat() for w in window])
         moved = await store.run(store.transition, job.id, QUEUED, REQUEUE_REASON, expect=[SUBMITTING],
-                                next_attempt_at=rt.clock(), submitted_at=None)
+                                next_attempt_at=rt.clock(), submitted_at=None, reconcile_until=None)
         if moved:
             rt.metrics.submissions.labels("requeued").inc()
             log.info("sender_requeued_after_reconcile")
+
+    def _reused(self, fax: SentFax, owner: IdOwner) -> bool:
+        """True when a finished job holds this id but the listed fax cannot be
+        the one it sent (another number, or created outside its submission's
+        window): the provider handed the id out again."""
+        if not owner.finished:
+            return False
+        if not _same_number(fax.dst_num, owner.dst_num):
+            return True
+        if owner.submitted_at is None or fax.datetime is None:
+            return False
+        lo, hi = self._window(owner.submitted_at)
+        return not (lo <= fax.datetime <= hi)
 
     async def _reconcile_later(self, job: Job, reason: str, delay: float) -> None:
         store = self.rt.store
         log.info("sender_reconcile_deferred", reason=reason, retry_in=round(delay, 1))
         await store.run(store.update_job, job.id, reason=reason, next_attempt_at=self.rt.clock() + delay)
 
-    def _window(self, started: float) -> tuple[dt.datetime, dt.datetime]:
-        """Provider datetimes a fax created by the POST started at ``started`` may carry."""
+    def _window(self, started: float, until: float | None = None) -> tuple[dt.datetime, dt.datetime]:
+        """Provider datetimes a fax created by the POST started at ``started`` may carry.
+
+        ``until``: after a restore the upload may have been made by the old
+        daemon any time up to the restore (docs/operations.md, Backup and restore).
+        """
         skew = self.tuning.match_skew
         timeout = float(self.rt.config.provider.timeout)
         lo = dt.datetime.fromtimestamp(started - skew, dt.timezone.utc)
-        hi = dt.datetime.fromtimestamp(started + timeout + skew, dt.timezone.utc)
+        hi = dt.datetime.fromtimestamp(max(started, until or started) + timeout + skew, dt.timezone.utc)
         # The provider gives whole seconds: widen by one so truncation never excludes.
         return lo - dt.timedelta(seconds=1), hi + dt.timedelta(seconds=1)
 

@@ -27,7 +27,11 @@ before exactly once:
   the ledger (not downloaded) and re-checked on every poll, so it goes out
   after the next ``fax_mailto`` refresh or configuration reload that gives
   it a recipient; it is downloaded then.
-* Received faxes are never deleted at the provider.
+* **Deleting at the provider.** Only with ``inbound.delete_after_relay``:
+  a fax the relay accepted (its ledger row ``relayed``, deletion
+  ``pending``, one commit) is deleted at the provider by the next poll
+  (``_delete_relayed``). A failing DELETE is logged and tried again with
+  backoff; delivery never waits for it, and the ledger still knows the fax.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Callable, Sequence
 
+from gatewayd.backoff import backoff_delay
 from gatewayd.config import Config, is_email_address
 from gatewayd.fax_to_email.convert import PreparedFax, prepare_fax
 from gatewayd.fax_to_email.message import FaxFacts, build_admin_notice, build_received_email
@@ -211,6 +216,7 @@ class InboundPoller:
                 with bind_context(extension=ext):
                     ok = await self._poll_extension(ext) and ok
             ok = await self._retry_held() and ok
+            await self._delete_relayed()
         except RateLimited as exc:
             # The hourly quota is shared with sending: do not spin on it.
             log.warning("inbound_rate_limited", retry_after=round(exc.retry_after, 1))
@@ -430,6 +436,36 @@ class InboundPoller:
             log.info("inbound_mailto", extension=ext, addresses=list(valid))
         self._mailto[ext] = (valid, now)
         return valid
+
+    # ----------------------------------------------------- provider deletes
+
+    async def _delete_relayed(self) -> None:
+        """DELETE at the provider the faxes whose email the relay accepted
+        (inbound.delete_after_relay). Never raises a provider error: a failed
+        DELETE waits with backoff; the fax was delivered either way."""
+        store = self.rt.store
+        due = await store.run(store.due_provider_deletes, self.rt.clock())
+        for item in due:
+            if self.rt.stopping.is_set():
+                return
+            with bind_context(extension=item.extension_id, fax_uuid=item.uuid):
+                try:
+                    await self.rt.provider.delete_received_fax(item.extension_id, item.uuid)
+                except NotFound:
+                    log.info("inbound_deleted_at_provider", already_gone=True)  # deleted already (e.g. by a restored daemon's predecessor)
+                except RateLimited as exc:
+                    # The quota is shared with sending: the rest waits for a later poll.
+                    await store.run(store.provider_delete_failed, item.uuid, self.rt.clock() + max(1.0, exc.retry_after))
+                    log.warning("inbound_delete_failed", error=str(exc), attempts=item.attempts + 1)
+                    return
+                except ProviderError as exc:
+                    delay = backoff_delay(item.attempts + 1, base=self.rt.config.inbound.poll_interval, cap=6 * 3600.0)
+                    await store.run(store.provider_delete_failed, item.uuid, self.rt.clock() + delay)
+                    log.warning("inbound_delete_failed", error=str(exc), attempts=item.attempts + 1, retry_in=round(delay))
+                    continue
+                else:
+                    log.info("inbound_deleted_at_provider")
+                await store.run(store.provider_delete_done, item.uuid)
 
     # ------------------------------------------------------------ held
 

@@ -152,10 +152,15 @@ class OutboxWorker:
         if result.temporary or result.permanent:
             await store.run(self._partial, mail, result)
         else:
-            await store.run(store.mark_mail_sent, mail.id)
+            await store.run(store.mark_mail_sent, mail.id, delete_at_provider=self._delete_at_provider())
         outcome = "sent" if result.accepted else "deferred" if result.temporary else "failed"
         self.rt.metrics.mail_deliveries.labels(outcome).inc()
         log.info("mail_delivered", accepted=list(result.accepted), deferred=sorted(result.temporary), refused=sorted(result.permanent))
+
+    def _delete_at_provider(self) -> bool:
+        # A received fax relayed now is deleted at the provider by the poller
+        # later (inbound.delete_after_relay, docs/inbound.md).
+        return self.rt.config.inbound.delete_after_relay
 
     # These run on the store thread, each as one commit.
 
@@ -176,13 +181,13 @@ class OutboxWorker:
                 retry_at = self.rt.clock() + retry_delay(mail.attempts)
                 if result.accepted:
                     store.split_mail_deferred(mail.id, sorted(result.temporary), error, retry_at)
-                    store.mark_mail_sent(mail.id)
+                    store.mark_mail_sent(mail.id, delete_at_provider=self._delete_at_provider())
                 else:
                     # Nobody has it yet: the row stays pending (a received fax
                     # riding on it must not count as relayed).
                     store.defer_mail_recipients(mail.id, sorted(result.temporary), error, retry_at)
             elif result.accepted:
-                store.mark_mail_sent(mail.id)
+                store.mark_mail_sent(mail.id, delete_at_provider=self._delete_at_provider())
             else:
                 store.mark_mail_failed(mail.id, "; ".join(f"{r}: {e}" for r, e in result.permanent.items()))
             if result.permanent:

@@ -24,7 +24,7 @@ PATHS: dict[str, str] = {
     "fax_out": "/extension/{extension_id}/fax/out/",
     "fax_out_one": "/extension/{extension_id}/fax/out/{fax_id}",
     "fax_in": "/extension/{extension_id}/fax/in/",  # inferred
-    "fax_in_one": "/extension/{extension_id}/fax/in/{uuid}",  # inferred
+    "fax_in_one": "/extension/{extension_id}/fax/in/{uuid}",  # inferred (GET the file; DELETE: inbound.delete_after_relay)
 }
 #: Keys of PATHS that are inferred from sibling resources, not documented.
 INFERRED_PATHS: frozenset[str] = frozenset({"fax_mailto", "fax_in", "fax_in_one"})

@@ -14,10 +14,15 @@ tables stays one commit:
   (the schema itself is in ``migrations``);
 - ``documents``: the document files;
 - ``jobs``: jobs, their history, intake keys, the job side of reports;
+- ``provider_ids``: which job holds a provider fax id (an id the provider
+  hands out again moves to the new job);
 - ``outbox``: every email gatewayd sends;
 - ``received``: the ledger of received faxes;
+- ``provider_deletes``: received faxes due for deletion at the provider;
 - ``usage``: the hourly sender counters;
-- ``markers``: metadata and the IMAP reply markers.
+- ``markers``: metadata and the IMAP reply markers;
+- ``restore``: a backup's mark, applied at the first start on the copy
+  (``backup`` makes the copy).
 
 docs/architecture.md, "Storage layout" and "Durability rules", describes
 the files and the guarantees. The job states live in gatewayd/jobstates.py
@@ -55,19 +60,22 @@ from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
 from gatewayd.store.markers import Markers
 from gatewayd.store.migrations import MIGRATIONS
 from gatewayd.store.outbox import OutboxMail, OutboxTable
+from gatewayd.store.provider_deletes import PendingDelete, ProviderDeletes
+from gatewayd.store.provider_ids import IdOwner, ProviderIds, ReleasedId
 from gatewayd.store.received import ReceivedFax, ReceivedLedger
+from gatewayd.store.restore import RestoredFrom, RestoreMark
 from gatewayd.store.usage import SenderUsage
 
 __all__ = [
     "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
     "QUEUED", "REJECTED", "SENDING", "SENT", "SUBMITTED", "SUBMITTING", "UNKNOWN",
-    "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "ReceivedFax", "Store", "StoreError",
+    "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "PendingDelete", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
 ]
 
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, OutboxTable, ReceivedLedger, SenderUsage, Markers):
+class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:

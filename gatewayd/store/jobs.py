@@ -66,6 +66,9 @@ class Job:
     rule_key: str
     note: str
     reported_at: float | None = None
+    # After a restore: a fax its upload may have created can carry a
+    # provider datetime up to this time (docs/operations.md, Backup and restore).
+    reconcile_until: float | None = None
 
     @property
     def final(self) -> bool:
@@ -84,7 +87,7 @@ class JobEvent:
 JOB_COLUMNS = (
     "id, created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
     "message_id, subject, document, pages, doc_bytes, provider_id, provider_status, submitted_at, "
-    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at"
+    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until"
 )
 # Columns a caller may set (transition, update_job, update_job_if).
 JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at"}

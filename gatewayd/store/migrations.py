@@ -99,4 +99,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN reported_at REAL;
     CREATE INDEX jobs_unreported ON jobs(finished_at) WHERE finished_at IS NOT NULL AND reported_at IS NULL;
     """,
+    # 3: after a restore, until when a job's upload may have been made
+    # (docs/operations.md, Backup and restore); a received fax's deletion at
+    # the provider after its relay (inbound.delete_after_relay): '' (none
+    # asked), 'pending' or 'done'
+    """
+    ALTER TABLE jobs ADD COLUMN reconcile_until REAL;
+    ALTER TABLE received ADD COLUMN provider_delete TEXT NOT NULL DEFAULT '';
+    ALTER TABLE received ADD COLUMN delete_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE received ADD COLUMN delete_next_at REAL;
+    CREATE INDEX received_delete ON received(delete_next_at) WHERE provider_delete = 'pending';
+    """,
 ]

@@ -84,13 +84,22 @@ class OutboxTable(StorePart):
         rows = self._db.query(f"SELECT {OUTBOX_COLUMNS} FROM outbox {clause} ORDER BY id LIMIT ?", (*params, limit))
         return [outbox_mail(r) for r in rows]
 
-    def mark_mail_sent(self, mail_id: int) -> None:
-        """The relay said 250. A received fax riding on this mail is now relayed."""
+    def mark_mail_sent(self, mail_id: int, *, delete_at_provider: bool = False) -> None:
+        """The relay said 250. A received fax riding on this mail is now relayed.
+
+        ``delete_at_provider`` (``inbound.delete_after_relay``): the fax is
+        also due for deletion at the provider, in the same commit
+        (gatewayd/store/provider_deletes.py).
+        """
         now = self.clock()
         try:
             with self._db.transaction() as conn:
                 conn.execute("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?", (now, mail_id))
-                conn.execute("UPDATE received SET state = 'relayed', relayed_at = ? WHERE outbox_id = ? AND state = 'queued'", (now, mail_id))
+                if delete_at_provider:
+                    conn.execute("UPDATE received SET state = 'relayed', relayed_at = ?, provider_delete = 'pending', delete_next_at = ? "
+                                 "WHERE outbox_id = ? AND state = 'queued'", (now, now, mail_id))
+                else:
+                    conn.execute("UPDATE received SET state = 'relayed', relayed_at = ? WHERE outbox_id = ? AND state = 'queued'", (now, mail_id))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot mark mail {mail_id} sent: {exc}") from exc
 

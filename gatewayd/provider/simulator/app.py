@@ -105,6 +105,8 @@ class ProviderSimulator(ControlApi):
         r.add_get("/_sim/outcomes", self._c_outcomes)
         r.add_post("/_sim/outcomes", self._c_set_outcome)
         r.add_post("/_sim/reset", self._c_reset)
+        r.add_post("/_sim/next_fax_id", self._c_next_fax_id)
+        r.add_get("/_sim/received/deleted", self._c_deleted)
         r.add_post("/_sim/clock", self._c_clock)
         r.add_post("/_sim/expire_tokens", self._c_expire_tokens)
         r.add_post("/_sim/extensions", self._c_add_extension)

@@ -92,6 +92,17 @@ class ControlApi(ApiHandlers):
             return json_error(400, f"bad outcome: {exc}")
         return web.json_response(self.outcomes)
 
+    async def _c_next_fax_id(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            self.set_next_fax_id(body["id"])
+        except (ValueError, TypeError, KeyError) as exc:
+            return json_error(400, f"bad next fax id: {exc}")
+        return web.json_response({"next_fax_id": self._next_fax_id})
+
+    async def _c_deleted(self, request: web.Request) -> web.Response:
+        return web.json_response(self.deleted_received)
+
     async def _c_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.Response(status=204)

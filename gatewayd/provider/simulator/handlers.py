@@ -405,4 +405,5 @@ class ApiHandlers(SimAccount):
         if isinstance(rec, web.Response):
             return rec
         del self.received[rec.uuid]
+        self.deleted_received.append(rec.uuid)
         return web.Response(status=204)

@@ -187,6 +187,7 @@ class SimAccount:
         self.extensions: dict[int, SimExtension] = {}
         self.sent: dict[int, SimSentFax] = {}
         self.received: dict[str, SimReceivedFax] = {}
+        self.deleted_received: list[str] = []  # uuids DELETEd through the API, in order
         self.outcomes: dict[str, list[str]] = {}
         self.faults: list[Fault] = []
         self._next_fax_id = FIRST_FAX_ID
@@ -195,6 +196,14 @@ class SimAccount:
         self.add_extension(100, type="phone")
         self.add_extension(122, fax_mailto="admin@example.test")
         self.add_extension(123)
+
+    def set_next_fax_id(self, fax_id: int) -> None:
+        """The next fax sent gets this id, the ones after it count on from there.
+        A fax that had the id is replaced: a provider that forgot its old faxes
+        (an account reset, a test account swapped for the production one)."""
+        if isinstance(fax_id, bool) or not isinstance(fax_id, int) or fax_id < 1:
+            raise ValueError("the next fax id must be a positive integer")
+        self._next_fax_id = fax_id
 
     def reset(self) -> None:
         """Back to the initial account: default extensions, no faxes, no
