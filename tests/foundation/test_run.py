@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import threading
+import tomllib
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class Daemon:
     """A running ``gatewayd run`` whose stderr is read line by line."""
 
     def __init__(self, config: Path) -> None:
+        self.config = config
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self.proc = subprocess.Popen(
@@ -57,6 +59,20 @@ class Daemon:
             record = json.loads(line)  # off a TTY every line is one JSON object
             if record.get("event") == name:
                 return record
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        """Until the SMTP listener accepts: signal handlers are installed by then."""
+        host, port = tomllib.loads(self.config.read_text())["smtp"]["listen"].rsplit(":", 1)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"gatewayd exited ({self.proc.returncode})"
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"gatewayd not listening on {host}:{port} within {timeout}s") from None
+                time.sleep(0.05)
 
     def stop(self, sig: int, within: float = 10) -> int:
         started = time.monotonic()
@@ -136,7 +152,7 @@ def test_sighup_with_an_invalid_file_keeps_running(start, tmp_path) -> None:
 
 def test_log_level_from_the_configuration(start) -> None:
     d = start({"log": {"level": "warning"}})
-    time.sleep(1.0)  # long enough to log readiness, were it at info
+    d.wait_listening()  # readiness would have been logged at info by now
     assert d.proc.poll() is None
     assert d.stop(signal.SIGTERM) == 0
     lines = []  # the reader thread put every line of stderr in the queue
