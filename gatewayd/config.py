@@ -11,13 +11,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import ssl
 import re
 import socket
+import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from gatewayd.passwords import is_password_hash
@@ -369,7 +370,7 @@ def parse_domain(value: Any) -> str:
 class _Section:
     """Reads one TOML table, recording problems and the keys it consumed."""
 
-    def __init__(self, loader: "_Loader", path: str, table: Any) -> None:
+    def __init__(self, loader: _Loader, path: str, table: Any) -> None:
         self.loader = loader
         self.path = path
         if table is None:

@@ -17,8 +17,9 @@ part, e.g. ``provider: no successful call for 95s (last error: ...)``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 class ProviderFacts(Protocol):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from gatewayd.config import Config
 from gatewayd.health import Health
@@ -114,5 +115,5 @@ class Runtime:
         try:
             await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, seconds))
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False

@@ -126,7 +126,7 @@ class _CoverFont:
             path = Path(directory) / f"{source.stem}-cover.ttf"
             font.save(str(path))
             return path, chars
-        except Exception as exc:  # noqa: BLE001 - only slower: the whole font still works
+        except Exception as exc:  # only slower: the whole font still works
             log.warning("cover_font_subset_failed", font=str(source), error=f"{type(exc).__name__}: {exc}")
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)

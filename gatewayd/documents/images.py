@@ -54,7 +54,7 @@ def _open_image(data: bytes, kind: FileKind) -> Image.Image:
         return Image.open(BytesIO(data), formats=[_PIL_FORMATS[kind]])
     except Image.DecompressionBombError as exc:
         raise BadImage(_bomb(exc)) from None
-    except Exception:  # noqa: BLE001 - Pillow raises anything on hostile headers
+    except Exception:  # Pillow raises anything on hostile headers
         raise BadImage(_corrupt(kind)) from None
 
 
@@ -108,7 +108,7 @@ def inspect_image(data: bytes, kind: FileKind, *, frame_limit: int) -> ImagePlan
         raise
     except Image.DecompressionBombError as exc:
         raise BadImage(_bomb(exc)) from None
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise BadImage(_corrupt(kind)) from None
 
 
@@ -138,7 +138,7 @@ def _encode_image(data: bytes, plan: ImagePlan) -> list[bytes]:
             return inputs
     except (BadImage, MemoryError):
         raise
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise BadImage(_corrupt(plan.kind)) from None
 
 
@@ -154,7 +154,7 @@ def image_pdf(data: bytes, plan: ImagePlan, layout: Layout) -> pikepdf.Pdf:
         writer = document.writer
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - img2pdf and Pillow raise many types
+    except Exception as exc:  # img2pdf and Pillow raise many types
         raise BadImage(_corrupt(plan.kind)) from exc
     if not isinstance(writer, pikepdf.Pdf):  # pragma: no cover - a changed img2pdf
         return pikepdf.open(BytesIO(_images_to_pdf(_encode_image(data, plan), layout)))
@@ -194,7 +194,7 @@ def _tiff_frame_embeddable(img: Image.Image, file_size: int) -> bool:
     counts = _tuple(tags.get(TiffImagePlugin.TILEBYTECOUNTS if tiled else TiffImagePlugin.STRIPBYTECOUNTS, ()))
     if not offsets or len(offsets) != len(counts):
         raise BadImage("unreadable TIFF")
-    if any(o + c > file_size for o, c in zip(offsets, counts)):
+    if any(o + c > file_size for o, c in zip(offsets, counts, strict=True)):
         raise BadImage("unreadable TIFF")
     bits = _tuple(tags.get(TiffImagePlugin.BITSPERSAMPLE, (1,)))
     return max(bits, default=1) <= 8 and img.mode in _PLAIN_MODES and "transparency" not in img.info
@@ -260,7 +260,7 @@ def _images_to_pdf(inputs: Iterable[bytes], layout: Layout) -> bytes:
         return img2pdf.convert(*[BytesIO(item) for item in inputs], **_img2pdf_options(layout))
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - img2pdf and Pillow raise many types
+    except Exception as exc:  # img2pdf and Pillow raise many types
         raise BadImage("corrupt image") from exc
 
 

@@ -167,7 +167,7 @@ def parse_message(raw: bytes, *, max_parts: int = 100, max_depth: int = 10, crlf
         raise  # not the message's fault: the listener answers 451
     except RecursionError as exc:
         raise MalformedMessage("too deeply nested") from exc
-    except Exception as exc:  # noqa: BLE001 - hostile input must never escape as a crash
+    except Exception as exc:  # hostile input must never escape as a crash
         raise MalformedMessage(f"unparsable message ({type(exc).__name__})") from exc
 
 
@@ -275,10 +275,10 @@ def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[
             entities = list(_walk(msg, "", 0, max_depth))
         except MemoryError:
             raise
-        except Exception:  # noqa: BLE001 - whatever it is, the plain parse decides
+        except Exception:  # whatever it is, the plain parse decides
             pass
         else:
-            wanted = dict(zip(names, regions))
+            wanted = dict(zip(names, regions, strict=True))
             bodies: dict[int, tuple[int, int]] = {}
             for part, _, _ in entities:
                 payload = part._payload  # the raw payload, as get_payload(decode=False) gives it

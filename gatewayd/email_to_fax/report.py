@@ -18,9 +18,9 @@ delivers it (``OutboxWorker``). See docs/reports.md for the policy:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Callable, Sequence
 
 from gatewayd.config import MailConfig, is_email_address
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, attempts_text

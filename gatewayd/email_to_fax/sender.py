@@ -43,7 +43,7 @@ from gatewayd.provider.client import (
     SentFax,
 )
 from gatewayd.runtime import Runtime
-from gatewayd.store import QUEUED, REJECTED, ERROR, SUBMITTED, SUBMITTING, Job, StoreError
+from gatewayd.store import ERROR, QUEUED, REJECTED, SUBMITTED, SUBMITTING, Job, StoreError
 
 log = get_logger(__name__)
 
@@ -346,8 +346,8 @@ class Sender:
         """Provider datetimes a fax created by the POST started at ``started`` may carry."""
         skew = self.tuning.match_skew
         timeout = float(self.rt.config.provider.timeout)
-        lo = dt.datetime.fromtimestamp(started - skew, dt.timezone.utc)
-        hi = dt.datetime.fromtimestamp(started + timeout + skew, dt.timezone.utc)
+        lo = dt.datetime.fromtimestamp(started - skew, dt.UTC)
+        hi = dt.datetime.fromtimestamp(started + timeout + skew, dt.UTC)
         # The provider gives whole seconds: widen by one so truncation never excludes.
         return lo - dt.timedelta(seconds=1), hi + dt.timedelta(seconds=1)
 

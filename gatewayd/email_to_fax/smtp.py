@@ -201,7 +201,7 @@ class FaxSMTP(SMTP):
         transport = self.transport
         try:
             await self.push(line)
-        except Exception:  # noqa: BLE001 - the peer may be gone (TLS transports say so in odd ways)
+        except Exception:  # the peer may be gone (TLS transports say so in odd ways)
             pass
         if transport is not None:
             transport.close()
@@ -261,7 +261,7 @@ class FaxSMTP(SMTP):
         name = login.decode("utf-8", "replace")
         try:
             ok = await self.listener.verify(name, password)
-        except Exception:  # noqa: BLE001 - never a 500, never a hang
+        except Exception:  # never a 500, never a hang
             log.exception("smtp_auth_check_failed")
             return AuthResult(success=False, handled=False, message=TEMPORARY)
         if ok:
@@ -350,7 +350,7 @@ def _guarded(hook: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str
             raise
         except IntakeRefused as exc:
             return exc.smtp_reply
-        except Exception as exc:  # noqa: BLE001 - the edge of the listener
+        except Exception as exc:  # the edge of the listener
             log.exception("smtp_hook_failed", hook=hook.__name__, peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
             return TEMPORARY
 
@@ -374,7 +374,7 @@ class _Decisions:
             cfg = self.rt.config.smtp
             offer_auth = cfg.auth != "off" and bool(cfg.users) and (server.tls_active or server.trusted) and not server.needs_starttls()
             return [r for r in responses if offer_auth or not r[4:].upper().startswith("AUTH")]
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("smtp_hook_failed", hook="handle_EHLO")
             return responses
 
@@ -467,7 +467,7 @@ class _Decisions:
             reply = "250 2.0.0 queued as " + " ".join(str(i) for i in ids)
         except IntakeRefused as exc:
             reply = exc.smtp_reply
-        except Exception as exc:  # noqa: BLE001 - never a 500 from DATA
+        except Exception as exc:  # never a 500 from DATA
             log.exception("smtp_hook_failed", hook="data", peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
             reply = TEMPORARY
         finally:
@@ -686,7 +686,7 @@ class SmtpListener:
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self.processes is not None:
             await self.processes.stop(grace=0.5)  # they had the same grace as this process, at the same time

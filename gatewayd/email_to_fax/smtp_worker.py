@@ -61,7 +61,7 @@ async def _worker_main(control_fd: int) -> int:
     with bind_context(smtp_process=index):
         try:
             store = Store(config.state_dir)
-        except Exception as exc:  # noqa: BLE001 - told to the main process, which fails its start
+        except Exception as exc:  # told to the main process, which fails its start
             writer.write(frame(("failed", f"store: {exc}")))
             await writer.drain()
             return 1
@@ -75,7 +75,7 @@ async def _worker_main(control_fd: int) -> int:
         listener = SmtpListener(rt, Intake(rt), tuning=start["tuning"], sockets=sockets)
         try:
             await listener.start()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             writer.write(frame(("failed", f"{type(exc).__name__}: {exc}")))
             await writer.drain()
             store.close()

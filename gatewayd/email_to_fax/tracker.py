@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.logs import bind_context, get_logger

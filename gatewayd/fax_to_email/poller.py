@@ -36,9 +36,9 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
-from typing import Callable, Sequence
+from datetime import UTC, datetime, tzinfo
 
 from gatewayd.config import Config, is_email_address
 from gatewayd.fax_to_email.convert import PreparedFax, prepare_fax
@@ -104,7 +104,7 @@ class InboundFax:
         )
 
     @classmethod
-    def from_ledger(cls, row: LedgerFax) -> "InboundFax":
+    def from_ledger(cls, row: LedgerFax) -> InboundFax:
         try:
             when = datetime.fromisoformat(row.fax_time) if row.fax_time else None
         except ValueError:
@@ -276,7 +276,7 @@ class InboundPoller:
                 start = max(start, floor)
         try:
             listed = await self.rt.provider.list_received_faxes(
-                ext, datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(now + FUTURE_SKEW, timezone.utc)
+                ext, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(now + FUTURE_SKEW, UTC)
             )
         except (RateLimited, AuthError):
             raise

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
-from typing import Sequence
 
 # C0 and C1 controls and the Unicode line/paragraph separators: str.splitlines()
 # breaks on \x85, \u2028 and \u2029 too, and the email package refuses a header

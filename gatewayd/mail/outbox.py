@@ -9,8 +9,9 @@ survives restarts); a 5xx is final, logged, and reported to ``[mail].admin``
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import aiosmtplib
 

@@ -47,6 +47,7 @@ from gatewayd.provider.errors import (
     RateLimited,
     Rejected,
 )
+from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
 from gatewayd.provider.wire import (
     error_fields,
     extension_from_row,
@@ -60,7 +61,6 @@ from gatewayd.provider.wire import (
     split_mailto,
     uuid_segment,
 )
-from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
 
 log = structlog.get_logger(__name__)
 
@@ -305,7 +305,7 @@ class ProviderClient:
         await self.get_user()
         self._check_blocked()
         ctype = "application/pdf" if kind == "pdf" else "image/tiff"
-        started_at = dt.datetime.now(dt.timezone.utc)
+        started_at = dt.datetime.now(dt.UTC)
         template = PATHS["fax_out"]
         url = self._url("fax_out", {"extension_id": ext})
 

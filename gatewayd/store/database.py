@@ -16,9 +16,10 @@ import contextlib
 import functools
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from gatewayd.store.migrations import MIGRATIONS
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from gatewayd.jobstates import ACTIVE_STATES, FINAL_STATES, JOB_STATES, QUEUED, SUBMITTING
 from gatewayd.store.database import StoreError, StorePart
