@@ -314,7 +314,7 @@ def parse_email(value: Any) -> str:
 
 def parse_mailbox_header(value: Any) -> str:
     """One address with an optional display name: ``Fax Gateway <fax@host>``."""
-    from email.headerregistry import HeaderRegistry
+    from email.headerregistry import AddressHeader, HeaderRegistry
 
     if not isinstance(value, str):
         raise _Bad(f"expected an address, got {_show(value)}")
@@ -325,7 +325,7 @@ def parse_mailbox_header(value: Any) -> str:
         header = HeaderRegistry()("From", value.strip())
     except Exception:
         raise bad from None
-    if header.defects or len(header.addresses) != 1:
+    if not isinstance(header, AddressHeader) or header.defects or len(header.addresses) != 1:
         raise bad
     addr = header.addresses[0].addr_spec
     if not is_email_address(addr) and not re.match(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+$", addr):

@@ -22,6 +22,7 @@ from gatewayd.config import Config
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import Extension, FaxFile, IncomingFax, SentFax
+from gatewayd.provider.errors import ProviderError
 from gatewayd.store import Store
 
 
@@ -75,6 +76,52 @@ class ProviderApi(Protocol):
     async def download_received_fax(self, extension_id: int, uuid: str) -> FaxFile: ...
 
     async def get_fax_mailto(self, extension_id: int) -> list[str]: ...
+
+
+class NoProvider:
+    """The ``ProviderApi`` of a process that never calls the provider: a listener
+    worker (the main process's sender sends) and ``gatewayd send`` (it only
+    queues). Every call raises ``ProviderError`` naming the call, so a wrong
+    use is a clear error instead of a ``None`` attribute error."""
+
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    rate_limit_remaining: int | None = None
+
+    def _refuse(self, call: str) -> ProviderError:
+        return ProviderError(f"{call}: this process has no provider client")
+
+    @property
+    def timezone(self) -> dt.tzinfo:
+        raise self._refuse("timezone")
+
+    async def aclose(self) -> None:
+        return None
+
+    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf") -> SentFax:
+        raise self._refuse("send_fax")
+
+    async def get_sent_fax(self, extension_id: int, fax_id: int) -> SentFax:
+        raise self._refuse("get_sent_fax")
+
+    async def list_sent_faxes(self, extension_id: int, *, since: dt.datetime | None = None) -> list[SentFax]:
+        raise self._refuse("list_sent_faxes")
+
+    async def retry_fax(self, extension_id: int, fax_id: int) -> SentFax:
+        raise self._refuse("retry_fax")
+
+    async def list_fax_extensions(self) -> list[Extension]:
+        raise self._refuse("list_fax_extensions")
+
+    async def list_received_faxes(self, extension_id: int, start: dt.datetime, end: dt.datetime) -> list[IncomingFax]:
+        raise self._refuse("list_received_faxes")
+
+    async def download_received_fax(self, extension_id: int, uuid: str) -> FaxFile:
+        raise self._refuse("download_received_fax")
+
+    async def get_fax_mailto(self, extension_id: int) -> list[str]:
+        raise self._refuse("get_fax_mailto")
 
 
 @dataclass

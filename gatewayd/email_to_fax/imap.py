@@ -35,6 +35,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.headerregistry import AddressHeader
 from email.parser import BytesHeaderParser
 from typing import Any, Literal
 
@@ -156,8 +157,8 @@ class _Identity:
             msg = BytesHeaderParser(policy=email.policy.default).parsebytes(header)
             froms = msg.get_all("from") or []
             from_addr = None
-            if len(froms) == 1:
-                addrs = getattr(froms[0], "addresses", ())
+            if len(froms) == 1 and isinstance(froms[0], AddressHeader):
+                addrs = froms[0].addresses
                 if len(addrs) == 1 and addrs[0].username and addrs[0].domain:
                     from_addr = addrs[0].addr_spec
             ids = msg.get_all("message-id") or []

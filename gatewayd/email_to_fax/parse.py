@@ -34,8 +34,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
-from email.headerregistry import HeaderRegistry
-from email.message import Message
+from email.headerregistry import AddressHeader, HeaderRegistry
+from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from types import MappingProxyType
 from typing import Any
@@ -192,7 +192,7 @@ class _BoundedFeedParser(BytesFeedParser):
             raise MalformedMessage("too many parts")
         if len(getattr(self, "_msgstack", ())) > self._max_depth:
             raise MalformedMessage("too deeply nested")
-        super()._new_message()  # type: ignore[misc]
+        super()._new_message()  # type: ignore[misc]  # a private hook, not in typeshed: tests/foundation/test_private_hooks.py
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -222,12 +222,14 @@ class _ParsePolicy(email.policy.EmailPolicy):
     cache dies with it); messages are parsed in several threads at once.
     """
 
+    _fetched: dict[tuple[str, str], Any]  # set once in __init__ (a policy is immutable)
+
     def __init__(self) -> None:
-        super().__init__(header_factory=_HEADER_CLASSES)
+        super().__init__(header_factory=_HEADER_CLASSES, message_factory=EmailMessage)
         object.__setattr__(self, "_fetched", {})
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        fetched: dict[tuple[str, str], Any] = self._fetched  # type: ignore[attr-defined]
+        fetched = self._fetched
         key = (name, value)
         header = fetched.get(key)
         if header is None:
@@ -281,7 +283,7 @@ def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[
             wanted = dict(zip(names, regions, strict=True))
             bodies: dict[int, tuple[int, int]] = {}
             for part, _, _ in entities:
-                payload = part._payload  # the raw payload, as get_payload(decode=False) gives it
+                payload = part.get_payload(decode=False)  # the placeholder name, undecoded
                 if isinstance(payload, str) and payload in wanted and not part.defects \
                         and part.get_content_maintype() not in ("multipart", "message"):
                     bodies[id(part)] = wanted.pop(payload)
@@ -553,9 +555,9 @@ def _clean_line(text: str) -> str:
 
 def _from(msg: Message) -> tuple[str | None, str | None]:
     header = msg.get("from")
-    if header is None:
+    if not isinstance(header, AddressHeader):  # absent (what the header policy makes of From: otherwise)
         return None, None
-    addresses = getattr(header, "addresses", ())
+    addresses = header.addresses
     # Several From addresses is legal but ambiguous for authorisation
     # (DMARC refuses it too): no single sender then.
     if len(addresses) != 1:

@@ -143,6 +143,7 @@ class FaxSMTP(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
+            assert self.session is not None  # aiosmtpd made it in connection_made
             peer = self.session.peer
             self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
             self.trusted = self.listener.sender_policy().is_trusted(self.peer_ip)
@@ -181,7 +182,8 @@ class FaxSMTP(SMTP):
             elif self.data_reply_due or code[0] in "45":
                 self.data_reply_due = False
                 self.listener.count_reply(code)
-        await super().push(status)
+        # Made printable ASCII above, so encoding it here is what aiosmtpd would do.
+        await super().push(status if isinstance(status, bytes) else status.encode("ascii"))
 
     @property
     def tls_active(self) -> bool:
@@ -192,7 +194,8 @@ class FaxSMTP(SMTP):
 
     @property
     def user(self) -> str | None:
-        return self.session.auth_data if self.session.authenticated and isinstance(self.session.auth_data, str) else None
+        session = self.session
+        return session.auth_data if session is not None and session.authenticated and isinstance(session.auth_data, str) else None
 
     async def goodbye(self, line: str) -> None:
         """Answer ``line`` and close (shutdown, too many AUTH failures)."""
@@ -225,7 +228,7 @@ class FaxSMTP(SMTP):
                 await self.push(MessageTooBig().smtp_reply)
                 return
             if _NULL_SENDER.match(rest):
-                if self.envelope.mail_from:
+                if self.envelope is not None and self.envelope.mail_from:
                     await self.push("503 5.5.1 nested MAIL command")
                     return
                 params = rest.strip()[2:].upper().split()
@@ -404,6 +407,7 @@ class _Decisions:
     async def _recipient(self, server: FaxSMTP, envelope: FaxEnvelope, address: str) -> str:
         cfg = self.rt.config
         # Again at RCPT: a reload since MAIL may have revoked the account or rule.
+        assert envelope.mail_from is not None  # aiosmtpd answers 503 to RCPT before MAIL
         auth = self._authorise(server, envelope.mail_from)
         local = split_recipient(address, cfg.smtp.domains)
         destination = self.listener.number_policy().check(local, address)
@@ -534,7 +538,7 @@ class SmtpListener:
         sharing = max(1, rt.config.smtp.processes)
         self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // sharing))
         self.sessions: set[FaxSMTP] = set()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
         self.closing = False
         self._sockets = sockets
         self.processes = processes
@@ -628,12 +632,12 @@ class SmtpListener:
         try:
             if self._sockets is not None:
                 for sock in self._sockets:
-                    self.servers.append(await loop.create_server(lambda: self._protocol(tls_context), sock=sock))
+                    self.servers.append(_server(await loop.create_server(lambda: self._protocol(tls_context), sock=sock)))
             else:
                 for address in cfg.listen:
                     server = await loop.create_server(lambda: self._protocol(tls_context), address.host, address.port,
                                                       reuse_address=True, reuse_port=True if more is not None else None)
-                    self.servers.append(server)
+                    self.servers.append(_server(server))
             if more is not None:
                 await more.start(self.addresses)
         except (OSError, WorkerError):
@@ -694,3 +698,10 @@ class SmtpListener:
 
 
 __all__ = ["DataResult", "FaxSMTP", "SmtpListener", "SmtpTuning"]
+
+
+def _server(server: asyncio.AbstractServer) -> asyncio.Server:
+    """``server`` as what asyncio's loop makes (typeshed types the abstract loop's answer),
+    whose ``sockets`` give the addresses bound."""
+    assert isinstance(server, asyncio.Server)
+    return server

@@ -326,7 +326,7 @@ async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
         pidfd = -1
     if pidfd >= 0:
         exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(pidfd, lambda: None if exited.done() else exited.set_result(None))
         try:
             if proc.poll() is None:
                 await exited

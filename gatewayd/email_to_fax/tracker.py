@@ -275,13 +275,15 @@ class Tracker:
                 self._list_pages[ext] = len(listed) // PAGE_SIZE + 1
                 seen = {f.id: f for f in listed}
             for job in ext_jobs:
-                fax = seen.get(job.provider_id) if seen is not None else None  # type: ignore[arg-type]
+                fax_id = job.provider_id
+                assert fax_id is not None  # jobs without one were left out above
+                fax = seen.get(fax_id) if seen is not None else None
                 if fax is None:
                     if job.state == FAILED:
                         continue
                     stats.gets += 1
                     try:
-                        fax = await provider.get_sent_fax(ext, job.provider_id)
+                        fax = await provider.get_sent_fax(ext, fax_id)
                     except NotFound:
                         if await self._end_unknown(job):
                             stats.changes += 1

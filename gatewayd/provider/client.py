@@ -661,7 +661,7 @@ class ProviderClient:
             log.debug("provider.token_renewed", expires_in=expires_in)
             return token
         if code == 429 or code >= 500:
-            return self._check(resp, TOKEN_PATH_LABEL)  # raises
+            self._check(resp, TOKEN_PATH_LABEL)  # raises: 429 and 5xx are never a success
         err = self._error(resp, TOKEN_PATH_LABEL, AuthError, "token request refused")
         self._note_error(str(err))
         raise err

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from gatewayd.store.migrations import MIGRATIONS
 
-__all__ = ["DB_NAME", "Database", "StoreError", "StorePart"]
+__all__ = ["DB_NAME", "Database", "StoreError", "StorePart", "inserted_id"]
 
 T = TypeVar("T")
 
@@ -32,6 +32,14 @@ DB_NAME = "gatewayd.sqlite3"
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, corrupt, locked)."""
+
+
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The row id the INSERT on ``cur`` made (``lastrowid`` is None only after other statements)."""
+    rowid = cur.lastrowid
+    if rowid is None:
+        raise StoreError("the INSERT made no row")
+    return rowid
 
 
 class Database:
