@@ -11,7 +11,7 @@ TEST_DEBS := swaks libnet-ssleay-perl ghostscript qpdf poppler-utils dovecot-ima
 BENCH_DEBS := $(TEST_DEBS) imagemagick
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv test-deps bench-deps fonts clean
+.PHONY: demo test check bench venv test-deps bench-deps fonts clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "gatewayd needs Python 3.11 or newer")'
@@ -44,11 +44,19 @@ test-deps:
 bench-deps:
 	$(call install_debs,$(BENCH_DEBS))
 
+# Static checks (docs/development.md): lint, types, and the import layers of
+# docs/architecture.md. `make test` runs them before the tests.
+check: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check gatewayd
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
 test: $(VENV)/.installed-test test-deps
+	$(MAKE) --no-print-directory check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test bench-deps
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
