@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +38,18 @@ class Service(Protocol):
     async def run(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+class Worker:
+    """Base of a service that only loops: nothing to bind before READY
+    (``start``) and nothing in flight to hand over at stop (``stop``); its
+    ``run`` ends when ``rt.stopping`` is set."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
 
 class ProviderApi(Protocol):
@@ -156,6 +168,15 @@ class Runtime:
                 woken.cancel()
         event.clear()
         return self.stopping.is_set()
+
+    async def repeat(self, name: str, turn: Callable[[], Awaitable[int]], *, batch: int, interval: float) -> None:
+        """Run ``turn`` until stopping: again at once while it handled a full
+        ``batch`` (more may be waiting), else after ``interval`` or ``wake(name)``."""
+        while not self.stopping.is_set():
+            if await turn() >= batch:
+                continue
+            if await self.nap(name, interval):
+                return
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless the daemon stops first; True when stopping."""
