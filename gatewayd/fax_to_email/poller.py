@@ -1,4 +1,4 @@
-"""Fax to email: the "inbound" service (SPEC sections 1.3, 6 and 7).
+"""Fax to email: the "inbound" service that polls the provider for received faxes (docs/inbound.md).
 
 Every ``[inbound].poll_interval`` the poller lists the faxes received on each
 fax extension in a moving time window, and relays each fax it has not seen
