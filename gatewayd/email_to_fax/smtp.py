@@ -29,6 +29,14 @@ Stock aiosmtpd behaviour replaced here, and why:
   worker thread, never on the loop. Offered only over TLS or to trusted
   networks; a few failures close the session.
 * STARTTLS required: ``530 5.7.0 must issue STARTTLS first``.
+
+This module is over 600 lines on purpose: its three parts -- the aiosmtpd
+protocol subclass (``FaxSMTP``, with the private hooks it replaces), the
+decisions at MAIL/RCPT/DATA (``_Decisions``) and the listener service
+(``SmtpListener``) -- share the session state and the guarantee that no
+exception reaches aiosmtpd, and the reply table of docs/smtp.md is easiest to
+check against one file. The seam is there if it grows: the decisions can move
+to their own module with ``_guarded``.
 """
 
 from __future__ import annotations
