@@ -101,6 +101,9 @@ class NoProvider:
     last_error_at: float | None = None
     rate_limit_remaining: int | None = None
 
+    def __init__(self) -> None:
+        self.failing_paths: dict[str, tuple[int, int]] = {}  # a client's failing provider paths (health): none here
+
     def _refuse(self, call: str) -> ProviderError:
         return ProviderError(f"{call}: this process has no provider client")
 
