@@ -11,17 +11,31 @@ TEST_DEBS := swaks libnet-ssleay-perl ghostscript qpdf poppler-utils dovecot-ima
 BENCH_DEBS := $(TEST_DEBS) imagemagick
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv test-deps bench-deps fonts clean
+.PHONY: demo test check lock bench venv test-deps bench-deps fonts clean
 
-$(VENV)/.installed-%: pyproject.toml
+# Dependencies come from requirements/lock.txt, pinned with hashes (the
+# `test` extra included); docs/development.md says how to refresh it.
+# check_lock.py stops here when pyproject.toml lists what the lock lacks.
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "gatewayd needs Python 3.11 or newer")'
+	$(PYTHON) requirements/check_lock.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[$*]'
+	$(PY) -m pip install -q --require-hashes -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-venv: $(VENV)/.installed-test
+# Refresh the lock after pyproject.toml changed (docs/development.md):
+# keeps the pins that still fit and adds what is new;
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release.
+LOCK_ARGS ?=
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q pip-tools
+	$(VENV)/bin/pip-compile -q --generate-hashes --extra test --no-emit-index-url --no-emit-find-links --strip-extras $(LOCK_ARGS) --output-file requirements/lock.txt pyproject.toml
 
-demo: $(VENV)/.installed-test fonts
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed fonts
 	$(VENV)/bin/gatewayd demo
 
 # Installs only what is missing; needs root (CI and the dev machines run as root).
@@ -44,11 +58,19 @@ test-deps:
 bench-deps:
 	$(call install_debs,$(BENCH_DEBS))
 
-test: $(VENV)/.installed-test test-deps
+# Static checks (docs/development.md): lint, types, and the import layers of
+# docs/architecture.md. `make test` runs them before the tests.
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check gatewayd
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: $(VENV)/.installed test-deps
+	$(MAKE) --no-print-directory check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-test bench-deps
+bench: $(VENV)/.installed bench-deps
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -16,8 +16,8 @@ import getpass
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Callable, Sequence
 
 from gatewayd import __version__
 from gatewayd.commands import backup, control, received
@@ -286,5 +286,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `gatewayd jobs | head`: the reader went away; not an error worth a traceback.
         with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+            sys.stdout = open(os.devnull, "w")  # no flush error at exit
         return EXIT_FAILURE

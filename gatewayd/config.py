@@ -11,13 +11,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import ssl
 import re
 import socket
+import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from gatewayd.passwords import is_password_hash
@@ -318,7 +319,7 @@ def parse_email(value: Any) -> str:
 
 def parse_mailbox_header(value: Any) -> str:
     """One address with an optional display name: ``Fax Gateway <fax@host>``."""
-    from email.headerregistry import HeaderRegistry
+    from email.headerregistry import AddressHeader, HeaderRegistry
 
     if not isinstance(value, str):
         raise _Bad(f"expected an address, got {_show(value)}")
@@ -329,7 +330,7 @@ def parse_mailbox_header(value: Any) -> str:
         header = HeaderRegistry()("From", value.strip())
     except Exception:
         raise bad from None
-    if header.defects or len(header.addresses) != 1:
+    if not isinstance(header, AddressHeader) or header.defects or len(header.addresses) != 1:
         raise bad
     addr = header.addresses[0].addr_spec
     if not is_email_address(addr) and not re.match(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+$", addr):
@@ -374,7 +375,7 @@ def parse_domain(value: Any) -> str:
 class _Section:
     """Reads one TOML table, recording problems and the keys it consumed."""
 
-    def __init__(self, loader: "_Loader", path: str, table: Any) -> None:
+    def __init__(self, loader: _Loader, path: str, table: Any) -> None:
         self.loader = loader
         self.path = path
         if table is None:

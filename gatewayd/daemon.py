@@ -18,11 +18,13 @@ import dataclasses
 import signal
 import ssl
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gatewayd.config import Config, ConfigError, load_config
 from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.report import Reporter
 from gatewayd.email_to_fax.sender import Sender
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.email_to_fax.smtp_processes import ListenerProcesses
@@ -32,7 +34,6 @@ from gatewayd.health import Health
 from gatewayd.http import HttpServer
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.mail.outbox import OutboxWorker
-from gatewayd.email_to_fax.report import Reporter
 from gatewayd.memory import release_free_memory
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
@@ -197,7 +198,7 @@ class Daemon:
 
         try:
             await asyncio.wait_for(stop_all(), timeout=STOP_TIMEOUT / 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("services_stop_timeout")
         await supervisor.wait_stopped(STOP_TIMEOUT / 2)
 

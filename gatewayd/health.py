@@ -20,8 +20,9 @@ part, e.g. ``provider: no successful call for 95s (last error: ...)``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 #: Consecutive 404/405 answers on one provider path that make it "failing":
 #: one may be a fax deleted meanwhile, several in a row are a wrong path.

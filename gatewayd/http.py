@@ -115,6 +115,8 @@ class HttpServer:
 
     async def start(self) -> None:
         listen = self.rt.config.http.listen
+        if listen is None:
+            raise ValueError("http.listen is empty: the daemon runs no status server then")
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True)
@@ -125,8 +127,8 @@ class HttpServer:
             await self._runner.cleanup()
             self._runner = None
             raise
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1] if sockets else listen.port
+        bound = self._runner.addresses  # port 0 in the config resolved
+        self.port = int(bound[0][1]) if bound else listen.port
         self.rt.health.listener("http", True)
         log.info("http_listening", address=f"{listen.host}:{self.port}")
 

@@ -8,10 +8,11 @@ message is handled carries it without passing it around.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import Any, Iterator, TextIO
-import contextlib
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import structlog
 

@@ -25,7 +25,7 @@ class SunkMail:
 
     @property
     def message(self) -> EmailMessage:
-        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+        return message_from_bytes(self.data, policy=policy.default)
 
 
 @dataclass
@@ -42,7 +42,7 @@ class MailSink:
     _server: asyncio.base_events.Server | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def start(self) -> "MailSink":
+    async def start(self) -> MailSink:
         if self.maildir is not None:
             mailbox.Maildir(self.maildir, create=True)
         loop = asyncio.get_running_loop()
@@ -56,7 +56,7 @@ class MailSink:
             await self._server.wait_closed()
             self._server = None
 
-    async def __aenter__(self) -> "MailSink":
+    async def __aenter__(self) -> MailSink:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,8 +17,12 @@ _N, _R, _P, _LEN = 2**14, 8, 1, 32
 def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=_LEN)
-    b64 = lambda b: base64.b64encode(b).decode("ascii").rstrip("=")  # noqa: E731
-    return f"$scrypt$n={n},r={r},p={p}${b64(salt)}${b64(digest)}"
+    return f"$scrypt$n={n},r={r},p={p}${_b64(salt)}${_b64(digest)}"
+
+
+def _b64(data: bytes) -> str:
+    """Unpadded base64, the form of the salt and hash in a ``$scrypt$`` string."""
+    return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
 def _parse(encoded: str) -> tuple[int, int, int, bytes, bytes]:

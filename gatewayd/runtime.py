@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from gatewayd.config import Config
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import Extension, FaxFile, IncomingFax, SentFax
+from gatewayd.provider.errors import ProviderError
 from gatewayd.store import Store
 
 
@@ -36,6 +38,18 @@ class Service(Protocol):
     async def run(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+class Worker:
+    """Base of a service that only loops: nothing to bind before READY
+    (``start``) and nothing in flight to hand over at stop (``stop``); its
+    ``run`` ends when ``rt.stopping`` is set."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
 
 class ProviderApi(Protocol):
@@ -80,6 +94,58 @@ class ProviderApi(Protocol):
     async def get_fax_mailto(self, extension_id: int) -> list[str]: ...
 
 
+class NoProvider:
+    """The ``ProviderApi`` of a process that never calls the provider: a listener
+    worker (the main process's sender sends) and ``gatewayd send`` (it only
+    queues). Every call raises ``ProviderError`` naming the call, so a wrong
+    use is a clear error instead of a ``None`` attribute error."""
+
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    rate_limit_remaining: int | None = None
+
+    def __init__(self) -> None:
+        self.failing_paths: dict[str, tuple[int, int]] = {}  # a client's failing provider paths (health): none here
+
+    def _refuse(self, call: str) -> ProviderError:
+        return ProviderError(f"{call}: this process has no provider client")
+
+    @property
+    def timezone(self) -> dt.tzinfo:
+        raise self._refuse("timezone")
+
+    async def aclose(self) -> None:
+        return None
+
+    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf") -> SentFax:
+        raise self._refuse("send_fax")
+
+    async def get_sent_fax(self, extension_id: int, fax_id: int) -> SentFax:
+        raise self._refuse("get_sent_fax")
+
+    async def list_sent_faxes(self, extension_id: int, *, since: dt.datetime | None = None) -> list[SentFax]:
+        raise self._refuse("list_sent_faxes")
+
+    async def retry_fax(self, extension_id: int, fax_id: int) -> SentFax:
+        raise self._refuse("retry_fax")
+
+    async def list_fax_extensions(self) -> list[Extension]:
+        raise self._refuse("list_fax_extensions")
+
+    async def list_received_faxes(self, extension_id: int, start: dt.datetime, end: dt.datetime) -> list[IncomingFax]:
+        raise self._refuse("list_received_faxes")
+
+    async def download_received_fax(self, extension_id: int, uuid: str) -> FaxFile:
+        raise self._refuse("download_received_fax")
+
+    async def get_fax_mailto(self, extension_id: int) -> list[str]:
+        raise self._refuse("get_fax_mailto")
+
+    async def delete_received_fax(self, extension_id: int, uuid: str) -> None:
+        raise self._refuse("delete_received_fax")
+
+
 @dataclass
 class Runtime:
     """What every component may use. ``config`` is replaced on reload (and
@@ -113,10 +179,19 @@ class Runtime:
         event.clear()
         return self.stopping.is_set()
 
+    async def repeat(self, name: str, turn: Callable[[], Awaitable[int]], *, batch: int, interval: float) -> None:
+        """Run ``turn`` until stopping: again at once while it handled a full
+        ``batch`` (more may be waiting), else after ``interval`` or ``wake(name)``."""
+        while not self.stopping.is_set():
+            if await turn() >= batch:
+                continue
+            if await self.nap(name, interval):
+                return
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless the daemon stops first; True when stopping."""
         try:
             await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, seconds))
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 from gatewayd.logs import get_logger
 
@@ -37,7 +37,7 @@ class Notifier:
         self.failed = 0
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None, *, unset: bool = True) -> "Notifier":
+    def from_environment(cls, env: Mapping[str, str] | None = None, *, unset: bool = True) -> Notifier:
         """Read ``NOTIFY_SOCKET``/``WATCHDOG_USEC``/``WATCHDOG_PID``.
 
         With the process environment (``env`` None) and ``unset``, the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.logs import get_logger

@@ -21,7 +21,7 @@ def backup(args: argparse.Namespace) -> int:
         result = make_backup(Path(config.state_dir), Path(args.dir))
     except StoreError as exc:
         raise CommandError(str(exc)) from None
-    when = dt.datetime.fromtimestamp(result.taken_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = dt.datetime.fromtimestamp(result.taken_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"backup {result.backup_id} taken {when} in {result.directory}")
     print(f"  database {result.database_bytes} bytes, {result.documents} documents ({result.document_bytes} bytes)")
     if result.missing_documents:

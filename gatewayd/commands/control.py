@@ -27,7 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
 from gatewayd.config import Config

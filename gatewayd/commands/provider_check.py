@@ -189,7 +189,7 @@ async def check_provider(config: Config, client: ProviderClient, now: dt.datetim
     if not wanted:
         lines[-1].ok, lines[-1].note = False, "the account has no active fax extension"
     tz = _zone(user)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     window = {
         "start_datetime": (now - dt.timedelta(days=1)).astimezone(tz).strftime(PROVIDER_DATETIME_FORMAT),
         "end_datetime": now.astimezone(tz).strftime(PROVIDER_DATETIME_FORMAT),

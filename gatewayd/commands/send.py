@@ -32,11 +32,13 @@ from gatewayd.commands.common import EXIT_OK, EXIT_USAGE, CommandError, load, op
 from gatewayd.config import Config, is_email_address
 from gatewayd.email_to_fax.errors import IntakeRefused, SenderNotAuthorised
 from gatewayd.email_to_fax.intake import Intake, message_from_files
-from gatewayd.email_to_fax.policy import Authorisation, NumberPolicy, SenderPolicy, is_bounce_address
+from gatewayd.email_to_fax.parse import ParsedMessage
+from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy, is_bounce_address
 from gatewayd.health import Health
 from gatewayd.logs import setup_logging
 from gatewayd.metrics import Metrics
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import NoProvider, Runtime
+from gatewayd.store import Store
 
 EXIT_REFUSED = 1
 
@@ -91,8 +93,9 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _accept(config: Config, store, parsed, authorisation: Authorisation, destination) -> list[int]:  # type: ignore[no-untyped-def]
-    rt = Runtime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())
+async def _accept(config: Config, store: Store, parsed: ParsedMessage, authorisation: Authorisation, destination: Destination) -> list[int]:
+    # Queues only: the daemon's sender sends (so no provider client here).
+    rt = Runtime(config=config, store=store, provider=NoProvider(), metrics=Metrics(), health=Health())
     return await Intake(rt).accept(
         b"",
         authorisation=authorisation,

@@ -101,10 +101,10 @@ def build_document(
         counted = 0
         for number, att in enumerate(attachments):
             if att.kind == "pdf":
-                pdf = open_pdf(att.data, att.filename)
-                keep_open.append(pdf)
-                pdfs[number] = pdf
-                counted += len(pdf.pages)
+                opened = open_pdf(att.data, att.filename)
+                keep_open.append(opened)
+                pdfs[number] = opened
+                counted += len(opened.pages)
             else:
                 try:
                     plan = inspect_image(att.data, att.kind, frame_limit=MAX_FRAMES)

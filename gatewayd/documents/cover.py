@@ -90,12 +90,11 @@ class _CoverFont:
     def path_for(self, text: str) -> Path:
         """The font file to draw ``text`` with."""
         source = FONT_PATH
-        made = self._made.get(source, False)
-        if made is False:
+        if source not in self._made:
             with self._lock:
-                made = self._made.get(source, False)
-                if made is False:
-                    made = self._made[source] = self._make(source)
+                if source not in self._made:
+                    self._made[source] = self._make(source)
+        made = self._made[source]
         if made is not None and set(text) <= made[1]:
             return made[0]
         return source
@@ -126,7 +125,7 @@ class _CoverFont:
             path = Path(directory) / f"{source.stem}-cover.ttf"
             font.save(str(path))
             return path, chars
-        except Exception as exc:  # noqa: BLE001 - only slower: the whole font still works
+        except Exception as exc:  # only slower: the whole font still works
             log.warning("cover_font_subset_failed", font=str(source), error=f"{type(exc).__name__}: {exc}")
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -190,7 +189,9 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
     if body:
         truncated = len(body) > _MAX_BODY_CHARS
         body = body[:_MAX_BODY_CHARS]
-        lines = pdf.multi_cell(width, line_h, body, align="L", dry_run=True, output=MethodReturnValue.LINES)
+        wrapped = pdf.multi_cell(width, line_h, body, align="L", dry_run=True, output=MethodReturnValue.LINES)
+        assert isinstance(wrapped, list)  # output=LINES gives the lines alone (typed as any output's union)
+        lines = wrapped
         first = int((page_h / _MM - margin - pdf.get_y()) // line_h)
         second = int((page_h / _MM - 2 * margin) // line_h)
         if truncated or len(lines) > first + second:

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import img2pdf
 import pikepdf
-from PIL import Image, TiffImagePlugin
+from PIL import Image, ImageFile, TiffImagePlugin
 
 from gatewayd.documents.errors import BadImage, ConversionError, TooManyPages
 from gatewayd.documents.geometry import MAX_IMAGE_PIXELS, Layout, check_pixels, fit_layout, page_dimensions
@@ -48,13 +48,13 @@ class ImagePlan:
     g4: tuple[G4Frame, ...] = ()  # set when every frame is single-strip G4
 
 
-def _open_image(data: bytes, kind: FileKind) -> Image.Image:
+def _open_image(data: bytes, kind: FileKind) -> ImageFile.ImageFile:
     try:
         # formats=: only the decoder the magic bytes chose; no format guessing.
         return Image.open(BytesIO(data), formats=[_PIL_FORMATS[kind]])
     except Image.DecompressionBombError as exc:
         raise BadImage(_bomb(exc)) from None
-    except Exception:  # noqa: BLE001 - Pillow raises anything on hostile headers
+    except Exception:  # Pillow raises anything on hostile headers
         raise BadImage(_corrupt(kind)) from None
 
 
@@ -108,16 +108,16 @@ def inspect_image(data: bytes, kind: FileKind, *, frame_limit: int) -> ImagePlan
         raise
     except Image.DecompressionBombError as exc:
         raise BadImage(_bomb(exc)) from None
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise BadImage(_corrupt(kind)) from None
 
 
 def _header_size(data: bytes, kind: FileKind) -> tuple[int, int] | None:
     """Width and height at fixed header offsets (PNG, GIF, BMP); None for other kinds."""
     if kind == "png" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])  # type: ignore[return-value]
+        return struct.unpack(">II", data[16:24])
     if kind == "gif" and len(data) >= 10:
-        return struct.unpack("<HH", data[6:10])  # type: ignore[return-value]
+        return struct.unpack("<HH", data[6:10])
     if kind == "bmp" and len(data) >= 26 and int.from_bytes(data[14:18], "little") >= 40:
         width, height = struct.unpack("<ii", data[18:26])
         return abs(width), abs(height)  # negative height: a top-down bitmap
@@ -138,7 +138,7 @@ def _encode_image(data: bytes, plan: ImagePlan) -> list[bytes]:
             return inputs
     except (BadImage, MemoryError):
         raise
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise BadImage(_corrupt(plan.kind)) from None
 
 
@@ -154,7 +154,7 @@ def image_pdf(data: bytes, plan: ImagePlan, layout: Layout) -> pikepdf.Pdf:
         writer = document.writer
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - img2pdf and Pillow raise many types
+    except Exception as exc:  # img2pdf and Pillow raise many types
         raise BadImage(_corrupt(plan.kind)) from exc
     if not isinstance(writer, pikepdf.Pdf):  # pragma: no cover - a changed img2pdf
         return pikepdf.open(BytesIO(_images_to_pdf(_encode_image(data, plan), layout)))
@@ -165,7 +165,9 @@ def _img2pdf_options(layout: Layout) -> dict[str, object]:
     return {"layout_fun": layout, "rotation": img2pdf.Rotation.ifvalid, "nodate": True}
 
 
-def _inspect_tiff(img: Image.Image, data: bytes, declared_frames: int, frame_limit: int) -> ImagePlan:
+def _inspect_tiff(img: ImageFile.ImageFile, data: bytes, declared_frames: int, frame_limit: int) -> ImagePlan:
+    if not isinstance(img, TiffImagePlugin.TiffImageFile):  # formats=["TIFF"] makes it one
+        raise BadImage("unreadable TIFF")
     direct = True
     frames = 0
     while True:
@@ -185,7 +187,7 @@ def _inspect_tiff(img: Image.Image, data: bytes, declared_frames: int, frame_lim
     return ImagePlan("tiff", frames, direct=direct)
 
 
-def _tiff_frame_embeddable(img: Image.Image, file_size: int) -> bool:
+def _tiff_frame_embeddable(img: TiffImagePlugin.TiffImageFile, file_size: int) -> bool:
     tags = img.tag_v2
     # Data copied without decoding (G4) must be inside the file, so that a
     # truncated TIFF is refused rather than faxed half blank.
@@ -194,17 +196,17 @@ def _tiff_frame_embeddable(img: Image.Image, file_size: int) -> bool:
     counts = _tuple(tags.get(TiffImagePlugin.TILEBYTECOUNTS if tiled else TiffImagePlugin.STRIPBYTECOUNTS, ()))
     if not offsets or len(offsets) != len(counts):
         raise BadImage("unreadable TIFF")
-    if any(o + c > file_size for o, c in zip(offsets, counts)):
+    if any(o + c > file_size for o, c in zip(offsets, counts, strict=True)):
         raise BadImage("unreadable TIFF")
     bits = _tuple(tags.get(TiffImagePlugin.BITSPERSAMPLE, (1,)))
     return max(bits, default=1) <= 8 and img.mode in _PLAIN_MODES and "transparency" not in img.info
 
 
 def _tuple(value: object) -> tuple[int, ...]:
-    return value if isinstance(value, tuple) else (value,)  # type: ignore[return-value]
+    return value if isinstance(value, tuple) else (value,)
 
 
-def _verify_jpeg(img: Image.Image, data: bytes) -> None:
+def _verify_jpeg(img: ImageFile.ImageFile, data: bytes) -> None:
     if img.mode not in ("L", "RGB", "CMYK"):
         raise BadImage("corrupt image")
     # img2pdf embeds JPEG data undecoded, and decoding it only to check it
@@ -260,7 +262,7 @@ def _images_to_pdf(inputs: Iterable[bytes], layout: Layout) -> bytes:
         return img2pdf.convert(*[BytesIO(item) for item in inputs], **_img2pdf_options(layout))
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - img2pdf and Pillow raise many types
+    except Exception as exc:  # img2pdf and Pillow raise many types
         raise BadImage("corrupt image") from exc
 
 

@@ -24,7 +24,7 @@ def open_pdf(data: bytes, filename: str) -> pikepdf.Pdf:
         raise AttachmentRejected(filename, "encrypted PDF") from None
     except MemoryError:
         raise
-    except Exception:  # noqa: BLE001 - qpdf reports hostile input in several ways
+    except Exception:  # qpdf reports hostile input in several ways
         raise AttachmentRejected(filename, "corrupt PDF") from None
     try:
         # pikepdf opens PDFs with an empty user password without asking: an

@@ -82,7 +82,7 @@ def tiff_ifds(data: bytes, frame_limit: int) -> list[Ifd]:
                     raise BadImage("unreadable TIFF")
                 if typ == 5:
                     raw = struct.unpack_from(f"{order}{2 * count}I", data, where)
-                    ifd[tag] = tuple(n / d if d else 0.0 for n, d in zip(raw[::2], raw[1::2]))
+                    ifd[tag] = tuple(n / d if d else 0.0 for n, d in zip(raw[::2], raw[1::2], strict=True))
                 else:
                     ifd[tag] = struct.unpack_from(f"{order}{count}{code}", data, where)
             ifds.append(ifd)
@@ -98,7 +98,7 @@ def g4_frames(data: bytes, ifds: Sequence[Ifd]) -> tuple[G4Frame, ...]:
     """Every frame as a G4 strip ready for the PDF, or () when any frame is not one."""
     frames = []
     for ifd in ifds:
-        def one(tag: int, default: float) -> float:
+        def one(tag: int, default: float, ifd: Ifd = ifd) -> float:
             values = ifd.get(tag)
             return values[0] if values else default
 

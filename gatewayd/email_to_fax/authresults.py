@@ -236,7 +236,8 @@ def parse_authentication_results(value: str) -> AuthResults:
         pos += 1
         if peek() is None:
             break  # trailing ";"
-        if peek(1) is None or peek(1).kind == ";":  # type: ignore[union-attr]
+        after = peek(1)
+        if after is None or after.kind == ";":
             word = peek()
             if word is not None and word.kind == "word" and word.text.lower() == "none":
                 saw_none = True
@@ -265,15 +266,18 @@ def _resinfo(toks: list[_Tok], pos: int) -> tuple[ResultInfo, int]:
     def at(k: int) -> _Tok | None:
         return toks[k] if k < len(toks) else None
 
+    def kind_at(k: int) -> str | None:
+        return toks[k].kind if k < len(toks) else None
+
     method = _keyword(at(pos), "a method")
     pos += 1
-    if at(pos) is not None and at(pos).kind == "/":  # type: ignore[union-attr]
+    if kind_at(pos) == "/":
         pos += 1
         ver = at(pos)
         if ver is None or ver.kind != "word" or not ver.text.isdigit():
             raise AuthResultsSyntaxError(f"bad version of method {method!r}")
         pos += 1
-    if at(pos) is None or at(pos).kind != "=":  # type: ignore[union-attr]
+    if kind_at(pos) != "=":
         raise AuthResultsSyntaxError(f"expected '=' after method {method!r}")
     pos += 1
     result = _keyword(at(pos), f"a result for {method!r}")
@@ -281,11 +285,11 @@ def _resinfo(toks: list[_Tok], pos: int) -> tuple[ResultInfo, int]:
 
     reason: str | None = None
     props: list[tuple[str, str, str]] = []
-    while at(pos) is not None and at(pos).kind != ";":  # type: ignore[union-attr]
+    while kind_at(pos) not in (None, ";"):
         key_tok = at(pos)
         if key_tok is None or key_tok.kind != "word":
             raise AuthResultsSyntaxError("expected a property")
-        if at(pos + 1) is None or at(pos + 1).kind != "=":  # type: ignore[union-attr]
+        if kind_at(pos + 1) != "=":
             raise AuthResultsSyntaxError(f"expected '=' after {key_tok.text!r}")
         val_tok = at(pos + 2)
         if val_tok is None or val_tok.kind not in ("word", "quoted"):
@@ -296,8 +300,8 @@ def _resinfo(toks: list[_Tok], pos: int) -> tuple[ResultInfo, int]:
         # fragments unquoted (Gmail: "header.b=Ab/cd+e="): pieces glued to
         # the value without a blank belong to it.
         text = val_tok.text
-        while at(pos) is not None and at(pos).glued and at(pos).kind in ("word", "quoted", "/", "="):  # type: ignore[union-attr]
-            text += at(pos).text  # type: ignore[union-attr]
+        while (piece := at(pos)) is not None and piece.glued and piece.kind in ("word", "quoted", "/", "="):
+            text += piece.text
             pos += 1
         if key == "reason":
             if reason is not None or props:

@@ -149,7 +149,7 @@ class _Sink:
         except BaseException:
             spool.close()
             raise
-        body._file = spool  # type: ignore[assignment]
+        body._file = spool
         body._memory = None
 
     def drop(self) -> None:
@@ -218,7 +218,7 @@ async def read_data(
     old_limit = getattr(reader, "_limit", None)
     raised = isinstance(old_limit, int) and old_limit < chunk_limit
     if raised:
-        reader._limit = chunk_limit  # type: ignore[attr-defined]
+        reader._limit = chunk_limit  # type: ignore[attr-defined]  # private, see above
     try:
         # The message starts at a line start (prev2 is CRLF), so an empty
         # message's terminator is ".CRLF" at the very first byte, which the
@@ -272,7 +272,7 @@ async def read_data(
         raise
     finally:
         if raised:
-            reader._limit = old_limit  # type: ignore[attr-defined]
+            reader._limit = old_limit  # type: ignore[attr-defined]  # private, see above
 
 
 def _finish(body: DataBody, sink: _Sink, bare: bool, limit: int) -> DataBody:

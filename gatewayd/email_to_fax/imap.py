@@ -55,8 +55,8 @@ from gatewayd.email_to_fax.limits import check_field, check_header_block
 from gatewayd.email_to_fax.parse import parse_message
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy
 from gatewayd.logs import bind_context, get_logger
-from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.mail.compose import bare_address, new_message, to_bytes
+from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.runtime import Runtime
 
 log = get_logger(__name__)
@@ -146,7 +146,7 @@ class _Identity:
     authentication_results: tuple[str, ...]
 
     @classmethod
-    def from_header(cls, header: bytes) -> "_Identity":
+    def from_header(cls, header: bytes) -> _Identity:
         """Strict, never guesses a sender: two From: fields, two addresses in
         one, or one read with defects give no sender (a stranger). The
         Authentication-Results values are kept as the MTA wrote them: no
@@ -154,7 +154,7 @@ class _Identity:
         try:
             check_header_block(header)
             fields = rawheaders.fields(header)
-        except Exception:  # noqa: BLE001 - hostile header: nobody we know sent it
+        except Exception:  # hostile header: nobody we know sent it
             return cls(None, None, "", ())
         froms = [v for n, v in fields if n.lower() == "from"]
         ids = [v for n, v in fields if n.lower() == "message-id"]
@@ -173,7 +173,7 @@ def _decoded_subject(value: str) -> str:
     try:
         check_field("Subject", value)
         return " ".join(str(email.policy.default.header_factory("subject", value)).split())
-    except Exception:  # noqa: BLE001 - only ever shown back to an authorised sender
+    except Exception:
         return ""
 
 
@@ -224,7 +224,7 @@ class ImapIntake:
         store = self.rt.store
         try:
             pruned = await store.run(store.imap_prune_reply_markers, self.rt.clock() - _REPLY_MARKER_AGE)
-        except Exception as exc:  # noqa: BLE001 - housekeeping only; never blocks the start
+        except Exception as exc:  # housekeeping only; never blocks the start
             log.warning("imap_prune_failed", error=f"{type(exc).__name__}: {exc}")
         else:
             if pruned:
@@ -250,7 +250,7 @@ class ImapIntake:
                          idle=cfg.idle and "IDLE" in session.capabilities, move="MOVE" in session.capabilities)
                 failures = 0
                 await self._serve(session)
-            except (ImapError, OSError, asyncio.TimeoutError, aioimaplib.AioImapException) as exc:
+            except (TimeoutError, ImapError, OSError, aioimaplib.AioImapException) as exc:
                 if not self.rt.stopping.is_set():
                     log.warning("imap_connection_failed", host=cfg.host, port=cfg.port,
                                 error=f"{type(exc).__name__}: {exc}", was_connected=selected)
@@ -388,7 +388,7 @@ class ImapIntake:
                 return await self._refuse(ident, authorisation, key, [exc])
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Intake promises IntakeRefused only; keep the message if not
+            except Exception:  # Intake promises IntakeRefused only; keep the message if not
                 log.exception("imap_intake_crashed")
                 return _Outcome(None)
             log.info("imap_message_accepted", job_ids=ids, numbers=[d.number for d in plan.destinations],
@@ -440,7 +440,7 @@ class ImapIntake:
                 store.imap_queue_reply_once, key, bare_address(config.mail.from_), [authorisation.report_to], message,
                 ref=ident.message_id or "",
             )
-        except Exception as exc:  # noqa: BLE001 - the store failing is "try again", never "drop"
+        except Exception as exc:  # the store failing is "try again", never "drop"
             log.error("imap_reply_not_stored", error=f"{type(exc).__name__}: {exc}")
             return False
         if fresh:

@@ -225,7 +225,7 @@ class SecretFilter(logging.Filter):
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
                 text += "\n" + repr(record.exc_info[1]) + str(record.exc_info[1])
-        except Exception:  # noqa: BLE001 - unreadable: it might hold anything
+        except Exception:  # unreadable: it might hold anything
             return False
         return not self._unsafe(text)
 
@@ -287,7 +287,7 @@ class ImapSession:
                 return task.result()
             except ImapError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - aioimaplib raises all sorts (OSError, IndexError on odd replies ...)
+            except Exception as exc:  # aioimaplib raises all sorts (OSError, IndexError on odd replies ...)
                 # Redacted: a CommandTimeout's text is the command line, LOGIN included.
                 raise ImapError(_SECRET_FILTER.redact(f"{what}: {type(exc).__name__}: {exc}")) from exc
         task.cancel()

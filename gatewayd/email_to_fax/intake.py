@@ -24,8 +24,8 @@ from gatewayd.documents.builder import DocumentBuilder, FaxDocument
 from gatewayd.documents.cover import CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
 from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
-from gatewayd.filekinds import sniff_kind
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
+from gatewayd.filekinds import sniff_kind
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
 from gatewayd.store import NewJob
@@ -77,7 +77,7 @@ class Intake:
             raise
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the edge: everything else is "try again"
+        except Exception as exc:  # the edge: everything else is "try again"
             log.exception("intake_failed", source=source, error=f"{type(exc).__name__}: {exc}")
             raise TemporaryFailure() from exc
 

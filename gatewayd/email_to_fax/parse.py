@@ -34,8 +34,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
-from email.headerregistry import HeaderRegistry
-from email.message import Message
+from email.headerregistry import AddressHeader, HeaderRegistry
+from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from types import MappingProxyType
 from typing import Any
@@ -170,7 +170,7 @@ def parse_message(raw: bytes, *, max_parts: int = 100, max_depth: int = 10, crlf
         raise  # not the message's fault: the listener answers 451
     except RecursionError as exc:
         raise MalformedMessage("too deeply nested") from exc
-    except Exception as exc:  # noqa: BLE001 - hostile input must never escape as a crash
+    except Exception as exc:  # hostile input must never escape as a crash
         raise MalformedMessage(f"unparsable message ({type(exc).__name__})") from exc
 
 
@@ -195,7 +195,7 @@ class _BoundedFeedParser(BytesFeedParser):
             raise MessageTooComplex("parts")
         if len(getattr(self, "_msgstack", ())) > self._max_depth:
             raise MalformedMessage("too deeply nested")
-        super()._new_message()  # type: ignore[misc]
+        super()._new_message()  # type: ignore[misc]  # a private hook, not in typeshed: tests/foundation/test_private_hooks.py
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -228,13 +228,15 @@ class _ParsePolicy(email.policy.EmailPolicy):
     over a cap is refused before the slow header parser sees it.
     """
 
+    _fetched: dict[tuple[str, str], Any]  # set once in __init__ (a policy is immutable)
+
     def __init__(self) -> None:
-        super().__init__(header_factory=_HEADER_CLASSES)
+        super().__init__(header_factory=_HEADER_CLASSES, message_factory=EmailMessage)
         object.__setattr__(self, "_fetched", {})
         object.__setattr__(self, "_budget", HeaderBudget())
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        fetched: dict[tuple[str, str], Any] = self._fetched  # type: ignore[attr-defined]
+        fetched = self._fetched
         key = (name, value)
         header = fetched.get(key)
         if header is None:
@@ -283,13 +285,13 @@ def _feed(raw: bytes, *, max_parts: int, max_depth: int) -> tuple[Message, list[
             entities = list(_walk(msg, "", 0, max_depth))
         except MemoryError:
             raise
-        except Exception:  # noqa: BLE001 - whatever it is, the plain parse decides
+        except Exception:  # whatever it is, the plain parse decides
             pass
         else:
-            wanted = dict(zip(names, regions))
+            wanted = dict(zip(names, regions, strict=True))
             bodies: dict[int, tuple[int, int]] = {}
             for part, _, _ in entities:
-                payload = part._payload  # the raw payload, as get_payload(decode=False) gives it
+                payload = part.get_payload(decode=False)  # the placeholder name, undecoded
                 if isinstance(payload, str) and payload in wanted and not part.defects \
                         and part.get_content_maintype() not in ("multipart", "message"):
                     bodies[id(part)] = wanted.pop(payload)
@@ -574,9 +576,9 @@ def _clean_line(text: str) -> str:
 
 def _from(msg: Message) -> tuple[str | None, str | None]:
     header = msg.get("from")
-    if header is None:
+    if not isinstance(header, AddressHeader):  # absent (what the header policy makes of From: otherwise)
         return None, None
-    addresses = getattr(header, "addresses", ())
+    addresses = header.addresses
     # Several From addresses is legal but ambiguous for authorisation
     # (DMARC refuses it too): no single sender then.
     if len(addresses) != 1:

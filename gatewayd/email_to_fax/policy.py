@@ -18,8 +18,8 @@ import fnmatch
 import ipaddress
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
@@ -278,7 +278,7 @@ class SenderPolicy:
         bare = _usable_address(address)
         if not bare:
             return None
-        for rule, patterns in zip(self._rules, self._patterns):
+        for rule, patterns in zip(self._rules, self._patterns, strict=True):
             if any(fnmatch.fnmatchcase(bare, p) for p in patterns):
                 return rule
         return None

@@ -74,11 +74,11 @@ def single_from(value: str) -> str | None:
         return None
     try:
         header = email.policy.default.header_factory("from", value)
-    except Exception:  # noqa: BLE001 - hostile header: nobody we know sent it
+    except Exception:
         return None
     if not isinstance(header, AddressHeader):
         return None
-    if any(not isinstance(d, ObsoleteHeaderDefect) for d in header.defects):
+    if any(not isinstance(d, ObsoleteHeaderDefect) for d in getattr(header, "defects", ())):  # set by the header factory; not in typeshed
         return None
     groups = header.groups
     if len(groups) != 1 or groups[0].display_name is not None or len(groups[0].addresses) != 1:

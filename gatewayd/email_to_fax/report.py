@@ -18,15 +18,15 @@ delivers it (``OutboxWorker``). See docs/reports.md for the policy:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Callable, Sequence
 
 from gatewayd.config import MailConfig, is_email_address
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, attempts_text
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, new_message, safe_header_text, to_bytes
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import Runtime, Worker
 from gatewayd.store import CANCELED, ERROR, FAILED, REJECTED, SENT, UNKNOWN, Job, JobEvent, StoreError
 
 log = get_logger(__name__)
@@ -203,7 +203,7 @@ def plan_reports(job: Job, events: Sequence[JobEvent], mail_cfg: MailConfig, rea
     return mails
 
 
-class Reporter:
+class Reporter(Worker):
     """Service "reports": queues the report of every finished job, once."""
 
     name = "reports"
@@ -215,19 +215,8 @@ class Reporter:
         self.poll_interval = poll_interval
         self.batch = batch
 
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
     async def run(self) -> None:
-        while not self.rt.stopping.is_set():
-            handled = await self.report_due()
-            if handled >= self.batch:
-                continue  # more may be waiting
-            if await self.rt.nap("reports", self.poll_interval):
-                return
+        await self.rt.repeat("reports", self.report_due, batch=self.batch, interval=self.poll_interval)
 
     async def report_due(self) -> int:
         """Queue the reports of finished, unreported jobs; returns how many jobs were settled."""

@@ -43,7 +43,7 @@ from gatewayd.provider.client import (
     SentFax,
 )
 from gatewayd.runtime import Runtime
-from gatewayd.store import QUEUED, REJECTED, ERROR, SUBMITTED, SUBMITTING, IdOwner, Job, StoreError
+from gatewayd.store import ERROR, QUEUED, REJECTED, SUBMITTED, SUBMITTING, IdOwner, Job, StoreError
 
 log = get_logger(__name__)
 
@@ -378,8 +378,8 @@ class Sender:
         """
         skew = self.tuning.match_skew
         timeout = float(self.rt.config.provider.timeout)
-        lo = dt.datetime.fromtimestamp(started - skew, dt.timezone.utc)
-        hi = dt.datetime.fromtimestamp(max(started, until or started) + timeout + skew, dt.timezone.utc)
+        lo = dt.datetime.fromtimestamp(started - skew, dt.UTC)
+        hi = dt.datetime.fromtimestamp(max(started, until or started) + timeout + skew, dt.UTC)
         # The provider gives whole seconds: widen by one so truncation never excludes.
         return lo - dt.timedelta(seconds=1), hi + dt.timedelta(seconds=1)
 

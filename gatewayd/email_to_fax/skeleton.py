@@ -10,6 +10,7 @@ plain way whenever that cannot be shown. No refusal is made here.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 __all__ = ["SLICE_MIN", "find_regions"]
@@ -107,7 +108,7 @@ class _Scan:
             at = raw.find(b"\r\n" + delimiter, tail, end)
         if not lines or not lines[-1][2]:
             raise _GiveUp  # no close delimiter: the parser's business
-        for (_, part_start, _), (next_line, _, _) in zip(lines, lines[1:]):
+        for (_, part_start, _), (next_line, _, _) in itertools.pairwise(lines):
             # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1).
             self.entity(part_start, max(next_line - 2, part_start), depth + 1)
 

@@ -29,6 +29,14 @@ Stock aiosmtpd behaviour replaced here, and why:
   worker thread, never on the loop. Offered only over TLS or to trusted
   networks; a few failures close the session.
 * STARTTLS required: ``530 5.7.0 must issue STARTTLS first``.
+
+This module is over 600 lines on purpose: its three parts -- the aiosmtpd
+protocol subclass (``FaxSMTP``, with the private hooks it replaces), the
+decisions at MAIL/RCPT/DATA (``_Decisions``) and the listener service
+(``SmtpListener``) -- share the session state and the guarantee that no
+exception reaches aiosmtpd, and the reply table of docs/smtp.md is easiest to
+check against one file. The seam is there if it grows: the decisions can move
+to their own module with ``_guarded``.
 """
 
 from __future__ import annotations
@@ -143,6 +151,7 @@ class FaxSMTP(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
+            assert self.session is not None  # aiosmtpd made it in connection_made
             peer = self.session.peer
             self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
             self.trusted = self.listener.sender_policy().is_trusted(self.peer_ip)
@@ -181,7 +190,8 @@ class FaxSMTP(SMTP):
             elif self.data_reply_due or code[0] in "45":
                 self.data_reply_due = False
                 self.listener.count_reply(code)
-        await super().push(status)
+        # Made printable ASCII above, so encoding it here is what aiosmtpd would do.
+        await super().push(status if isinstance(status, bytes) else status.encode("ascii"))
 
     @property
     def tls_active(self) -> bool:
@@ -192,7 +202,8 @@ class FaxSMTP(SMTP):
 
     @property
     def user(self) -> str | None:
-        return self.session.auth_data if self.session.authenticated and isinstance(self.session.auth_data, str) else None
+        session = self.session
+        return session.auth_data if session is not None and session.authenticated and isinstance(session.auth_data, str) else None
 
     async def goodbye(self, line: str) -> None:
         """Answer ``line`` and close (shutdown, too many AUTH failures)."""
@@ -201,7 +212,7 @@ class FaxSMTP(SMTP):
         transport = self.transport
         try:
             await self.push(line)
-        except Exception:  # noqa: BLE001 - the peer may be gone (TLS transports say so in odd ways)
+        except Exception:  # the peer may be gone (TLS transports say so in odd ways)
             pass
         if transport is not None:
             transport.close()
@@ -225,7 +236,7 @@ class FaxSMTP(SMTP):
                 await self.push(MessageTooBig().smtp_reply)
                 return
             if _NULL_SENDER.match(rest):
-                if self.envelope.mail_from:
+                if self.envelope is not None and self.envelope.mail_from:
                     await self.push("503 5.5.1 nested MAIL command")
                     return
                 params = rest.strip()[2:].upper().split()
@@ -261,7 +272,7 @@ class FaxSMTP(SMTP):
         name = login.decode("utf-8", "replace")
         try:
             ok = await self.listener.verify(name, password)
-        except Exception:  # noqa: BLE001 - never a 500, never a hang
+        except Exception:  # never a 500, never a hang
             log.exception("smtp_auth_check_failed")
             return AuthResult(success=False, handled=False, message=TEMPORARY)
         if ok:
@@ -350,7 +361,7 @@ def _guarded(hook: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str
             raise
         except IntakeRefused as exc:
             return exc.smtp_reply
-        except Exception as exc:  # noqa: BLE001 - the edge of the listener
+        except Exception as exc:  # the edge of the listener
             log.exception("smtp_hook_failed", hook=hook.__name__, peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
             return TEMPORARY
 
@@ -374,7 +385,7 @@ class _Decisions:
             cfg = self.rt.config.smtp
             offer_auth = cfg.auth != "off" and bool(cfg.users) and (server.tls_active or server.trusted) and not server.needs_starttls()
             return [r for r in responses if offer_auth or not r[4:].upper().startswith("AUTH")]
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("smtp_hook_failed", hook="handle_EHLO")
             return responses
 
@@ -404,6 +415,7 @@ class _Decisions:
     async def _recipient(self, server: FaxSMTP, envelope: FaxEnvelope, address: str) -> str:
         cfg = self.rt.config
         # Again at RCPT: a reload since MAIL may have revoked the account or rule.
+        assert envelope.mail_from is not None  # aiosmtpd answers 503 to RCPT before MAIL
         auth = self._authorise(server, envelope.mail_from)
         local = split_recipient(address, cfg.smtp.domains)
         destination = self.listener.number_policy().check(local, address)
@@ -467,7 +479,7 @@ class _Decisions:
             reply = "250 2.0.0 queued as " + " ".join(str(i) for i in ids)
         except IntakeRefused as exc:
             reply = exc.smtp_reply
-        except Exception as exc:  # noqa: BLE001 - never a 500 from DATA
+        except Exception as exc:  # never a 500 from DATA
             log.exception("smtp_hook_failed", hook="data", peer=server.peer_ip, error=f"{type(exc).__name__}: {exc}")
             reply = TEMPORARY
         finally:
@@ -534,7 +546,7 @@ class SmtpListener:
         sharing = max(1, rt.config.smtp.processes)
         self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // sharing))
         self.sessions: set[FaxSMTP] = set()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
         self.closing = False
         self._sockets = sockets
         self.processes = processes
@@ -628,12 +640,12 @@ class SmtpListener:
         try:
             if self._sockets is not None:
                 for sock in self._sockets:
-                    self.servers.append(await loop.create_server(lambda: self._protocol(tls_context), sock=sock))
+                    self.servers.append(_server(await loop.create_server(lambda: self._protocol(tls_context), sock=sock)))
             else:
                 for address in cfg.listen:
                     server = await loop.create_server(lambda: self._protocol(tls_context), address.host, address.port,
                                                       reuse_address=True, reuse_port=True if more is not None else None)
-                    self.servers.append(server)
+                    self.servers.append(_server(server))
             if more is not None:
                 await more.start(self.addresses)
         except (OSError, WorkerError):
@@ -686,7 +698,7 @@ class SmtpListener:
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self.processes is not None:
             await self.processes.stop(grace=0.5)  # they had the same grace as this process, at the same time
@@ -694,3 +706,10 @@ class SmtpListener:
 
 
 __all__ = ["DataResult", "FaxSMTP", "SmtpListener", "SmtpTuning"]
+
+
+def _server(server: asyncio.AbstractServer) -> asyncio.Server:
+    """``server`` as what asyncio's loop makes (typeshed types the abstract loop's answer),
+    whose ``sockets`` give the addresses bound."""
+    assert isinstance(server, asyncio.Server)
+    return server

@@ -164,7 +164,7 @@ class ListenerProcesses:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         try:
             # pass_fds keeps the numbers: the worker wraps the same fds.
-            handed = [(s.fileno(), host, port) for s, (host, port) in zip(sockets, self.addresses)]
+            handed = [(s.fileno(), host, port) for s, (host, port) in zip(sockets, self.addresses, strict=True)]
             worker.proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, "--control-fd", str(child.fileno()),
                  "--parent", str(os.getpid())],
@@ -189,7 +189,7 @@ class ListenerProcesses:
         worker.reader_task = asyncio.create_task(self._listen(worker, reader), name=f"smtp-process-{worker.index}")
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), timeout=READY_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise WorkerError(f"SMTP listener process {worker.index} did not start within {READY_TIMEOUT:.0f} s") from None
 
     async def _listen(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
@@ -212,7 +212,7 @@ class ListenerProcesses:
                         worker.ready.set_exception(WorkerError(f"SMTP listener process {worker.index}: {rest[0]}"))
         except EOFError:
             pass
-        except Exception:  # noqa: BLE001 - a bad message must not end the main process's loop
+        except Exception:  # a bad message must not end the main process's loop
             log.exception("smtp_process_channel_failed", process=worker.index)
         finally:
             if worker.ready is not None and not worker.ready.done():
@@ -267,7 +267,7 @@ class ListenerProcesses:
             try:
                 await self._spawn(worker)
                 log.info("smtp_process_restarted", process=worker.index, pid=worker.proc.pid if worker.proc else None)
-            except Exception as exc:  # noqa: BLE001 - try again after the next backoff
+            except Exception as exc:  # try again after the next backoff
                 log.error("smtp_process_restart_failed", process=worker.index, error=f"{type(exc).__name__}: {exc}")
                 if worker.proc is not None:
                     if worker.proc.poll() is None:
@@ -304,7 +304,7 @@ class ListenerProcesses:
         if procs:
             try:
                 await asyncio.wait_for(asyncio.gather(*(_wait_exit(p) for p in procs)), timeout=max(grace, 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for proc in procs:
                     if proc.poll() is None:
                         log.warning("smtp_process_killed", pid=proc.pid)
@@ -326,7 +326,7 @@ async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
         pidfd = -1
     if pidfd >= 0:
         exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(pidfd, lambda: None if exited.done() else exited.set_result(None))
         try:
             if proc.poll() is None:
                 await exited

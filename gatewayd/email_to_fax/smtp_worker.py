@@ -24,7 +24,7 @@ from gatewayd.email_to_fax.smtp_processes import REPORT_EVERY, frame, receive
 from gatewayd.health import Health
 from gatewayd.logs import bind_context, get_logger, setup_logging
 from gatewayd.metrics import Metrics
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import NoProvider, Runtime
 from gatewayd.store import Store
 
 log = get_logger(__name__)
@@ -61,12 +61,12 @@ async def _worker_main(control_fd: int) -> int:
     with bind_context(smtp_process=index):
         try:
             store = Store(config.state_dir)
-        except Exception as exc:  # noqa: BLE001 - told to the main process, which fails its start
+        except Exception as exc:  # told to the main process, which fails its start
             writer.write(frame(("failed", f"store: {exc}")))
             await writer.drain()
             return 1
         # A listener process never calls the provider (the main process's sender does).
-        rt = WorkerRuntime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())  # type: ignore[arg-type]
+        rt = WorkerRuntime(config=config, store=store, provider=NoProvider(), metrics=Metrics(), health=Health())
         loop.add_signal_handler(signal.SIGTERM, rt.stopping.set)
         # Ctrl-C reaches the whole process group: the main process stops us
         # (with SIGTERM) when it stops, not before. It also sends every reload.
@@ -75,7 +75,7 @@ async def _worker_main(control_fd: int) -> int:
         listener = SmtpListener(rt, Intake(rt), tuning=start["tuning"], sockets=sockets)
         try:
             await listener.start()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             writer.write(frame(("failed", f"{type(exc).__name__}: {exc}")))
             await writer.drain()
             store.close()

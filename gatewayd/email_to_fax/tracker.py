@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.logs import bind_context, get_logger
@@ -43,7 +44,7 @@ from gatewayd.provider.client import (
     Rejected,
     SentFax,
 )
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import Runtime, Worker
 from gatewayd.store import AT_PROVIDER, CANCELED, ERROR, FAILED, SENDING, SENT, SUBMITTED, UNKNOWN, Job
 
 log = get_logger(__name__)
@@ -149,7 +150,7 @@ class PollStats:
     changes: int = 0
 
 
-class Tracker:
+class Tracker(Worker):
     """Service "tracker": follows jobs at the provider until they end."""
 
     name = "tracker"
@@ -176,12 +177,6 @@ class Tracker:
         if self._quiet_polls == 0:
             return 1.0
         return backoff_delay(self._quiet_polls, base=2.0, cap=self.max_backoff, low=1.0, high=1.0)
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
 
     # ---------------------------------------------------------------- loop
 
@@ -274,13 +269,15 @@ class Tracker:
                 self._list_pages[ext] = len(listed) // PAGE_SIZE + 1
                 seen = {f.id: f for f in listed}
             for job in ext_jobs:
-                fax = seen.get(job.provider_id) if seen is not None else None  # type: ignore[arg-type]
+                fax_id = job.provider_id
+                assert fax_id is not None  # jobs without one were left out above
+                fax = seen.get(fax_id) if seen is not None else None
                 if fax is None:
                     if job.state == FAILED:
                         continue
                     stats.gets += 1
                     try:
-                        fax = await provider.get_sent_fax(ext, job.provider_id)
+                        fax = await provider.get_sent_fax(ext, fax_id)
                     except NotFound:
                         if await self._end_unknown(job):
                             stats.changes += 1
@@ -317,6 +314,12 @@ class Tracker:
         if done:
             log.warning("job_unknown_at_provider", job_id=job.id, provider_id=job.provider_id)
         return done
+
+    async def _retried_unknown(self, job: Job) -> bool:
+        """A retry found the fax gone at the provider: the job ends, and its report is due."""
+        changed = await self._end_unknown(job)
+        self.rt.wake("reports")
+        return changed
 
     # ------------------------------------------------------------- retries
 
@@ -357,18 +360,14 @@ class Tracker:
         try:
             fax = await provider.retry_fax(job.extension, job.provider_id)
         except NotFound:
-            changed = await self._end_unknown(job)
-            self.rt.wake("reports")
-            return changed
+            return await self._retried_unknown(job)
         except Rejected as exc:
             # Refused: the fax is no longer "failed" there (canceled from the
             # provider's portal?) or the provider will not retry it. Look.
             try:
                 fax = await provider.get_sent_fax(job.extension, job.provider_id)
             except NotFound:
-                changed = await self._end_unknown(job)
-                self.rt.wake("reports")
-                return changed
+                return await self._retried_unknown(job)
             if fax.status == P_FAILED:
                 why = exc.message or str(exc)
                 changed = await store.run(

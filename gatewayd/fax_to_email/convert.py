@@ -83,7 +83,7 @@ def prepare_fax(
             problem = str(exc) or "unreadable TIFF"
         except MemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - image libraries raise anything on hostile input; the fax must still go out
+        except Exception as exc:  # image libraries raise anything on hostile input; the fax must still go out
             log.warning("inbound_tiff_conversion_crashed", error=f"{type(exc).__name__}: {exc}")
             problem = f"unreadable TIFF ({type(exc).__name__})"
         else:

@@ -10,10 +10,10 @@ characters removed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Sequence
 
 from gatewayd.mail.compose import new_message
 

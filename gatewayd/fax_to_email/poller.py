@@ -1,4 +1,4 @@
-"""Fax to email: the "inbound" service (SPEC sections 1.3, 6 and 7).
+"""Fax to email: the "inbound" service that polls the provider for received faxes (docs/inbound.md).
 
 Every ``[inbound].poll_interval`` the poller lists the faxes received on each
 fax extension in a moving time window, and relays each fax it has not seen
@@ -40,9 +40,9 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
-from typing import Callable, Sequence
+from datetime import UTC, datetime, tzinfo
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.config import Config, is_email_address
@@ -109,7 +109,7 @@ class InboundFax:
         )
 
     @classmethod
-    def from_ledger(cls, row: LedgerFax) -> "InboundFax":
+    def from_ledger(cls, row: LedgerFax) -> InboundFax:
         try:
             when = datetime.fromisoformat(row.fax_time) if row.fax_time else None
         except ValueError:
@@ -282,7 +282,7 @@ class InboundPoller:
                 start = max(start, floor)
         try:
             listed = await self.rt.provider.list_received_faxes(
-                ext, datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(now + FUTURE_SKEW, timezone.utc)
+                ext, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(now + FUTURE_SKEW, UTC)
             )
         except (RateLimited, AuthError):
             raise

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from email.header import decode_header, make_header
+from collections.abc import Sequence
 from datetime import datetime
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
-from typing import Sequence
 
 # C0 and C1 controls and the Unicode line/paragraph separators: str.splitlines()
 # breaks on \x85, \u2028 and \u2029 too, and the email package refuses a header
@@ -50,7 +50,7 @@ def _decode_words(text: str) -> str:
             break
         try:
             decoded = str(make_header(decode_header(text)))
-        except Exception:  # noqa: BLE001 - unknown charset, bad base64: keep the text, neutralised below
+        except Exception:
             break
         if decoded == text:
             break

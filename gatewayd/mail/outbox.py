@@ -9,8 +9,9 @@ survives restarts); a 5xx is final, logged, and reported to ``[mail].admin``
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import aiosmtplib
 
@@ -18,7 +19,7 @@ from gatewayd.backoff import backoff_delay
 from gatewayd.config import Config, MailConfig
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, new_message, to_bytes
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import Runtime, Worker
 from gatewayd.store import OutboxMail
 
 log = get_logger(__name__)
@@ -93,7 +94,7 @@ class SmtpRelay:
         return DeliveryResult(accepted, temporary, permanent)
 
 
-class OutboxWorker:
+class OutboxWorker(Worker):
     """Service "outbox": delivers due emails, retries, reports hard failures."""
 
     name = "outbox"
@@ -104,20 +105,13 @@ class OutboxWorker:
         self.poll_interval = poll_interval
         self.batch = batch
 
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
     async def run(self) -> None:
-        while not self.rt.stopping.is_set():
-            delivered = await self.deliver_due()
-            await self._update_gauges()
-            if delivered >= self.batch:
-                continue  # more may be due right now
-            if await self.rt.nap("outbox", self.poll_interval):
-                return
+        await self.rt.repeat("outbox", self._turn, batch=self.batch, interval=self.poll_interval)
+
+    async def _turn(self) -> int:
+        delivered = await self.deliver_due()
+        await self._update_gauges()
+        return delivered
 
     async def _update_gauges(self) -> None:
         depth, oldest = await self.rt.store.run(self.rt.store.outbox_stats)

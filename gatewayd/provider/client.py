@@ -48,6 +48,7 @@ from gatewayd.provider.errors import (
     Rejected,
 )
 from gatewayd.provider.paths import INFERRED_PATHS, PATHS, merged_paths
+from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
 from gatewayd.provider.wire import (
     error_fields,
     extension_from_row,
@@ -61,7 +62,6 @@ from gatewayd.provider.wire import (
     split_mailto,
     uuid_segment,
 )
-from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
 
 log = structlog.get_logger(__name__)
 
@@ -301,7 +301,7 @@ class ProviderClient:
         await self.get_user()
         self._check_blocked()
         ctype = "application/pdf" if kind == "pdf" else "image/tiff"
-        started_at = dt.datetime.now(dt.timezone.utc)
+        started_at = dt.datetime.now(dt.UTC)
         template = self.paths["fax_out"]
         url = self._url("fax_out", {"extension_id": ext})
 
@@ -677,7 +677,7 @@ class ProviderClient:
             log.debug("provider.token_renewed", expires_in=expires_in)
             return token
         if code == 429 or code >= 500:
-            return self._check(resp, TOKEN_PATH_LABEL)  # raises
+            self._check(resp, TOKEN_PATH_LABEL)  # raises: 429 and 5xx are never a success
         err = self._error(resp, TOKEN_PATH_LABEL, AuthError, "token request refused")
         self._note_error(str(err))
         raise err

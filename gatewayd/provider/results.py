@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+
 from gatewayd.filekinds import FaxFileKind
 
 __all__ = ["FINAL_STATUSES", "Extension", "FaxFile", "FileKind", "IncomingFax", "SentFax", "User"]

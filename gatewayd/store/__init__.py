@@ -35,8 +35,9 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from gatewayd.jobstates import (
     ACTIVE_STATES,

@@ -16,9 +16,9 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from gatewayd.store.database import DB_NAME, StoreError
 

@@ -16,13 +16,14 @@ import contextlib
 import functools
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from gatewayd.store.migrations import MIGRATIONS
 
-__all__ = ["DB_NAME", "Database", "StoreError", "StorePart"]
+__all__ = ["DB_NAME", "Database", "StoreError", "StorePart", "inserted_id"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,14 @@ DB_NAME = "gatewayd.sqlite3"
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, corrupt, locked)."""
+
+
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The row id the INSERT on ``cur`` made (``lastrowid`` is None only after other statements)."""
+    rowid = cur.lastrowid
+    if rowid is None:
+        raise StoreError("the INSERT made no row")
+    return rowid
 
 
 class Database:

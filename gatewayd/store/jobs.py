@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from gatewayd.jobstates import ACTIVE_STATES, FINAL_STATES, JOB_STATES, QUEUED, SUBMITTING
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import StoreError, StorePart, inserted_id
 
 __all__ = ["JOB_COLUMNS", "Job", "JobEvent", "JobNotFound", "JobTable", "NewJob"]
 
@@ -118,7 +119,7 @@ class JobTable(StorePart):
                         (now, now, QUEUED, job.number, job.dst_num, job.extension, job.report_to, job.source,
                          job.message_id, job.subject, document_sha, pages, doc_bytes, job.rule_key, job.note, now),
                     )
-                    job_id = cur.lastrowid
+                    job_id = inserted_id(cur)
                     ids.append(job_id)
                     conn.execute("INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?, ?, '', ?, ?)",
                                  (job_id, now, QUEUED, f"accepted from {job.source}"))

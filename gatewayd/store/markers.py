@@ -7,7 +7,7 @@ answered at most once.
 from __future__ import annotations
 
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
 
 from gatewayd.store.database import StoreError, StorePart
 from gatewayd.store.outbox import insert_mail

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-from gatewayd.store.database import Database, StoreError, StorePart
+from gatewayd.store.database import Database, StoreError, StorePart, inserted_id
 
 __all__ = ["OUTBOX_COLUMNS", "OutboxMail", "OutboxTable", "insert_mail", "outbox_mail"]
 
@@ -52,7 +53,7 @@ def insert_mail(db: Database, now: float, kind: str, mail_from: str, recipients:
         "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
         (now, kind, ref, mail_from, json.dumps(list(recipients)), message, now),
     )
-    return int(cur.lastrowid)
+    return inserted_id(cur)
 
 
 class OutboxTable(StorePart):
@@ -134,7 +135,7 @@ class OutboxTable(StorePart):
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot split outbox mail {mail_id}: {exc}") from exc
-        return int(cur.lastrowid)
+        return inserted_id(cur)
 
     def defer_mail_recipients(self, mail_id: int, recipients: Sequence[str], error: str, next_attempt_at: float) -> None:
         """Nobody accepted an outbox mail yet: keep the SAME row pending for

@@ -12,8 +12,9 @@ gets the id, so it is never stranded in ``submitting``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from gatewayd.jobstates import UNKNOWN
 from gatewayd.store.database import StoreError, StorePart

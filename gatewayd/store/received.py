@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import StoreError, StorePart, inserted_id
 
 __all__ = ["RECEIVED_COLUMNS", "ReceivedFax", "ReceivedLedger", "received_fax"]
 
@@ -85,7 +86,7 @@ class ReceivedLedger(StorePart):
             "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, 'received', ?, ?, ?, ?, 'pending', ?)",
             (now, fax.uuid, mail_from, json.dumps(list(fax.recipients)), message, now),
         )
-        outbox_id = int(cur.lastrowid)
+        outbox_id = inserted_id(cur)
         conn.execute(
             f"INSERT INTO received ({RECEIVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, NULL, ?) "
             "ON CONFLICT(uuid) DO UPDATE SET state = 'queued', recipients = excluded.recipients, outbox_id = excluded.outbox_id, note = excluded.note",

@@ -44,7 +44,7 @@ class RestoreMark(StorePart):
                     return None
                 mark = json.loads(row[0])
                 backup_id, taken_at = str(mark["backup_id"]), float(mark["taken_at"])
-                when = dt.datetime.fromtimestamp(taken_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+                when = dt.datetime.fromtimestamp(taken_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                 why = (f"restored from backup {backup_id} taken {when}: the old daemon may have sent it after the backup; "
                        "checking the provider's list before any send")
                 queued = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state = ? AND finished_at IS NULL", (QUEUED,))]

@@ -56,10 +56,9 @@ class ProviderSimulator(ControlApi):
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port)
         await self._site.start()
-        server = self._site._server
-        assert server is not None and server.sockets
-        sockname = server.sockets[0].getsockname()
-        self._host, self._port = host, int(sockname[1])
+        bound = self._runner.addresses
+        assert bound
+        self._host, self._port = host, int(bound[0][1])
         log.info("simulator.started", url=self.url)
 
     async def stop(self) -> None:

@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 _DST_NUM = re.compile(r"^[0-9*#+]{2,32}$")
 
-__all__ = ["ApiHandlers", "json_error", "paginate"]
+__all__ = ["ApiHandlers", "ApiRefusal", "json_error", "paginate"]
 
 
 def json_error(status: int, message: str, word: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -40,7 +40,16 @@ def json_error(status: int, message: str, word: str | None = None, headers: dict
     return web.json_response(body, status=status, headers=headers)
 
 
-def paginate(query: Any, rows: list[Any]) -> list[Any] | web.Response:
+class ApiRefusal(Exception):
+    """An API error answer raised from a helper (extension, fax, page not found or
+    malformed); the API middleware sends ``response``."""
+
+    def __init__(self, status: int, message: str, word: str | None = None) -> None:
+        super().__init__(message)
+        self.response = json_error(status, message, word)
+
+
+def paginate(query: Any, rows: list[Any]) -> list[Any]:
     """page/per_page like the provider's other lists; absent = everything."""
     if "page" not in query and "per_page" not in query:
         return rows
@@ -48,9 +57,9 @@ def paginate(query: Any, rows: list[Any]) -> list[Any] | web.Response:
         page = int(query.get("page", 1))
         per_page = int(query.get("per_page", 100))
     except ValueError:
-        return json_error(400, "page and per_page must be integers")
+        raise ApiRefusal(400, "page and per_page must be integers") from None
     if page < 1 or not 1 <= per_page <= 1000:
-        return json_error(400, "page must be >= 1 and per_page between 1 and 1000")
+        raise ApiRefusal(400, "page must be >= 1 and per_page between 1 and 1000")
     return rows[(page - 1) * per_page : page * per_page]
 
 
@@ -130,6 +139,8 @@ class ApiHandlers(SimAccount):
             return json_error(403, "Access type denies this method", "user_access_type_deny")
         try:
             resp = await handler(request)
+        except ApiRefusal as exc:
+            resp = exc.response
         except web.HTTPException as exc:
             resp = json_error(exc.status, exc.reason)
         resp.headers.update(headers)
@@ -195,39 +206,29 @@ class ApiHandlers(SimAccount):
         if "status" in q:
             exts = [e for e in exts if e.status == q["status"]]
         page = paginate(q, [self._ext_json(e) for e in exts])
-        if isinstance(page, web.Response):
-            return page
         return web.json_response(page)
 
     async def _h_extension(self, request: web.Request) -> web.Response:
         if (err := self._check_client(request)) is not None:
             return err
         ext = self._ext(request, fax_only=False)
-        if isinstance(ext, web.Response):
-            return ext
         return web.json_response(self._ext_json(ext))
 
-    def _ext(self, request: web.Request, *, fax_only: bool = True) -> SimExtension | web.Response:
+    def _ext(self, request: web.Request, *, fax_only: bool = True) -> SimExtension:
         try:
             ext = self.extensions.get(int(request.match_info["eid"]))
         except ValueError:
             ext = None
-        if ext is None:
-            return json_error(404, "Record not found", "extension_not_found")
-        if fax_only and ext.type != "fax":
-            return json_error(404, "Record not found", "extension_not_found")
+        if ext is None or (fax_only and ext.type != "fax"):
+            raise ApiRefusal(404, "Record not found", "extension_not_found")
         return ext
 
     async def _h_get_mailto(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         return web.json_response({"fax_mailto": ext.fax_mailto})
 
     async def _h_put_mailto(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -253,8 +254,6 @@ class ApiHandlers(SimAccount):
 
     async def _h_send(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         if ext.status != "active":
             return json_error(403, "Extension is blocked", "access_denied")
         if not request.content_type.startswith("multipart/form-data"):
@@ -292,46 +291,34 @@ class ApiHandlers(SimAccount):
         log.info("simulator.fax_created", id=rec.id, dst_num=dst_num, pages=rec.pages, kind=kind)
         return web.json_response(self._fax_json(rec), status=201)
 
-    def _sent(self, request: web.Request, ext: SimExtension) -> SimSentFax | web.Response:
+    def _sent(self, request: web.Request, ext: SimExtension) -> SimSentFax:
         try:
             rec = self.sent.get(int(request.match_info["fid"]))
         except ValueError:
             rec = None
         if rec is None or rec.extension_id != ext.id:
-            return json_error(404, "Record not found")
+            raise ApiRefusal(404, "Record not found")
         self._advance(rec, self.clock.now())
         return rec
 
     async def _h_list_sent(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         self.tick()
         rows = [self._fax_json(r) for r in sorted(self.sent.values(), key=lambda r: r.id) if r.extension_id == ext.id]
         page = paginate(request.query, rows)
-        if isinstance(page, web.Response):
-            return page
         return web.json_response(page)
 
     async def _h_get_sent(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         rec = self._sent(request, ext)
-        if isinstance(rec, web.Response):
-            return rec
         return web.json_response(self._fax_json(rec))
 
     async def _h_action(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         action = request.query.get("action")
         if action not in ("retry", "cancel"):
             return json_error(400, "action must be retry or cancel", "invalid_action")
         rec = self._sent(request, ext)
-        if isinstance(rec, web.Response):
-            return rec
         now = self.clock.now()
         if action == "retry":
             if rec.status != "failed":
@@ -360,8 +347,6 @@ class ApiHandlers(SimAccount):
 
     async def _h_list_received(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         q = request.query
         try:
             start = self._parse_dt(q["start_datetime"]) if "start_datetime" in q else None
@@ -378,32 +363,22 @@ class ApiHandlers(SimAccount):
         if order == "desc":
             recs.reverse()
         page = paginate(q, [self._received_json(r) for r in recs])
-        if isinstance(page, web.Response):
-            return page
         return web.json_response(page)
 
-    def _received(self, request: web.Request, ext: SimExtension) -> SimReceivedFax | web.Response:
+    def _received(self, request: web.Request, ext: SimExtension) -> SimReceivedFax:
         rec = self.received.get(request.match_info["uuid"])
         if rec is None or rec.extension_id != ext.id:
-            return json_error(404, "Record not found")
+            raise ApiRefusal(404, "Record not found")
         return rec
 
     async def _h_download(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         rec = self._received(request, ext)
-        if isinstance(rec, web.Response):
-            return rec
         return web.Response(body=rec.data, headers={"Content-Type": rec.content_type})
 
     async def _h_delete_received(self, request: web.Request) -> web.Response:
         ext = self._ext(request)
-        if isinstance(ext, web.Response):
-            return ext
         rec = self._received(request, ext)
-        if isinstance(rec, web.Response):
-            return rec
         del self.received[rec.uuid]
         self.deleted_received.append(rec.uuid)
         return web.Response(status=204)
