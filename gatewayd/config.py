@@ -96,6 +96,11 @@ class SmtpConfig:
         ipaddress.ip_network("::1/128"),
     )
     users: tuple[SmtpUser, ...] = ()
+    # Per client address (docs/smtp.md, "Limits per client"); trusted_networks
+    # are exempt from the connection limit (a relay in front opens many).
+    max_connections_per_client: int = 10
+    auth_failures_per_client: int = 10  # within auth_failure_window, then 454 to AUTH
+    auth_failure_window: float = 900.0
 
     @property
     def tls_enabled(self) -> bool:
@@ -733,8 +738,13 @@ class _Loader:
             auth=s.choice("auth", d.auth, ("required", "optional", "off")),
             trusted_networks=s.get_list("trusted_networks", d.trusted_networks, parse_network),
             users=tuple(users),
+            max_connections_per_client=s.get("max_connections_per_client", d.max_connections_per_client, _positive_int),
+            auth_failures_per_client=s.get("auth_failures_per_client", d.auth_failures_per_client, _positive_int),
+            auth_failure_window=s.get("auth_failure_window", d.auth_failure_window, parse_duration),
         )
         s.finish()
+        if cfg.auth_failure_window <= 0:
+            self.problem("smtp.auth_failure_window", "must be more than 0 seconds")
         if not cfg.domains:
             self.problem("smtp.domains", "needs at least one fax domain")
         if cfg.tls_cert and cfg.tls_key:
