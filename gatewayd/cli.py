@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from gatewayd import __version__
 from gatewayd.commands import control, received
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
-from gatewayd.config import Config, config_path
+from gatewayd.config import Config, config_path, config_warnings
 from gatewayd.jobstates import JOB_STATES
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.passwords import hash_password
@@ -98,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load(args)
     setup_logging(config.log.level, config.log.format)
     log = get_logger("gatewayd.cli")
+    for warning in config_warnings(config):
+        log.warning("config_warning", warning=warning)
     # Until the daemon installs its own handlers: a stop request during
     # start-up unwinds cleanly (store closed), a reload request is ignored
     # instead of killing the process (SIGHUP's default action).
@@ -120,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load(args)
     print(summarise_config(config))
+    # Valid but open: said on stderr, the exit code stays 0 (docs/operations.md).
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

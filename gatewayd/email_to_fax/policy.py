@@ -18,7 +18,7 @@ import fnmatch
 import ipaddress
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import phonenumbers
@@ -254,6 +254,14 @@ class Authorisation:
     rule: SenderRule | None  # the matched [[senders]] rule (hourly limit); None for an account without one
     user: str | None  # authenticated SMTP account name, if any
     report_to: str  # envelope sender (From: for IMAP); "" when it is a bounce address
+    # The authenticated account (its own hourly limit); ``user`` names it, so
+    # it takes no part in comparisons.
+    account: SmtpUser | None = field(default=None, compare=False)
+
+    @property
+    def hourly_limits(self) -> tuple[SenderRule | SmtpUser, ...]:
+        """What counts this sender's jobs per hour: the rule's and the account's ``max_per_hour``, each on its own."""
+        return tuple(x for x in (self.rule, self.account) if x is not None and x.max_per_hour)
 
 
 def is_bounce_address(address: str) -> bool:
@@ -353,7 +361,7 @@ class SenderPolicy:
                 raise SenderNotAuthorised()
             rule = self.match_rule(sender)
             extension = account.extension or (rule.extension if rule else None) or self._default_extension
-            return self._grant(extension, rule, user=user, sender=sender)
+            return self._grant(extension, rule, user=user, sender=sender, account=account)
 
         if self._auth == "required":
             raise AuthenticationRequired()
@@ -384,7 +392,7 @@ class SenderPolicy:
         except SenderNotAuthorised:
             return None
 
-    def _grant(self, extension: int | None, rule: SenderRule | None, *, user: str | None, sender: str) -> Authorisation:
+    def _grant(self, extension: int | None, rule: SenderRule | None, *, user: str | None, sender: str, account: SmtpUser | None = None) -> Authorisation:
         # Extension 0 means "not set" everywhere in the config; sending from
         # it would be a provider error per job, so refuse up front.
         if not extension:
@@ -393,14 +401,14 @@ class SenderPolicy:
         if rule is not None and rule.max_pages:
             max_pages = min(rule.max_pages, max_pages)
         report_to = "" if is_bounce_address(sender) else sender
-        return Authorisation(extension=extension, max_pages=max_pages, rule=rule, user=user, report_to=report_to)
+        return Authorisation(extension=extension, max_pages=max_pages, rule=rule, user=user, report_to=report_to, account=account)
 
 
 # --------------------------------------------------------------- hourly limits
 
 
 class RateLimiter:
-    """``max_per_hour`` of a ``[[senders]]`` rule over a sliding hour.
+    """``max_per_hour`` of a ``[[senders]]`` rule or an ``[[smtp.users]]`` account over a sliding hour.
 
     The count comes from the ``sender_usage`` rows the store writes in the
     same commit as the jobs, so a restart or reload does not reset it and a
@@ -416,7 +424,12 @@ class RateLimiter:
         self._store = store
         self._clock = clock
 
-    def check(self, rule: SenderRule | None, new_jobs: int = 1) -> None:
+    def check_all(self, authorisation: Authorisation, new_jobs: int = 1) -> None:
+        """``check`` every hourly limit of ``authorisation`` (rule and account)."""
+        for limited in authorisation.hourly_limits:
+            self.check(limited, new_jobs)
+
+    def check(self, rule: SenderRule | SmtpUser | None, new_jobs: int = 1) -> None:
         """Raise ``RateLimitReached`` (450) if ``new_jobs`` more would exceed the limit."""
         if rule is None or not rule.max_per_hour:
             return

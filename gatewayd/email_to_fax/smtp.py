@@ -524,10 +524,10 @@ class _Decisions:
             return "250 2.1.5 recipient ok (same number as an earlier recipient: one fax)"
         if len(envelope.destinations) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
-        if auth.rule is not None and auth.rule.max_per_hour:  # else nothing to count (see Intake)
+        if auth.hourly_limits:  # else nothing to count (see Intake)
             store = self.rt.store
             limiter = RateLimiter(store, self.rt.clock)
-            await store.run(limiter.check, auth.rule, len(envelope.destinations) + 1)
+            await store.run(limiter.check_all, auth, len(envelope.destinations) + 1)
         envelope.authorisation = auth
         envelope.destinations.append(destination)
         envelope.rcpt_tos.append(address)

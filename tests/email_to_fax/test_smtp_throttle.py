@@ -157,3 +157,25 @@ async def test_scrypt_runs_on_its_own_executor(tmp_path: Path, data: dict, passw
         assert (await c.cmd(plain("scanner", PASSWORD))).startswith("235 ")
         await c.close()
         assert gw.listener.password_checks.max_workers <= 4
+
+
+async def test_an_account_has_its_own_hourly_limit(tmp_path: Path, data: dict, password_hash: str) -> None:
+    # issue 14, item 9: the envelope sender matches no [[senders]] rule, so
+    # only the account's own max_per_hour limits it.
+    from corpus import good_message, make_pdf
+    from e2f_support import DOMAIN, NUMBER_1, NUMBER_2
+
+    data = merge(data, {"smtp": {"users": [{"name": "scanner", "password_hash": password_hash, "max_per_hour": 2}]}})
+    raw = good_message([("scan.pdf", "application/pdf", make_pdf(1))])
+    async with run_gateway(load(tmp_path, data)) as gw:
+        c = await RawSMTP.connect(gw.port)
+        assert (await c.cmd(plain("scanner", PASSWORD))).startswith("235 ")
+        _, rcpts, reply = await c.send(raw, sender="scanner@nowhere.example", recipients=(f"{NUMBER_1}@{DOMAIN}", f"{NUMBER_2}@{DOMAIN}", f"+78123092632@{DOMAIN}"))
+        assert rcpts == ["250 2.1.5 recipient ok", "250 2.1.5 recipient ok", "450 4.7.1 rate limit reached, try later"]
+        assert reply.startswith("250 2.0.0 queued as ")
+        _, rcpts, reply = await c.send(raw, sender="other@elsewhere.example")
+        assert rcpts == ["450 4.7.1 rate limit reached, try later"]
+        await c.close()
+        assert len(gw.jobs()) == 2
+        # A restart does not reset it: the count is in the store.
+        assert gw.store.usage_since("smtp.users:scanner", 0) == 2
