@@ -22,7 +22,8 @@ from datetime import datetime
 from gatewayd import __version__
 from gatewayd.commands import backup, control, received
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
-from gatewayd.config import Config, config_path
+from gatewayd.commands.terminal import safe_text
+from gatewayd.config import Config, config_path, config_warnings
 from gatewayd.jobstates import JOB_STATES
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.passwords import hash_password
@@ -103,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load(args)
     setup_logging(config.log.level, config.log.format)
     log = get_logger("gatewayd.cli")
+    for warning in config_warnings(config):
+        log.warning("config_warning", warning=warning)
     # Until the daemon installs its own handlers: a stop request during
     # start-up unwinds cleanly (store closed), a reload request is ignored
     # instead of killing the process (SIGHUP's default action).
@@ -125,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load(args)
     print(summarise_config(config))
+    # Valid but open: said on stderr, the exit code stays 0 (docs/operations.md).
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -177,7 +183,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         store.close()
     print(f"{'ID':>6}  {'CREATED':19}  {'STATE':10}  {'NUMBER':16}  {'EXT':>6}  {'PAGES':>5}  FROM")
     for j in jobs:
-        print(f"{j.id:>6}  {_when(j.created_at):19}  {j.state:10}  {j.number:16}  {j.extension:>6}  {j.pages:>5}  {j.report_to or '-'}")
+        # Every text cell escaped: senders write what they like (gatewayd/commands/terminal.py).
+        print(f"{j.id:>6}  {_when(j.created_at):19}  {safe_text(j.state):10}  {safe_text(j.number):16}  {j.extension:>6}  {j.pages:>5}  {safe_text(j.report_to or '-')}")
     return EXIT_OK
 
 
@@ -216,11 +223,13 @@ def format_job(job: Job, events: Sequence[JobEvent]) -> str:
     ]
     if job.note:
         rows.append(("note", job.note))
-    out = [f"{k + ':':17}{v}" for k, v in rows]
+    # Senders and the provider wrote most of this: every value escaped
+    # (gatewayd/commands/terminal.py).
+    out = [f"{k + ':':17}{safe_text(v)}" for k, v in rows]
     out.append("history:")
     for e in events:
         arrow = f"{e.from_state or '(new)'} -> {e.to_state}"
-        out.append(f"  {_when(e.at)}  {arrow:28}  {e.reason}")
+        out.append(f"  {_when(e.at)}  {safe_text(arrow):28}  {safe_text(e.reason)}")
     return "\n".join(out)
 
 

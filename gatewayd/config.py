@@ -82,6 +82,12 @@ class SmtpUser:
     name: str
     password_hash: str = field(repr=False)
     extension: int | None = None
+    max_per_hour: int | None = None  # jobs per sliding hour from this account, whatever the envelope sender
+
+    @property
+    def key(self) -> str:
+        """The account's hourly counter (``sender_usage.rule_key``), by name: stable across reorderings."""
+        return f"smtp.users:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,11 @@ class SmtpConfig:
         ipaddress.ip_network("::1/128"),
     )
     users: tuple[SmtpUser, ...] = ()
+    # Per client address (docs/smtp.md, "Limits per client"); trusted_networks
+    # are exempt from the connection limit (a relay in front opens many).
+    max_connections_per_client: int = 10
+    auth_failures_per_client: int = 10  # within auth_failure_window, then 454 to AUTH
+    auth_failure_window: float = 900.0
 
     @property
     def tls_enabled(self) -> bool:
@@ -534,6 +545,26 @@ def _url(v: Any) -> str:
     return v.rstrip("/")
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that never leaves the machine."""
+    text = host.strip().strip("[]").lower()
+    if text == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
+def _provider_url(v: Any) -> str:
+    """An https URL, or plain http to a loopback host (the simulator, a local proxy)."""
+    url = _url(v)
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
+        raise _Bad(f"must be https (the client secret and faxes cross the network), got {_show(v)}; plain http only to a loopback host")
+    return url
+
+
 def _pattern(v: Any) -> str:
     if not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v.strip()):
         raise _Bad(f'expected a pattern such as "*@example.com", got {_show(v)}')
@@ -662,8 +693,9 @@ class _Loader:
 
     def provider(self, s: _Section) -> ProviderConfig:
         d = ProviderConfig()
-        base_url = s.get("base_url", d.base_url, _url)
-        token_url = s.get("token_url", "", lambda v: _url(v) if v != "" else "")
+        # docs/security.md, "Hardening (issue 14, items 5-11)": never in clear off this machine.
+        base_url = s.get("base_url", d.base_url, _provider_url)
+        token_url = s.get("token_url", "", lambda v: _provider_url(v) if v != "" else "")
         if not token_url:
             parts = urlsplit(base_url)
             token_url = f"{parts.scheme}://{parts.netloc}/oauth/token"
@@ -734,6 +766,7 @@ class _Loader:
             name = u.get("name", "", _str_no_newline)
             pw = u.get("password_hash", "", _str_no_newline)
             ext = u.get("extension", None, _optional_extension_id)
+            per_hour = u.get("max_per_hour", None, _positive_int)
             u.finish()
             if not name:
                 self.problem(f"smtp.users[{i}].name", "required")
@@ -744,7 +777,7 @@ class _Loader:
                 self.problem(f"smtp.users[{i}].password_hash", "required (make one with `gatewayd hash-password`)")
             elif not is_password_hash(pw):
                 self.problem(f"smtp.users[{i}].password_hash", "not a hash from `gatewayd hash-password`")
-            users.append(SmtpUser(name, pw, ext))
+            users.append(SmtpUser(name, pw, ext, per_hour))
         hostname = s.get("hostname", "", _hostname) or socket.getfqdn()
         cfg = SmtpConfig(
             listen=listen,
@@ -759,8 +792,13 @@ class _Loader:
             auth=s.choice("auth", d.auth, ("required", "optional", "off")),
             trusted_networks=s.get_list("trusted_networks", d.trusted_networks, parse_network),
             users=tuple(users),
+            max_connections_per_client=s.get("max_connections_per_client", d.max_connections_per_client, _positive_int),
+            auth_failures_per_client=s.get("auth_failures_per_client", d.auth_failures_per_client, _positive_int),
+            auth_failure_window=s.get("auth_failure_window", d.auth_failure_window, parse_duration),
         )
         s.finish()
+        if cfg.auth_failure_window <= 0:
+            self.problem("smtp.auth_failure_window", "must be more than 0 seconds")
         if not cfg.domains:
             self.problem("smtp.domains", "needs at least one fax domain")
         if cfg.tls_cert and cfg.tls_key:
@@ -924,6 +962,8 @@ class _Loader:
             self.problem("mail.password", "required when mail.username is set (or password_file)")
         if cfg.password and not cfg.username:
             self.problem("mail.username", "required when mail.password is set")
+        if cfg.username and cfg.security == "none" and not is_loopback_host(cfg.relay.host):
+            self.problem("mail.security", f'"none" would send mail.username\'s password in clear to {cfg.relay}; use "starttls" or "tls", or a relay on loopback')
         return cfg
 
     def ca_file(self, s: _Section) -> str:
@@ -1014,6 +1054,25 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
 def load_config_data(data: dict[str, Any], env: dict[str, str] | None = None, source: str = "<data>", base_dir: Path | None = None) -> Config:
     env = dict(os.environ) if env is None else env
     return _Loader(env, (base_dir or Path.cwd()).absolute()).load(data, source)
+
+
+def config_warnings(c: Config) -> list[str]:
+    """Settings that are valid but leave a door open (``key.path: why``), for
+    ``gatewayd check-config`` and the daemon's start (docs/security.md,
+    "Hardening (issue 14, items 5-11)")."""
+    warnings = []
+    if not c.numbers.allow:
+        warnings.append(
+            "numbers.allow: empty, so every country can be dialled, satellite and other costly ranges "
+            "(+881, +882, +883) too; list the country codes you fax to"
+        )
+    for i, user in enumerate(c.smtp.users):
+        if not user.max_per_hour:
+            warnings.append(
+                f"smtp.users[{i}].max_per_hour: not set: mail from account \"{user.name}\" whose envelope sender "
+                "matches no [[senders]] rule with max_per_hour has no hourly limit"
+            )
+    return warnings
 
 
 def config_path(cli_value: str | None, env: dict[str, str] | None = None) -> str:

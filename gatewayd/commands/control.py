@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
+from gatewayd.commands.terminal import safe_text
 from gatewayd.config import Config
 from gatewayd.logs import setup_logging
 from gatewayd.provider.client import NotFound, ProviderClient, ProviderError, RateLimited, Rejected, SentFax
@@ -68,7 +69,8 @@ def _run(args: argparse.Namespace, action) -> int:
     _quiet_logging(config)
     store = open_store(config)
     try:
-        print(asyncio.run(action(store, args.id, lambda: ProviderClient.from_config(config.provider))))
+        # The answer quotes the job's reason, which may hold provider text: escaped.
+        print(safe_text(asyncio.run(action(store, args.id, lambda: ProviderClient.from_config(config.provider)))))
     finally:
         store.close()
     return EXIT_OK

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
+from gatewayd.commands.terminal import safe_text
 from gatewayd.config import Config, is_email_address
 from gatewayd.logs import setup_logging
 from gatewayd.provider.client import AuthError, NotFound, ProviderClient, ProviderError, RateLimited
@@ -25,8 +26,8 @@ _STATE_WORDS = {"queued": "queued", "relayed": "relayed", "no_recipient": "held"
 
 
 def _cell(text: str) -> str:
-    # Caller ids and notes come from the provider: no terminal control characters.
-    return "".join(c if c.isprintable() else "?" for c in text) or "-"
+    # Caller ids and notes come from the provider: escaped (gatewayd/commands/terminal.py).
+    return safe_text(text) or "-"
 
 
 def _state_text(state: str, mail_state: str | None, mail_error: str) -> str:
@@ -108,7 +109,7 @@ def mailto(args: argparse.Namespace) -> int:
     except ProviderError as exc:
         raise CommandError(f"provider error: {exc}", EXIT_FAILURE) from None
     for address in result:
-        print(address)
+        print(safe_text(address))  # the provider's text
     if not result:
         print(f"extension {extension} has no fax_mailto", file=sys.stderr)
     return EXIT_OK

@@ -28,6 +28,7 @@ __all__ = [
     "RateLimitReached",
     "RelayDenied",
     "SenderNotAuthorised",
+    "ServiceNumberRefused",
     "TemporaryFailure",
     "smtp_safe",
 ]
@@ -53,6 +54,16 @@ class DestinationNotAllowed(IntakeRefused):
 
     def __init__(self, number: str) -> None:
         super().__init__(f"{number}: destination not allowed")
+        self.number = number
+
+
+class ServiceNumberRefused(IntakeRefused):
+    """An emergency, short service or trunk number matched ``numbers.internal`` (docs/security.md, "Hardening")."""
+
+    code, status = 550, "5.7.1"
+
+    def __init__(self, number: str) -> None:
+        super().__init__(f"{number}: emergency and service numbers are never faxed")
         self.number = number
 
 

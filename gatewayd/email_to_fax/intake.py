@@ -111,11 +111,11 @@ class Intake:
             else:
                 # Parsing a 25 MB message is CPU work: off the event loop.
                 parsed = await asyncio.to_thread(parse_message, raw, crlf_checked=crlf_checked)
-        if authorisation.rule is not None and authorisation.rule.max_per_hour:
-            # Only a limited rule has anything to count; the store's thread is
-            # shared with every commit, so no trip there for nothing.
+        if authorisation.hourly_limits:
+            # Only a limited rule or account has anything to count; the store's
+            # thread is shared with every commit, so no trip there for nothing.
             limiter = RateLimiter(store, rt.clock)
-            await store.run(limiter.check, authorisation.rule, len(destinations))
+            await store.run(limiter.check_all, authorisation, len(destinations))
 
         docs = config.documents
         cover = None
@@ -145,6 +145,7 @@ class Intake:
                 message_id=parsed.message_id or "",
                 subject=parsed.subject,
                 rule_key=authorisation.rule.key if authorisation.rule is not None else "",
+                usage_keys=tuple(limited.key for limited in authorisation.hourly_limits),
                 note=note,
             )
             for d in destinations

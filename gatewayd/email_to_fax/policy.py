@@ -19,10 +19,11 @@ import ipaddress
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import phonenumbers
-from phonenumbers import PhoneNumberFormat, PhoneNumberType
+from phonenumbers import PhoneNumberFormat, PhoneNumberType, shortnumberinfo
+from phonenumbers.phonemetadata import PhoneMetadata
 
 from gatewayd.config import Config, NumbersConfig, SenderRule, SmtpUser
 from gatewayd.email_to_fax.errors import (
@@ -32,6 +33,7 @@ from gatewayd.email_to_fax.errors import (
     RateLimitReached,
     RelayDenied,
     SenderNotAuthorised,
+    ServiceNumberRefused,
 )
 from gatewayd.store import Store
 
@@ -61,6 +63,11 @@ _MAX_LOCAL_PART = 64
 # classic toll-fraud targets. UAN, VoIP, personal and satellite-ish mobile
 # numbers are ordinary tariffs in most plans and are left to allow/deny.
 _COSTLY_TYPES = frozenset({PhoneNumberType.PREMIUM_RATE, PhoneNumberType.SHARED_COST})
+
+# Emergency numbers refused whatever default_region says: a caller abroad, a
+# provider PBX in another country, or a phone that maps them (most GSM
+# phones dial 112 and 911 anywhere) may still reach an emergency service.
+_EMERGENCY_EVERYWHERE = frozenset({"112", "911"})
 
 # Local parts that must never receive automatic mail (RFC 3834 and common
 # sense): a report to them would be a bounce to a bounce.
@@ -123,6 +130,12 @@ class NumberPolicy:
        also a valid public number for ``default_region``; then that public
        reading must pass the whole policy below, so a too-wide ``internal``
        pattern can never become a way around toll-fraud protection.
+       Emergency numbers (112 and 911 everywhere, and ``default_region``'s
+       own), valid short service numbers and premium short numbers of
+       ``default_region``, and digits that start a trunk or international
+       call (its national prefix, its international prefix, or ``0``) are
+       refused with ``ServiceNumberRefused`` (550): a PBX hands digits it
+       does not know to the public network (docs/security.md, "Hardening").
     3. Otherwise phonenumbers parses it (``+`` means international, else as
        dialled in ``default_region``: trunk prefix ``8`` and IDD ``810`` in
        RU, ``0``/``00`` in DE...) and it must be a valid number, else 553.
@@ -154,6 +167,8 @@ class NumberPolicy:
             public = self._parse(compact)
             if public is not None:
                 self._enforce(public)
+            if self._is_service_number(compact, public is not None):
+                raise ServiceNumberRefused(compact)
             return Destination(number=compact, dst_num=compact, internal=True)
 
         parsed = self._parse(compact)
@@ -162,6 +177,36 @@ class NumberPolicy:
         self._enforce(parsed)
         e164 = phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
         return Destination(number=e164, dst_num=self._dial_string(parsed, e164), internal=False)
+
+    def _is_service_number(self, digits: str, public: bool) -> bool:
+        """Whether internal-looking ``digits`` would reach an emergency or service number, or start a public call."""
+        region = self._region
+        if digits in _EMERGENCY_EVERYWHERE:
+            return True
+        if phonenumbers.is_emergency_number(digits, region) or shortnumberinfo.connects_to_emergency_number(digits, region):
+            return True
+        try:
+            short = phonenumbers.parse(digits, region)
+        except phonenumbers.NumberParseException:
+            short = None
+        if short is not None and (
+            shortnumberinfo.is_valid_short_number_for_region(short, region)
+            or shortnumberinfo.expected_cost_for_region(short, region) == shortnumberinfo.ShortNumberCost.PREMIUM_RATE
+        ):
+            return True
+        if public:
+            return False  # a complete public number: it passed _enforce above
+        # The start of a public call that is not a complete number ("8800",
+        # "810" in RU, "0900" in DE): what the network makes of it is unknown.
+        metadata = PhoneMetadata.metadata_for_region(region)
+        if digits.startswith("0"):
+            return True
+        if metadata is not None:
+            if metadata.national_prefix and digits.startswith(metadata.national_prefix):
+                return True
+            if metadata.international_prefix and re.match(metadata.international_prefix, digits):
+                return True
+        return False
 
     def _parse(self, compact: str) -> phonenumbers.PhoneNumber | None:
         """A valid public number, or None."""
@@ -209,6 +254,14 @@ class Authorisation:
     rule: SenderRule | None  # the matched [[senders]] rule (hourly limit); None for an account without one
     user: str | None  # authenticated SMTP account name, if any
     report_to: str  # envelope sender (From: for IMAP); "" when it is a bounce address
+    # The authenticated account (its own hourly limit); ``user`` names it, so
+    # it takes no part in comparisons.
+    account: SmtpUser | None = field(default=None, compare=False)
+
+    @property
+    def hourly_limits(self) -> tuple[SenderRule | SmtpUser, ...]:
+        """What counts this sender's jobs per hour: the rule's and the account's ``max_per_hour``, each on its own."""
+        return tuple(x for x in (self.rule, self.account) if x is not None and x.max_per_hour)
 
 
 def is_bounce_address(address: str) -> bool:
@@ -308,7 +361,7 @@ class SenderPolicy:
                 raise SenderNotAuthorised()
             rule = self.match_rule(sender)
             extension = account.extension or (rule.extension if rule else None) or self._default_extension
-            return self._grant(extension, rule, user=user, sender=sender)
+            return self._grant(extension, rule, user=user, sender=sender, account=account)
 
         if self._auth == "required":
             raise AuthenticationRequired()
@@ -339,7 +392,7 @@ class SenderPolicy:
         except SenderNotAuthorised:
             return None
 
-    def _grant(self, extension: int | None, rule: SenderRule | None, *, user: str | None, sender: str) -> Authorisation:
+    def _grant(self, extension: int | None, rule: SenderRule | None, *, user: str | None, sender: str, account: SmtpUser | None = None) -> Authorisation:
         # Extension 0 means "not set" everywhere in the config; sending from
         # it would be a provider error per job, so refuse up front.
         if not extension:
@@ -348,14 +401,14 @@ class SenderPolicy:
         if rule is not None and rule.max_pages:
             max_pages = min(rule.max_pages, max_pages)
         report_to = "" if is_bounce_address(sender) else sender
-        return Authorisation(extension=extension, max_pages=max_pages, rule=rule, user=user, report_to=report_to)
+        return Authorisation(extension=extension, max_pages=max_pages, rule=rule, user=user, report_to=report_to, account=account)
 
 
 # --------------------------------------------------------------- hourly limits
 
 
 class RateLimiter:
-    """``max_per_hour`` of a ``[[senders]]`` rule over a sliding hour.
+    """``max_per_hour`` of a ``[[senders]]`` rule or an ``[[smtp.users]]`` account over a sliding hour.
 
     The count comes from the ``sender_usage`` rows the store writes in the
     same commit as the jobs, so a restart or reload does not reset it and a
@@ -371,7 +424,12 @@ class RateLimiter:
         self._store = store
         self._clock = clock
 
-    def check(self, rule: SenderRule | None, new_jobs: int = 1) -> None:
+    def check_all(self, authorisation: Authorisation, new_jobs: int = 1) -> None:
+        """``check`` every hourly limit of ``authorisation`` (rule and account)."""
+        for limited in authorisation.hourly_limits:
+            self.check(limited, new_jobs)
+
+    def check(self, rule: SenderRule | SmtpUser | None, new_jobs: int = 1) -> None:
         """Raise ``RateLimitReached`` (450) if ``new_jobs`` more would exceed the limit."""
         if rule is None or not rule.max_per_hour:
             return

@@ -25,9 +25,15 @@ Stock aiosmtpd behaviour replaced here, and why:
 * Reply lines are always ASCII without CR/LF (``IntakeRefused.smtp_reply``,
   and ``push`` checks every line again): a refusal naming "счет.pdf" is
   still its ``554``, never a ``451`` from a failed encoding.
-* AUTH PLAIN/LOGIN: aiosmtpd collects the credentials; scrypt runs in a
-  worker thread, never on the loop. Offered only over TLS or to trusted
-  networks; a few failures close the session.
+* AUTH PLAIN/LOGIN: aiosmtpd collects the credentials; scrypt runs on the
+  listener's own small executor (``PasswordChecks``), never on the loop nor
+  in the shared default thread pool. Offered only over TLS or to trusted
+  networks; a few failures close the session, and an address with too many
+  recent failures gets ``454`` without a password check (``ClientThrottle``).
+* Per client address: at most ``smtp.max_connections_per_client``
+  connections (not for ``trusted_networks``); and every session ends after
+  ``SmtpTuning.max_session_time`` or ``max_commands``, however busy it
+  keeps the idle timer (docs/smtp.md, "Limits per client").
 * STARTTLS required: ``530 5.7.0 must issue STARTTLS first``.
 
 This module is over 600 lines on purpose: its three parts -- the aiosmtpd
@@ -42,13 +48,15 @@ to their own module with ``_guarded``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import secrets
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 
@@ -64,6 +72,7 @@ from gatewayd.email_to_fax.fastdata import DataBody, IntakeGate, read_data
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
 from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
+from gatewayd.email_to_fax.throttle import ClientThrottle
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.passwords import hash_password, verify_password
@@ -73,6 +82,9 @@ log = get_logger(__name__)
 
 TEMPORARY = TemporaryFailure().smtp_reply  # "451 4.3.0 temporary failure, try again"
 TOO_MANY_CONNECTIONS = "421 4.7.0 too many connections"
+TOO_MANY_FROM_CLIENT = "421 4.7.0 too many connections from your address"
+AUTH_THROTTLED = "454 4.7.0 too many failed authentications, try later"
+SESSION_LIMIT = "421 4.7.0 session limit reached, closing connection"
 SHUTTING_DOWN = "421 4.3.2 service shutting down, try again later"
 MUST_STARTTLS = "530 5.7.0 must issue STARTTLS first"
 AUTH_FAILED = "535 5.7.8 authentication credentials invalid"
@@ -94,6 +106,11 @@ class SmtpTuning:
     spool_threshold: int = 2 << 20  # a DATA body above this waits in a temporary file, not in memory
     intake_budget: int = 16 << 20  # bytes of message parsed and converted at once (IntakeGate)
     process_stall_timeout: float = 30.0  # a listener process silent this long is killed and restarted
+    # However busy a client keeps the idle timer, a session ends after this
+    # long or this many commands (421, after the reply to a message being stored).
+    max_session_time: float = 3600.0
+    max_commands: int = 10_000
+    password_workers: int = 2  # threads for scrypt (16 MiB each); AUTH beyond waits its turn
 
 
 @dataclass(frozen=True)
@@ -130,8 +147,15 @@ class FaxSMTP(SMTP):
         self.trusted = False
         self.failed_auths = 0
         self.data_reply_due = False  # 354 sent: the next reply ends the transaction
+        self.commands = 0
+        self.expired = False  # max_session_time or max_commands reached
+        self.counted_ip: str | None = None  # the address counted in the listener's ClientThrottle
+        self.refused = False  # over the per-client limit: answered 421 and closed at connection_made
+        self._session_timer: asyncio.TimerHandle | None = None
         super().__init__(listener.decisions, **kw)
         listener.sessions.add(self)  # counted from creation, so max_connections holds under bursts
+        # Every command passes _counted first (aiosmtpd looks commands up in this table).
+        self._smtp_methods = {name: self._counted(method) for name, method in self._smtp_methods.items()}
 
     # -- aiosmtpd plumbing
 
@@ -149,6 +173,8 @@ class FaxSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
+        if first and not self._admit(transport):
+            return
         super().connection_made(transport)
         if first:
             assert self.session is not None  # aiosmtpd made it in connection_made
@@ -157,9 +183,60 @@ class FaxSMTP(SMTP):
             self.trusted = self.listener.sender_policy().is_trusted(self.peer_ip)
             # AUTH (and its advertisement) only over TLS, or in clear from a trusted network.
             self._auth_require_tls = not self.trusted
+            self._session_timer = asyncio.get_running_loop().call_later(self.listener.tuning.max_session_time, self._session_expired)
+
+    # -- limits of one session (docs/smtp.md, "Limits per client")
+
+    def _counted(self, method: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        @functools.wraps(method)  # keeps aiosmtpd's syntax attributes for HELP
+        async def counted(arg: Any) -> None:
+            self.commands += 1
+            if self.expired or self.commands > self.listener.tuning.max_commands:
+                self.expired = True
+                log.warning("smtp_session_limit", peer=self.peer_ip, commands=self.commands)
+                await self.goodbye(SESSION_LIMIT)
+                return
+            await method(arg)
+
+        return counted
+
+    def _session_expired(self) -> None:
+        """``max_session_time`` is up: close now, unless a message is being stored (then after its reply)."""
+        self.expired = True
+        if self.open and self.phase != "deciding":
+            log.warning("smtp_session_limit", peer=self.peer_ip, phase=self.phase)
+            asyncio.ensure_future(self.goodbye(SESSION_LIMIT))
+
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the client's address; one 421 line and closed when it has too many connections.
+
+        Only a stranger is limited: a relay in ``trusted_networks`` (Postfix in
+        front) legitimately opens many (docs/smtp.md, "Limits per client")."""
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if self.listener.sender_policy().is_trusted(ip):
+            return True
+        if self.listener.throttle.opened(ip):
+            self.counted_ip = ip
+            return True
+        self.refused = True
+        self.listener.sessions.discard(self)
+        self.listener.count_reply("421")
+        log.warning("smtp_too_many_connections_from_client", peer=ip, limit=self.listener.throttle.max_connections_per_client)
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY_FROM_CLIENT.encode("ascii") + b"\r\n")
+        transport.close()
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
         self.listener.sessions.discard(self)
+        if self.refused:
+            return  # never started (_admit)
+        if self.counted_ip is not None:
+            self.listener.throttle.closed(self.counted_ip)
+            self.counted_ip = None
+        if self._session_timer is not None:
+            self._session_timer.cancel()
         if isinstance(self.envelope, FaxEnvelope):
             self.listener.decisions.log_abandoned(self, self.envelope)
         super().connection_lost(error)
@@ -270,6 +347,11 @@ class FaxSMTP(SMTP):
             return result  # aiosmtpd already answered (bad base64, "*")
         login, password = result.auth_data
         name = login.decode("utf-8", "replace")
+        throttle = self.listener.throttle
+        if throttle.auth_blocked(self.peer_ip):
+            # No scrypt run for an address that keeps failing (docs/smtp.md, "Limits per client").
+            log.warning("smtp_auth_throttled", peer=self.peer_ip, user=name[:64])
+            return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
         try:
             ok = await self.listener.verify(name, password)
         except Exception:  # never a 500, never a hang
@@ -279,6 +361,7 @@ class FaxSMTP(SMTP):
             log.info("smtp_auth_ok", peer=self.peer_ip, user=name)
             return AuthResult(success=True, auth_data=name)
         self.failed_auths += 1
+        throttle.auth_failed(self.peer_ip)
         log.warning("smtp_auth_failed", peer=self.peer_ip, user=name[:64], failures=self.failed_auths)
         if self.failed_auths >= self.listener.tuning.max_auth_failures:
             await self.push(AUTH_FAILED)
@@ -314,6 +397,8 @@ class FaxSMTP(SMTP):
         await self.push(reply)
         if self.listener.closing:
             await self.goodbye(SHUTTING_DOWN)
+        elif self.expired:
+            await self.goodbye(SESSION_LIMIT)
 
     async def _read_data(self) -> DataResult:
         """Read DATA up to the lone dot with ``fastdata.read_data``.
@@ -346,6 +431,34 @@ class _Refuse(asyncio.Protocol):
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(self.line.encode("ascii") + b"\r\n")
         transport.close()
+
+
+T = TypeVar("T")
+
+
+class PasswordChecks:
+    """scrypt's own executor: a few threads, so AUTH attempts can neither fill
+    the loop's shared default pool nor run more 16 MiB hashes at once than
+    ``workers``; callers beyond that wait on the loop (and leave if their
+    client goes)."""
+
+    def __init__(self, workers: int) -> None:
+        self.max_workers = max(1, workers)
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None or self._slots is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="scrypt")
+            self._slots = asyncio.Semaphore(self.max_workers)
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            self._slots = None
 
 
 # ----------------------------------------------------------------- decisions
@@ -423,10 +536,10 @@ class _Decisions:
             return "250 2.1.5 recipient ok (same number as an earlier recipient: one fax)"
         if len(envelope.destinations) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
-        if auth.rule is not None and auth.rule.max_per_hour:  # else nothing to count (see Intake)
+        if auth.hourly_limits:  # else nothing to count (see Intake)
             store = self.rt.store
             limiter = RateLimiter(store, self.rt.clock)
-            await store.run(limiter.check, auth.rule, len(envelope.destinations) + 1)
+            await store.run(limiter.check_all, auth, len(envelope.destinations) + 1)
         envelope.authorisation = auth
         envelope.destinations.append(destination)
         envelope.rcpt_tos.append(address)
@@ -553,6 +666,13 @@ class SmtpListener:
         self._tls_context = tls_context
         self._dummy_hash = ""
         self._policy_for: tuple[Any, SenderPolicy, NumberPolicy] | None = None
+        cfg = rt.config.smtp
+        self.throttle = ClientThrottle(
+            max_connections_per_client=cfg.max_connections_per_client,
+            auth_failures_per_client=cfg.auth_failures_per_client,
+            auth_failure_window=cfg.auth_failure_window,
+        )
+        self.password_checks = PasswordChecks(self.tuning.password_workers)
 
     # -- policy, rebuilt when the configuration object is replaced (SIGHUP)
 
@@ -560,6 +680,12 @@ class SmtpListener:
         config = self.rt.config
         if self._policy_for is None or self._policy_for[0] is not config:
             self._policy_for = (config, SenderPolicy(config), NumberPolicy(config.numbers))
+            cfg = config.smtp
+            self.throttle.configure(
+                max_connections_per_client=cfg.max_connections_per_client,
+                auth_failures_per_client=cfg.auth_failures_per_client,
+                auth_failure_window=cfg.auth_failure_window,
+            )
         return self._policy_for[1], self._policy_for[2]
 
     def sender_policy(self) -> SenderPolicy:
@@ -574,7 +700,7 @@ class SmtpListener:
         self.rt.metrics.smtp_replies.labels(code).inc()
 
     async def verify(self, name: str, password: bytes) -> bool:
-        """Check an AUTH password in a worker thread (scrypt is deliberately slow)."""
+        """Check an AUTH password on ``PasswordChecks`` (scrypt is deliberately slow)."""
         user = next((u for u in self.rt.config.smtp.users if u.name == name), None)
         try:
             text = password.decode("utf-8")
@@ -582,7 +708,7 @@ class SmtpListener:
             text = None
         # An unknown account costs the same scrypt as a known one: no user oracle.
         encoded = user.password_hash if user is not None else self._dummy_hash
-        ok = await asyncio.to_thread(verify_password, text or "", encoded)
+        ok = await self.password_checks.run(verify_password, text or "", encoded)
         return ok and user is not None and text is not None
 
     @property
@@ -634,7 +760,7 @@ class SmtpListener:
         cfg = self.rt.config.smtp
         tls_context = self._make_tls_context()
         # A real hash of a random password: verifying an unknown user costs the same.
-        self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_hex(16))
+        self._dummy_hash = await self.password_checks.run(hash_password, secrets.token_hex(16))
         loop = asyncio.get_running_loop()
         more = self.processes if self._sockets is None else None  # the other listener processes, to start here
         try:
@@ -702,6 +828,7 @@ class SmtpListener:
                 pass
         if self.processes is not None:
             await self.processes.stop(grace=0.5)  # they had the same grace as this process, at the same time
+        self.password_checks.close()
         log.info("smtp_stopped")
 
 

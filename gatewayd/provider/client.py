@@ -50,6 +50,8 @@ from gatewayd.provider.errors import (
 from gatewayd.provider.paths import INFERRED_PATHS, PATHS, merged_paths
 from gatewayd.provider.results import FINAL_STATUSES, Extension, FaxFile, FileKind, IncomingFax, SentFax, User
 from gatewayd.provider.wire import (
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
     error_fields,
     extension_from_row,
     int_id,
@@ -57,6 +59,7 @@ from gatewayd.provider.wire import (
     json_object,
     opt_int,
     origin,
+    read_capped,
     require_aware,
     retry_after_seconds,
     split_mailto,
@@ -112,6 +115,10 @@ CANCELABLE_STATUSES: frozenset[str] = frozenset({"ready_to_send", "failed"})
 OnRequest = Callable[[str, str, int | None, float], None]
 
 
+class _UnreadableAnswer(Exception):
+    """An answer over the size cap, or in an encoding that cannot be read (``ProviderClient._fetch``)."""
+
+
 # --------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------
@@ -139,10 +146,12 @@ class ProviderClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         paths: Mapping[str, str] | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         #: The path table in use: PATHS with the configuration's overrides.
         self.paths: dict[str, str] = merged_paths(paths)
         self._base_url = base_url.rstrip("/")
+        self._max_response_bytes = max_response_bytes
         self._token_url = token_url
         self._allowed = {origin(self._base_url), origin(token_url)}
         if not client_id or not client_secret:
@@ -552,8 +561,16 @@ class ProviderClient:
         if files is not None:
             kw["files"] = files
         try:
-            resp = await self._http.request(method, url, **kw)
+            resp = await self._fetch(method, url, **kw)
             status = resp.status_code
+        except _UnreadableAnswer as exc:
+            # The provider answered, but not in a form we can hold or read:
+            # it may have processed the request.
+            why = f"answer unreadable ({exc})"
+            self._note_error(f"{method} {template}: {why}")
+            if ambiguous is not None:
+                raise ambiguous(why) from None
+            raise ProviderUnavailable(f"{method} {template}: {why}") from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing left this host: safe to try again later, even a POST.
             why = f"cannot connect ({type(exc).__name__})"
@@ -569,6 +586,21 @@ class ProviderClient:
         finally:
             self._report(method, template, status, time.perf_counter() - started)
         return resp
+
+    async def _fetch(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """One request; the answer read as a stream, at most ``max_response_bytes``
+        after decompression (docs/provider.md, "Limits on answers"), and
+        returned as a complete ``httpx.Response``."""
+        request = self._http.build_request(method, url, **kw)
+        resp = await self._http.send(request, stream=True)
+        try:
+            body = await read_capped(resp, self._max_response_bytes)
+        except (ResponseTooLarge, ValueError) as exc:
+            raise _UnreadableAnswer(f"HTTP {resp.status_code}, {exc}") from None
+        finally:
+            await resp.aclose()
+        headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(resp.status_code, headers=headers, content=body, request=request, extensions=resp.extensions)
 
     def _check(
         self,
@@ -642,7 +674,8 @@ class ProviderClient:
         started = time.perf_counter()
         status: int | None = None
         try:
-            resp = await self._http.post(
+            resp = await self._fetch(
+                "POST",
                 self._token_url,
                 data={
                     "grant_type": "client_credentials",
@@ -651,6 +684,10 @@ class ProviderClient:
                 },
             )
             status = resp.status_code
+        except _UnreadableAnswer as exc:
+            why = f"token request: answer unreadable ({exc})"
+            self._note_error(why)
+            raise ProviderUnavailable(why) from None
         except httpx.HTTPError as exc:
             # Asking for a token again is harmless, whatever happened.
             connect = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
+import zlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,14 +26,24 @@ __all__ = [
     "opt_int",
     "origin",
     "require_aware",
+    "read_capped",
     "retry_after_seconds",
     "split_mailto",
     "uuid_segment",
     "DEFAULT_RATE_LIMIT_WAIT",
+    "MAX_RATE_LIMIT_WAIT",
+    "MAX_RESPONSE_BYTES",
     "SAFE_SEGMENT",
+    "ResponseTooLarge",
 ]
 
 DEFAULT_RATE_LIMIT_WAIT = 60.0  # 429 without a usable X-RateLimit-Reset
+# The longest wait a 429 can impose: a hostile or broken reset value must
+# not stop sending for days (docs/provider.md, "Limits on answers").
+MAX_RATE_LIMIT_WAIT = 3600.0
+# The most bytes of one answer, after decompression: a received fax is at
+# most a few MiB; a gzip bomb must not exhaust memory (docs/provider.md).
+MAX_RESPONSE_BYTES = 64 << 20
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
 
 
@@ -131,6 +143,7 @@ def error_fields(resp: httpx.Response) -> tuple[str | None, str | None]:
 
 
 def retry_after_seconds(resp: httpx.Response) -> float:
+    """Seconds to wait after a 429: finite, at most ``MAX_RATE_LIMIT_WAIT``."""
     for header in ("X-RateLimit-Reset", "Retry-After"):
         value = resp.headers.get(header)
         if value is None:
@@ -139,8 +152,62 @@ def retry_after_seconds(resp: httpx.Response) -> float:
             seconds = float(value)
         except ValueError:
             continue
+        if not math.isfinite(seconds):
+            continue  # "inf", "nan", "1e400": no wait at all is known
         if seconds > 1e9:  # an epoch timestamp after all, not "seconds until"
             seconds -= time.time()
         if seconds >= 0:
-            return seconds
+            return min(seconds, MAX_RATE_LIMIT_WAIT)
     return DEFAULT_RATE_LIMIT_WAIT
+
+
+class ResponseTooLarge(Exception):
+    """An answer's body (decompressed) is over the cap; the reading stopped there."""
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed ``resp``, decompressed, refusing more than ``limit`` bytes.
+
+    The gzip decoder is given at most what is left under the cap each time,
+    so a bomb costs ``limit`` bytes of memory, never its full size. Only
+    ``gzip`` and ``identity`` are accepted (the client asks for gzip only).
+    Raises ``ResponseTooLarge``, or ``ValueError`` for an unknown encoding or
+    corrupt gzip.
+    """
+    try:
+        # Already in memory (an in-process transport builds its answers whole).
+        whole = resp.content
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if len(whole) > limit:
+            raise ResponseTooLarge(f"larger than {limit} bytes")
+        return whole
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        decoder = None
+    elif encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    else:
+        raise ValueError(f"unsupported Content-Encoding {encoding[:40]!r}")
+    out = bytearray()
+    try:
+        async for raw in resp.aiter_raw():
+            if decoder is None:
+                out += raw
+                if len(out) > limit:
+                    raise ResponseTooLarge(f"larger than {limit} bytes")
+                continue
+            data = raw
+            while data:
+                out += decoder.decompress(data, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise ResponseTooLarge(f"larger than {limit} bytes (decompressed)")
+                data = decoder.unconsumed_tail
+        if decoder is not None:
+            out += decoder.flush()
+            if len(out) > limit:
+                raise ResponseTooLarge(f"larger than {limit} bytes (decompressed)")
+    except zlib.error as exc:
+        raise ValueError(f"corrupt gzip body: {exc}") from None
+    return bytes(out)

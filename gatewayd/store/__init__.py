@@ -55,8 +55,8 @@ from gatewayd.jobstates import (
     SUBMITTING,
     UNKNOWN,
 )
-from gatewayd.store.database import Database, StoreError
-from gatewayd.store.documents import DocumentFiles, adopt, foreign_owner
+from gatewayd.store.database import DB_NAME, Database, StoreError
+from gatewayd.store.documents import DocumentFiles, adopt, foreign_owner, refuse_link
 from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
 from gatewayd.store.markers import Markers
 from gatewayd.store.migrations import MIGRATIONS
@@ -89,8 +89,13 @@ class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, S
             # as the state directory's owner: the daemon must keep reading
             # and writing them. SQLite does the same for its -wal and -shm.
             self._owner = foreign_owner(self.state_dir)
+            # The owner may have planted links: root follows none of them
+            # (docs/security.md, "Hardening (issue 14, items 5-11)").
+            refuse_link(self.documents_dir, self._owner)
             self.documents_dir.mkdir(exist_ok=True, mode=0o700)
             adopt(self.documents_dir, self._owner)
+            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"):
+                refuse_link(self.state_dir / name, self._owner)
             self._db = Database(self.state_dir, busy_timeout_ms=busy_timeout_ms)
             self.db_path = self._db.path
             for path in self._db.files():

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import threading
 import time
 from pathlib import Path
 
 from gatewayd.store.database import StoreError, StorePart
 
-__all__ = ["DocumentFiles", "adopt", "foreign_owner"]
+__all__ = ["DocumentFiles", "adopt", "foreign_owner", "refuse_link"]
 
 
 def foreign_owner(state_dir: Path) -> tuple[int, int] | None:
@@ -29,16 +30,38 @@ def foreign_owner(state_dir: Path) -> tuple[int, int] | None:
     return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
 
 
-def adopt(path: Path, owner: tuple[int, int] | None) -> None:
-    """Give ``path`` to ``owner``, the state directory's owner (only set when running as root for someone else)."""
+def refuse_link(path: Path, owner: tuple[int, int] | None) -> None:
+    """``StoreError`` when root works for ``owner`` and ``path`` is a symbolic link.
+
+    The state directory's owner (the daemon user) can plant links in it; root
+    must never follow one (``documents -> /etc`` would give /etc away).
+    docs/security.md, "Hardening (issue 14, items 5-11)".
+    """
     if owner is None:
         return
     try:
-        st = path.stat()
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"{path} is a symbolic link; refusing to follow it as root (remove it, or run the command as the state directory's owner)")
+
+
+def adopt(path: Path, owner: tuple[int, int] | None) -> None:
+    """Give ``path`` to ``owner``, the state directory's owner (only set when running as root for someone else).
+
+    Never through a symbolic link: ``refuse_link`` first, and ``chown``
+    without following, so a link swapped in meanwhile only changes itself.
+    """
+    if owner is None:
+        return
+    refuse_link(path, owner)
+    try:
+        st = path.lstat()
     except FileNotFoundError:
         return
     if (st.st_uid, st.st_gid) != owner:
-        os.chown(path, *owner)
+        os.chown(path, *owner, follow_symlinks=False)
 
 
 def _writer_alive(tmp_name: str) -> bool:
@@ -64,6 +87,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _open_subdir(path: Path) -> int:
+    """A descriptor of the documents subdirectory, never through a symbolic link."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if path.is_symlink():
+            raise StoreError(f"{path} is a symbolic link; refusing to write documents through it") from exc
+        raise
 
 
 class DocumentFiles(StorePart):
@@ -93,11 +126,18 @@ class DocumentFiles(StorePart):
                 return sha
         except OSError:
             pass
+        tmp = f".tmp-{sha}-{os.getpid()}-{threading.get_ident()}"
+        dir_fd = -1
         try:
             final.parent.mkdir(exist_ok=True, mode=0o700)
-            adopt(final.parent, self._owner)
-            tmp = final.parent / f".tmp-{sha}-{os.getpid()}-{threading.get_ident()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # Every name is resolved relative to the subdirectory opened
+            # without following links (docs/security.md, "Hardening").
+            dir_fd = _open_subdir(final.parent)
+            if self._owner is not None:
+                dst = os.fstat(dir_fd)
+                if (dst.st_uid, dst.st_gid) != self._owner:
+                    os.fchown(dir_fd, *self._owner)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
             try:
                 if self._owner is not None:
                     os.fchown(fd, *self._owner)
@@ -108,8 +148,8 @@ class DocumentFiles(StorePart):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            os.replace(tmp, final.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
             if final.parent.name not in self._durable_subdirs:
                 # The subdirectory's own entry must be durable too. Once this
                 # process has fsynced documents/ after seeing the subdirectory,
@@ -118,9 +158,13 @@ class DocumentFiles(StorePart):
                 _fsync_dir(self.documents_dir)
                 self._durable_subdirs.add(final.parent.name)
         except OSError as exc:
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(tmp)
+            if dir_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
             raise StoreError(f"cannot write document: {exc}") from exc
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
         return sha
 
     def read_document(self, sha256: str) -> bytes:
@@ -140,8 +184,8 @@ class DocumentFiles(StorePart):
         now = time.time()
         referenced = {row[0] for row in self._db.query("SELECT DISTINCT document FROM jobs WHERE finished_at IS NULL OR finished_at > ?", (self.clock() - 30 * 86400,))}
         for sub in self.documents_dir.iterdir():
-            if not sub.is_dir():
-                continue
+            if sub.is_symlink() or not sub.is_dir():
+                continue  # never walk into a planted link (docs/security.md, "Hardening")
             for path in sub.iterdir():
                 name = path.name
                 try:

@@ -38,6 +38,9 @@ class NewJob:
     subject: str = ""
     rule_key: str = ""
     note: str = ""  # e.g. attachments that were not faxed, for the report
+    # Hourly counters the job counts against besides rule_key's: an
+    # account's own max_per_hour (gatewayd/email_to_fax/policy.py, RateLimiter)
+    usage_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,8 @@ class JobTable(StorePart):
                     ids.append(job_id)
                     conn.execute("INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?, ?, '', ?, ?)",
                                  (job_id, now, QUEUED, f"accepted from {job.source}"))
-                    if job.rule_key:
-                        conn.execute("INSERT INTO sender_usage (rule_key, at, count) VALUES (?, ?, 1)", (job.rule_key, now))
+                    for key in dict.fromkeys(k for k in (job.rule_key, *job.usage_keys) if k):
+                        conn.execute("INSERT INTO sender_usage (rule_key, at, count) VALUES (?, ?, 1)", (key, now))
                 if intake_key:
                     conn.execute("INSERT INTO intake_keys (key, at, job_ids) VALUES (?, ?, ?)", (intake_key, now, json.dumps(ids)))
         except sqlite3.Error as exc:

@@ -297,3 +297,19 @@ async def test_idle_and_stalled_clients_time_out(tmp_path: Path, data: dict) -> 
         await idle.close()
         await stalled.close()
         assert gw.jobs() == []
+
+
+async def test_emergency_and_service_numbers_are_refused_even_as_internal_numbers(tmp_path: Path, data: dict) -> None:
+    # issue 14, item 6: the default numbers.internal = "^[0-9]{2,5}$" matches them.
+    async with run_gateway(load(tmp_path, data)) as gw:
+        c = await RawSMTP.connect(gw.port)
+        _, rcpts, reply = await c.send(message(), recipients=(f"112@{DOMAIN}", f"8-800@{DOMAIN}", f"1234@{DOMAIN}"))
+        await c.close()
+        assert rcpts == [
+            "550 5.7.1 112: emergency and service numbers are never faxed",
+            "550 5.7.1 8800: emergency and service numbers are never faxed",
+            "250 2.1.5 recipient ok",
+        ]
+        jobs = gw.jobs()
+        assert reply == f"250 2.0.0 queued as {jobs[0].id}"
+        assert [j.number for j in jobs] == ["1234"]

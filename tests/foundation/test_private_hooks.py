@@ -147,6 +147,17 @@ def test_aiosmtpd_smtp_auth_require_tls() -> None:
     )
 
 
+def test_aiosmtpd_smtp_methods_table() -> None:
+    smtp = smtp_instance()
+    table = getattr(smtp, "_smtp_methods", None)
+    assert isinstance(table, dict) and "NOOP" in table and "MAIL" in table, (
+        f"aiosmtpd changed: {SMTP_PY} (FaxSMTP._counted) wraps SMTP._smtp_methods, the command name -> method table"
+    )
+    assert "self._smtp_methods.get(command)" in inspect.getsource(SMTP._handle_client), (
+        f"aiosmtpd changed: {SMTP_PY} expects SMTP._handle_client to look every command up in self._smtp_methods"
+    )
+
+
 # ------------------------------------------------------------- aioimaplib
 
 

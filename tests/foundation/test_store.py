@@ -251,18 +251,20 @@ def test_fsync_then_rename_then_directory_fsync(store, monkeypatch) -> None:
     fd_paths: dict[int, str] = {}
     real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
 
-    def spy_open(path, flags, *args, **kw):
-        fd = real_open(path, flags, *args, **kw)
-        fd_paths[fd] = str(path)
+    def spy_open(path, flags, *args, dir_fd=None, **kw):
+        fd = real_open(path, flags, *args, dir_fd=dir_fd, **kw)
+        fd_paths[fd] = str(path) if dir_fd is None else f"{fd_paths[dir_fd]}/{path}"
         return fd
 
     def spy_fsync(fd):
         calls.append(("fsync", fd_paths.get(fd, "?")))
         return real_fsync(fd)
 
-    def spy_replace(src, dst):
-        calls.append(("replace", f"{src} -> {dst}"))
-        return real_replace(src, dst)
+    def spy_replace(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+        # Names relative to the subdirectory's descriptor (no link followed)
+        where = {fd: fd_paths[fd] + "/" for fd in (src_dir_fd, dst_dir_fd) if fd is not None}
+        calls.append(("replace", f"{where.get(src_dir_fd, '')}{src} -> {where.get(dst_dir_fd, '')}{dst}"))
+        return real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "open", spy_open)
     monkeypatch.setattr(os, "fsync", spy_fsync)
@@ -304,7 +306,7 @@ def test_save_and_enqueue_stores_the_document_and_its_jobs(store) -> None:
 
 
 def test_failed_rename_leaves_nothing(store, monkeypatch) -> None:
-    def broken_replace(src, dst):
+    def broken_replace(src, dst, **kw):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
@@ -324,7 +326,7 @@ def test_write_killed_before_rename_is_never_referenced_and_cleaned_at_start(tmp
         import os
         from gatewayd.store import Store, NewJob
         s = Store({str(state)!r})
-        os.replace = lambda src, dst: os._exit(9)  # dies right before the rename
+        os.replace = lambda src, dst, **kw: os._exit(9)  # dies right before the rename
         sha = s.save_document(b"%PDF-1.4 interrupted")
         s.enqueue_jobs(sha, 1, 20, [NewJob("+1", "1", 1, "", "cli")])  # never reached
     """)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatewayd.config import NumbersConfig
-from gatewayd.email_to_fax.errors import DestinationNotAllowed, NotAFaxNumber, RelayDenied
+from gatewayd.email_to_fax.errors import DestinationNotAllowed, NotAFaxNumber, RelayDenied, ServiceNumberRefused
 from gatewayd.email_to_fax.policy import Destination, NumberPolicy, split_recipient
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,7 +42,7 @@ anything = st.one_of(st.text(max_size=40), numberish, plausible)
 def _check(config: NumbersConfig, local: str) -> Destination | None:
     try:
         return NumberPolicy(config).check(local, f"{local}@fax.example.com")
-    except (NotAFaxNumber, DestinationNotAllowed):
+    except (NotAFaxNumber, DestinationNotAllowed, ServiceNumberRefused):
         return None
 
 
@@ -83,6 +83,8 @@ def test_refused_destinations_name_an_e164_number(config: NumbersConfig, local: 
         assert exc.reply == f"550 5.7.1 {exc.number}: destination not allowed"
     except NotAFaxNumber as exc:
         assert exc.reply.startswith("553 5.1.3 <")
+    except ServiceNumberRefused as exc:
+        assert exc.number.isdigit() and exc.reply == f"550 5.7.1 {exc.number}: emergency and service numbers are never faxed"
 
 
 @SETTINGS
