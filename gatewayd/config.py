@@ -96,6 +96,8 @@ class SmtpConfig:
         ipaddress.ip_network("::1/128"),
     )
     users: tuple[SmtpUser, ...] = ()
+    # A bare LF inside DATA: refused, or read as CRLF (docs/smtp.md, Line endings).
+    bare_lf: str = "reject"
 
     @property
     def tls_enabled(self) -> bool:
@@ -130,6 +132,26 @@ class DocumentsConfig:
     page_size: str = "A4"
     cover_page: str = "auto"
     max_pages: int = 100
+    header: str = ""  # the page header line's format, "" for none (docs/documents.md, Page header line)
+
+
+@dataclass(frozen=True)
+class CoverConfig:
+    """The office's own cover page (docs/documents.md, Cover page)."""
+
+    organisation: str = ""
+    phone: str = ""
+    notice: str = ""
+    logo: str = ""  # absolute path of a PNG, checked at load
+
+
+@dataclass(frozen=True)
+class Contact:
+    """``<alias>@<fax domain>`` faxes ``number``, with ``name`` on the cover (docs/smtp.md, Contacts)."""
+
+    alias: str  # lowercased
+    name: str
+    number: str  # as written; the number policy reads it at RCPT like any other
 
 
 @dataclass(frozen=True)
@@ -210,6 +232,14 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = ""  # the file it was read from, for messages
+    cover: CoverConfig = field(default_factory=CoverConfig)
+    contacts: tuple[Contact, ...] = ()  # [[contacts]] then contacts_file's rows
+    contacts_file: str = ""  # absolute path, "" when unset
+
+    def contact(self, alias: str) -> Contact | None:
+        """The contact for ``alias`` (any case), or None."""
+        wanted = alias.lower()
+        return next((c for c in self.contacts if c.alias == wanted), None)
 
     @property
     def state_dir(self) -> Path:
@@ -542,6 +572,72 @@ def _str_no_newline(v: Any) -> str:
     return v
 
 
+_ALIAS_RE = re.compile(r"(?=[A-Za-z0-9._-]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?", re.ASCII)
+_MAX_CONTACTS_FILE = 2_000_000  # characters: tens of thousands of contacts
+_MAX_COVER_LINE = 200
+_MAX_COVER_NOTICE = 1500
+_MAX_LOGO_BYTES = 2_000_000
+_MAX_LOGO_PIXELS = 4_000_000
+
+
+def contact_number(number: str) -> str:
+    """A contact's number as the number policy reads a local part: blanks and brackets dropped ("+7 812 309-00-01")."""
+    return re.sub(r"[\s()]", "", number)
+
+
+def _cover_line(v: Any) -> str:
+    v = _str_no_newline(v)
+    if len(v) > _MAX_COVER_LINE:
+        raise _Bad(f"at most {_MAX_COVER_LINE} characters")
+    return v.strip()
+
+
+def _cover_notice(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_show(v)}")
+    if "\0" in v:
+        raise _Bad("control characters are not allowed")
+    if len(v) > _MAX_COVER_NOTICE:
+        raise _Bad(f"at most {_MAX_COVER_NOTICE} characters")
+    return v.strip()
+
+
+def _header_format(v: Any) -> str:
+    from gatewayd.documents.assemble import HeaderFormatError, check_header_format
+
+    v = _str_no_newline(v)
+    try:
+        check_header_format(v)
+    except HeaderFormatError as exc:
+        raise _Bad(str(exc)) from None
+    return v
+
+
+def _logo_problem(path: str) -> str:
+    """Why ``path`` cannot be the cover's logo, or ""."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_LOGO_BYTES + 1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if len(data) > _MAX_LOGO_BYTES:
+        return f"{path} is larger than {_MAX_LOGO_BYTES} bytes"
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return f"{path} is not a PNG file"
+    try:
+        from io import BytesIO
+
+        from PIL import Image
+
+        with Image.open(BytesIO(data)) as image:
+            if image.width * image.height > _MAX_LOGO_PIXELS:
+                return f"{path} has more than {_MAX_LOGO_PIXELS} pixels"
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad logo
+        return f"{path} is not a readable PNG: {exc}"
+    return ""
+
+
 def _number_key(v: str) -> str:
     if not re.fullmatch(r"\+?[0-9]{2,20}", v):
         raise _Bad(f"expected a number (digits), got {_show(v)}")
@@ -553,6 +649,7 @@ class _Loader:
         self.env = env
         self.base_dir = base_dir
         self.problems: list[str] = []
+        self._number_policy: Any = None  # numbers' NumberPolicy while contacts are read
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -614,7 +711,8 @@ class _Loader:
         return secret
 
     def load(self, data: dict[str, Any], source: str) -> Config:
-        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log"}
+        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log",
+                 "cover", "contacts", "contacts_file"}
         for name in data:
             if name not in known:
                 self.problem(name, "unknown key")
@@ -630,7 +728,17 @@ class _Loader:
         storage = self.storage(_Section(self, "storage", data.get("storage")))
         http = self.http(_Section(self, "http", data.get("http")))
         log = self.log(_Section(self, "log", data.get("log")))
-        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source)
+        cover = self.cover(_Section(self, "cover", data.get("cover")))
+        contacts_file = ""
+        if "contacts_file" in data:
+            value = data["contacts_file"]
+            if not isinstance(value, str) or not value:
+                self.problem("contacts_file", f"expected a file name, got {_show(value)}")
+            else:
+                contacts_file = self.find_file("contacts_file", value) or ""
+        contacts = self.contacts(data.get("contacts"), contacts_file, numbers)
+        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source,
+                        cover=cover, contacts=contacts, contacts_file=contacts_file)
         self.cross_check(config)
         if self.problems:
             raise ConfigError(self.problems)
@@ -733,6 +841,7 @@ class _Loader:
             auth=s.choice("auth", d.auth, ("required", "optional", "off")),
             trusted_networks=s.get_list("trusted_networks", d.trusted_networks, parse_network),
             users=tuple(users),
+            bare_lf=s.choice("bare_lf", d.bare_lf, ("reject", "normalize")),
         )
         s.finish()
         if not cfg.domains:
@@ -799,9 +908,111 @@ class _Loader:
             page_size=s.choice("page_size", "A4", ("A4", "Letter")),
             cover_page=s.choice("cover_page", "auto", ("auto", "always", "never")),
             max_pages=s.get("max_pages", 100, _positive_int),
+            header=s.get("header", "", _header_format),
         )
         s.finish()
         return cfg
+
+    def cover(self, s: _Section) -> CoverConfig:
+        cfg = CoverConfig(
+            organisation=s.get("organisation", "", _cover_line),
+            phone=s.get("phone", "", _cover_line),
+            notice=s.get("notice", "", _cover_notice),
+            logo=s.file("logo"),
+        )
+        s.finish()
+        if cfg.logo:
+            why = _logo_problem(cfg.logo)
+            if why:
+                self.problem("cover.logo", why)
+        return cfg
+
+    def contacts(self, raw: Any, contacts_file: str, numbers: NumbersConfig) -> tuple[Contact, ...]:
+        """[[contacts]] tables, then the rows of contacts_file; every alias once, every number one the policy allows."""
+        self._number_policy = None
+        if not (self.has_problem("numbers.internal") or self.has_problem("numbers.default_region")):
+            from gatewayd.email_to_fax.policy import NumberPolicy
+
+            self._number_policy = NumberPolicy(numbers)
+        found: list[tuple[str, Contact]] = []  # (where, contact)
+        if raw is not None and not isinstance(raw, list):
+            self.problem("contacts", "expected [[contacts]] tables")
+            raw = []
+        for i, table in enumerate(raw or ()):
+            s = _Section(self, f"contacts[{i}]", table)
+            alias = s.get("alias", "", kind=str)
+            name = s.get("name", "", kind=str)
+            number = s.get("number", "", kind=str)
+            s.finish()
+            contact = self.contact(f"contacts[{i}]", alias, name, number)
+            if contact is not None:
+                found.append((f"contacts[{i}]", contact))
+        if contacts_file:
+            found += self.contacts_csv(contacts_file)
+        seen: dict[str, str] = {}
+        contacts = []
+        for where, contact in found:
+            if contact.alias in seen:
+                self.problem(f"{where}.alias", f'duplicate alias "{contact.alias}" (also {seen[contact.alias]})')
+                continue
+            seen[contact.alias] = where
+            contacts.append(contact)
+        return tuple(contacts)
+
+    def contact(self, where: str, alias: str, name: str, number: str) -> Contact | None:
+        ok = True
+        if not _ALIAS_RE.fullmatch(alias):
+            self.problem(f"{where}.alias", f"expected letters, digits, \".\", \"-\" or \"_\" with at least one letter (the local part of <alias>@<fax domain>), got {_show(alias)}")
+            ok = False
+        if not name.strip() or any(c in name for c in "\r\n\0") or len(name) > 200:
+            self.problem(f"{where}.name", f"expected a name of one line (at most 200 characters), got {_show(name)}")
+            ok = False
+        compact = contact_number(number)
+        if not compact or len(compact) > 64:
+            self.problem(f"{where}.number", f"expected a fax number, got {_show(number)}")
+            ok = False
+        elif self._number_policy is not None:
+            from gatewayd.email_to_fax.errors import IntakeRefused
+
+            try:
+                self._number_policy.check(compact, number.strip())
+            except IntakeRefused as exc:
+                self.problem(f"{where}.number", exc.text)
+                ok = False
+        return Contact(alias.lower(), name.strip(), number.strip()) if ok else None
+
+    def contacts_csv(self, path: str) -> list[tuple[str, Contact]]:
+        import csv
+
+        out: list[tuple[str, Contact]] = []
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                text = f.read(_MAX_CONTACTS_FILE + 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem("contacts_file", f"cannot read {path}: {exc}")
+            return out
+        if len(text) > _MAX_CONTACTS_FILE:
+            self.problem("contacts_file", f"{path} is larger than {_MAX_CONTACTS_FILE} characters")
+            return out
+        rows = csv.reader(text.splitlines())
+        try:
+            header = [h.strip().lower() for h in next(rows, [])]
+            if header != ["alias", "name", "number"]:
+                self.problem("contacts_file", f"{path}: the first line must be the columns alias,name,number, got {','.join(header) or 'nothing'}")
+                return out
+            for line, row in enumerate(rows, start=2):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                where = f"contacts_file[line {line}]"
+                if len(row) != 3:
+                    self.problem(where, f"expected 3 columns (alias,name,number), got {len(row)}")
+                    continue
+                contact = self.contact(where, row[0].strip(), row[1], row[2])
+                if contact is not None:
+                    out.append((where, contact))
+        except csv.Error as exc:
+            self.problem("contacts_file", f"{path}: not CSV: {exc}")
+        return out
 
     def imap(self, s: _Section) -> ImapConfig:
         d = ImapConfig()

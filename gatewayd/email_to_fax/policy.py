@@ -42,6 +42,7 @@ __all__ = [
     "RateLimiter",
     "SenderPolicy",
     "is_bounce_address",
+    "recipient_key",
     "split_recipient",
 ]
 
@@ -77,6 +78,8 @@ class Destination:
     number: str  # shown to people: E.164 "+78123092631", or the internal number "1234"
     dst_num: str  # sent to the provider, per numbers.dial_format
     internal: bool
+    name: str = ""  # a contact's name, for this recipient's cover page
+    address: str = ""  # the recipient address it came from, lowercased ("" from the CLI)
 
 
 def _bare(address: str) -> str:
@@ -85,6 +88,11 @@ def _bare(address: str) -> str:
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
     return text
+
+
+def recipient_key(address: str) -> str:
+    """An envelope address as header addresses are compared: bare, lowercased."""
+    return _bare(address).lower()
 
 
 def split_recipient(address: str, domains: Sequence[str]) -> str:

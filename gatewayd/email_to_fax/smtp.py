@@ -34,6 +34,7 @@ Stock aiosmtpd behaviour replaced here, and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import socket
@@ -54,7 +55,10 @@ from gatewayd.email_to_fax.errors import (
 )
 from gatewayd.email_to_fax.fastdata import DataBody, IntakeGate, read_data
 from gatewayd.email_to_fax.intake import Intake
-from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
+from gatewayd.config import contact_number
+from gatewayd.email_to_fax.policy import (
+    Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, recipient_key, split_recipient,
+)
 from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
@@ -406,7 +410,15 @@ class _Decisions:
         # Again at RCPT: a reload since MAIL may have revoked the account or rule.
         auth = self._authorise(server, envelope.mail_from)
         local = split_recipient(address, cfg.smtp.domains)
-        destination = self.listener.number_policy().check(local, address)
+        contact = cfg.contact(local) if cfg.contacts else None
+        if contact is not None:
+            # <alias>@<fax domain>: the contact's number, through the same
+            # policy as any number (docs/smtp.md, Contacts).
+            destination = self.listener.number_policy().check(contact_number(contact.number), address)
+            destination = dataclasses.replace(destination, name=contact.name)
+        else:
+            destination = self.listener.number_policy().check(local, address)
+        destination = dataclasses.replace(destination, address=recipient_key(address))
         if any(d.dst_num == destination.dst_num for d in envelope.destinations):
             return "250 2.1.5 recipient ok (same number as an earlier recipient: one fax)"
         if len(envelope.destinations) >= MAX_RECIPIENTS:

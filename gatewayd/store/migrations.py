@@ -99,4 +99,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN reported_at REAL;
     CREATE INDEX jobs_unreported ON jobs(finished_at) WHERE finished_at IS NOT NULL AND reported_at IS NULL;
     """,
+    # 3: each recipient's own cover page, stored apart from the shared attachments
+    """
+    ALTER TABLE jobs ADD COLUMN cover TEXT NOT NULL DEFAULT '';
+    """,
 ]
