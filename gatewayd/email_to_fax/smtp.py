@@ -324,9 +324,12 @@ class FaxSMTP(SMTP):
             spool_threshold=tuning.spool_threshold,
             spool_dir=self.listener.rt.store.state_dir,
             on_activity=lambda: self._reset_timeout(tuning.data_timeout),
+            normalize_bare_lf=self.listener.rt.config.smtp.bare_lf == "normalize",
         )
         self._reset_timeout()
-        return DataResult(body.size, body.too_big, body.bare_lf, body)
+        # Normalised, the content has CRLF line ends only: nothing to refuse.
+        refuse_bare_lf = body.bare_lf and self.listener.rt.config.smtp.bare_lf != "normalize"
+        return DataResult(body.size, body.too_big, refuse_bare_lf, body)
 
 
 class _Refuse(asyncio.Protocol):
@@ -473,7 +476,7 @@ class _Decisions:
                         destinations=list(envelope.destinations),
                         source="smtp",
                         report_to=auth.report_to,
-                        crlf_checked=True,  # read_data refused bare LF already
+                        crlf_checked=True,  # bare LF refused above, or normalised by read_data
                     )
                 del raw
             reply = "250 2.0.0 queued as " + " ".join(str(i) for i in ids)
