@@ -84,9 +84,16 @@ def _printable(text: str, *, keep_newlines: bool) -> str:
     return out if keep_newlines else " ".join(out.split())
 
 
-# The cover page's characters that a subset of FONT_PATH holds: Latin
+# The characters of the subsets of FONT_PATH, smallest first: a cover uses
+# the first that holds all its text (fpdf2's work grows with the font's
+# glyphs: the Latin-1 subset, ~230 glyphs, draws a cover about twice as fast
+# as the larger one; docs/performance.md). "latin": Basic Latin, Latin-1,
+# general punctuation, currency signs, № and U+FFFD. "cover": Latin
 # (Basic, Latin-1, Extended-A and B), Greek, Cyrillic, general punctuation,
 # currency signs, letterlike symbols (№) and U+FFFD.
+_LATIN_SUBSET_RANGES = (
+    (0x0020, 0x007E), (0x00A0, 0x00FF), (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2116, 0x2116), (0xFFFD, 0xFFFD),
+)
 _COVER_SUBSET_RANGES = (
     (0x0020, 0x007E), (0x00A0, 0x024F), (0x0370, 0x03FF), (0x0400, 0x04FF),
     (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x214F), (0xFFFD, 0xFFFD),
@@ -96,22 +103,24 @@ _COVER_FIXED_TEXT = "FAX To: From: Date: Subject: Pages: 0123456789 including th
 
 
 class _CoverFont:
-    """A subset of ``FONT_PATH`` for cover pages, made once per process.
+    """Subsets of ``FONT_PATH`` for cover pages, each made once per process.
 
     fpdf2 parses the whole font with fontTools for every document (DejaVu
-    Sans: 760 KB, ~6,000 characters) and subsets it again at output; the
-    subset (~140 KB, ~900 characters) makes a cover about twice as fast.
+    Sans: 760 KB, ~6,000 characters) and subsets it again at output, so its
+    work grows with the font: the "cover" subset (~140 KB, ~900 characters)
+    makes a cover about twice as fast as the whole font, the "latin" one
+    (~56 KB, ~230 characters) twice as fast again.
     fpdf2 changes the font it loaded while writing the PDF, so a parsed font
     cannot be shared between documents: the subset is a file, in a private
     temporary directory removed at exit (systemd's PrivateTmp also cleans
-    it). A cover with a character outside the subset uses ``FONT_PATH``
+    it). A cover with a character outside both subsets uses ``FONT_PATH``
     itself, so what is drawn never depends on the subset; so does every
     cover when the subset cannot be made.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._made: dict[Path, tuple[Path, frozenset[str]] | None] = {}
+        self._made: dict[str, tuple[Path, frozenset[str]] | None] = {}
         self._whole: frozenset[str] | None = None
 
     def lacks(self, text: str) -> bool:
@@ -126,20 +135,21 @@ class _CoverFont:
         return not set(text) <= self._whole
 
     def path_for(self, text: str) -> Path:
-        """The font file to draw ``text`` with."""
-        source = FONT_PATH
-        made = self._made.get(source, False)
-        if made is False:
-            with self._lock:
-                made = self._made.get(source, False)
-                if made is False:
-                    made = self._made[source] = self._make(source)
-        if made is not None and set(text) <= made[1]:
-            return made[0]
-        return source
+        """The font file to draw ``text`` with: the smallest subset that holds it, else ``FONT_PATH``."""
+        wanted = set(text)
+        for name, ranges in (("latin", _LATIN_SUBSET_RANGES), ("cover", _COVER_SUBSET_RANGES)):
+            made = self._made.get(name, False)
+            if made is False:
+                with self._lock:
+                    made = self._made.get(name, False)
+                    if made is False:
+                        made = self._made[name] = self._make(FONT_PATH, name, ranges)
+            if made is not None and wanted <= made[1]:
+                return made[0]
+        return FONT_PATH
 
     @staticmethod
-    def _make(source: Path) -> tuple[Path, frozenset[str]] | None:
+    def _make(source: Path, name: str, ranges: tuple[tuple[int, int], ...]) -> tuple[Path, frozenset[str]] | None:
         directory = None
         try:
             # Imported here: needed once per process, and fontTools is slow to import.
@@ -156,12 +166,12 @@ class _CoverFont:
             options.layout_features = []  # fpdf2 draws without shaping
             options.drop_tables += ["FFTM"]  # FontForge's timestamps: fontTools does not know them
             subsetter = subset.Subsetter(options)
-            subsetter.populate(unicodes=[c for low, high in _COVER_SUBSET_RANGES for c in range(low, high + 1)])
+            subsetter.populate(unicodes=[c for low, high in ranges for c in range(low, high + 1)])
             subsetter.subset(font)
             chars = frozenset(chr(c) for c in font.getBestCmap()) | {"\n"}
             directory = tempfile.mkdtemp(prefix="gatewayd-cover-font-")
             atexit.register(shutil.rmtree, directory, True)
-            path = Path(directory) / f"{source.stem}-cover.ttf"
+            path = Path(directory) / f"{source.stem}-{name}.ttf"
             font.save(str(path))
             return path, chars
         except Exception as exc:  # noqa: BLE001 - only slower: the whole font still works

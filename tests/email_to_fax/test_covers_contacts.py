@@ -12,6 +12,7 @@ from e2f_support import DOMAIN, NUMBER_1, NUMBER_2, RawSMTP, load, merge, pdfinf
 from PIL import Image
 
 from gatewayd.config import ConfigError
+from gatewayd.documents.cover import CJK_FONT_PATH
 
 CONTACT_NUMBER = "+78123090001"
 CONTACTS = [{"alias": "lab", "name": "City Lab", "number": "+7 812 309-00-01"}]
@@ -79,6 +80,7 @@ async def test_a_message_without_attachments_is_each_recipients_cover_alone(tmp_
 
 
 async def test_the_office_cover_and_the_page_header(tmp_path: Path, sim_data: dict, sim) -> None:
+    assert CJK_FONT_PATH.is_file(), f"{CJK_FONT_PATH} is missing: install fonts-wqy-zenhei (make test-deps)"
     logo = tmp_path / "logo.png"
     Image.new("RGB", (240, 80), "navy").save(logo)
     data = merge(sim_data, {
