@@ -732,9 +732,9 @@ class _Loader:
         contacts_file = ""
         if "contacts_file" in data:
             value = data["contacts_file"]
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str):
                 self.problem("contacts_file", f"expected a file name, got {_show(value)}")
-            else:
+            elif value:
                 contacts_file = self.find_file("contacts_file", value) or ""
         contacts = self.contacts(data.get("contacts"), contacts_file, numbers)
         config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source,
