@@ -85,9 +85,9 @@ def _printable(text: str, *, keep_newlines: bool) -> str:
 
 
 # The characters of the subsets of FONT_PATH, smallest first: a cover uses
-# the first that holds all its text (fpdf2's work grows with the font's
-# glyphs: the Latin-1 subset, ~230 glyphs, draws a cover about twice as fast
-# as the larger one; docs/performance.md). "latin": Basic Latin, Latin-1,
+# the first that holds all its text (fpdf2's parse grows with the font's
+# glyphs; the gain of the Latin-1 subset, ~230 glyphs, over the larger one
+# is measured in docs/performance.md). "latin": Basic Latin, Latin-1,
 # general punctuation, currency signs, № and U+FFFD. "cover": Latin
 # (Basic, Latin-1, Extended-A and B), Greek, Cyrillic, general punctuation,
 # currency signs, letterlike symbols (№) and U+FFFD.
@@ -108,8 +108,8 @@ class _CoverFont:
     fpdf2 parses the whole font with fontTools for every document (DejaVu
     Sans: 760 KB, ~6,000 characters) and subsets it again at output, so its
     work grows with the font: the "cover" subset (~140 KB, ~900 characters)
-    makes a cover about twice as fast as the whole font, the "latin" one
-    (~56 KB, ~230 characters) twice as fast again.
+    makes a cover about twice as fast as the whole font; the "latin" one
+    (~56 KB, ~230 characters) saves a little more (docs/performance.md).
     fpdf2 changes the font it loaded while writing the PDF, so a parsed font
     cannot be shared between documents: the subset is a file, in a private
     temporary directory removed at exit (systemd's PrivateTmp also cleans
