@@ -311,7 +311,7 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
              else f"{total} including {cover_pages} cover pages")
     pdf.set_xy(margin, body_y)
 
-    for index, text_line in enumerate(lines[:first]):
+    for text_line in lines[:first]:
         pdf.set_x(margin)
         pdf.cell(width, line_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     if notice_lines:

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 
+from gatewayd.config import Config
 from gatewayd.documents.builder import DocumentBuilder, FaxParts
 from gatewayd.documents.cover import CoverLook, CoverPage, wants_cover
-from gatewayd.config import Config
 from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
 from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
 from gatewayd.filekinds import sniff_kind
