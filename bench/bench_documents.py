@@ -8,6 +8,9 @@
   record). Target: within 2x of ``tiff2pdf``.
 * A 2-page PDF plus a JPEG photo to the final fax PDF (``build_document``),
   without and with the cover page. Target: under 50 ms.
+* The cover page alone (``render_cover``) for Latin-1, Cyrillic and CJK
+  text: the per-recipient cost of intake (docs/performance.md). Run with
+  ``PYTHONPATH=<another checkout>`` to compare two versions on one machine.
 * Merging 10 PDFs and counting the pages: pikepdf (what gatewayd uses)
   against pypdf, when pypdf is installed (it is not a gatewayd dependency:
   ``.venv/bin/pip install pypdf`` puts it in the venv for this comparison
@@ -135,6 +138,18 @@ def main() -> int:
         print(f"  build_document, with cover page : {t_cover * 1000:8.1f} ms -> {doc_cover.pages} pages, {len(doc_cover.pdf):,} bytes")
         results.append(f"PDF + JPEG to fax PDF {t_plain * 1000:.1f} ms without cover {verdict(t_plain < 0.050)}, "
                        f"{t_cover * 1000:.1f} ms with cover (target < 50 ms) {verdict(t_cover < 0.050)}")
+
+        print("\n-- the cover page alone (render_cover), by the script of its text --")
+        from gatewayd.documents.cover import render_cover
+        for label, subject, body in (
+            ("Latin-1", "Invoice 42", "Please find the invoice attached.\nRegards, Alice"),
+            ("Cyrillic", "Счёт № 42", "Прошу оплатить счёт до пятницы.\nС уважением, Иван"),
+            ("CJK", "請求書 42", "請求書を添付します。\n안녕하세요"),
+        ):
+            page = CoverPage(sender="Alice <alice@example.com>", recipient="+7 812 309-26-31",
+                             date="Mon, 1 Jan 2024 12:00:00 +0000", subject=subject, body=body)
+            t_page = timed(lambda page=page: render_cover(page, attachment_pages=3), 20)
+            print(f"  {label:<9}: {t_page * 1000:8.1f} ms")
 
         print("\n-- merge 10 PDFs (20 pages each) and count the pages: pikepdf vs pypdf --")
         inputs = [pdf] * 10

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gatewayd.headerformat import HeaderFormatError, check_header_format
 from gatewayd.passwords import is_password_hash
 from gatewayd.provider.paths import PathProblem, check_path, merged_paths
 
@@ -112,6 +113,8 @@ class SmtpConfig:
     max_connections_per_client: int = 10
     auth_failures_per_client: int = 10  # within auth_failure_window, then 454 to AUTH
     auth_failure_window: float = 900.0
+    # A bare LF inside DATA: refused, or read as CRLF (docs/smtp.md, Line endings).
+    bare_lf: str = "reject"
 
     @property
     def tls_enabled(self) -> bool:
@@ -146,6 +149,29 @@ class DocumentsConfig:
     page_size: str = "A4"
     cover_page: str = "auto"
     max_pages: int = 100
+    header: str = ""  # the page header line's format, "" for none (docs/documents.md, Page header line)
+
+
+@dataclass(frozen=True)
+class CoverConfig:
+    """The office's own cover page (docs/documents.md, Cover page)."""
+
+    organisation: str = ""
+    phone: str = ""
+    notice: str = ""
+    logo: str = ""  # absolute path of a PNG, checked at load
+
+
+@dataclass(frozen=True)
+class Contact:
+    """``<alias>@<fax domain>`` faxes ``number``, with ``name`` on the cover (docs/smtp.md, Contacts)."""
+
+    alias: str  # lowercased
+    name: str
+    number: str  # as written; the number policy reads it at RCPT like any other
+    # Where it was written ("contacts[0]", "contacts_file[line 3]"), to name it
+    # in a problem the number policy finds (email_to_fax/policy.py, contact_problems)
+    where: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -227,6 +253,14 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = ""  # the file it was read from, for messages
+    cover: CoverConfig = field(default_factory=CoverConfig)
+    contacts: tuple[Contact, ...] = ()  # [[contacts]] then contacts_file's rows
+    contacts_file: str = ""  # absolute path, "" when unset
+
+    def contact(self, alias: str) -> Contact | None:
+        """The contact for ``alias`` (any case), or None."""
+        wanted = alias.lower()
+        return next((c for c in self.contacts if c.alias == wanted), None)
 
     @property
     def state_dir(self) -> Path:
@@ -579,6 +613,70 @@ def _str_no_newline(v: Any) -> str:
     return v
 
 
+_ALIAS_RE = re.compile(r"(?=[A-Za-z0-9._-]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?", re.ASCII)
+_MAX_CONTACTS_FILE = 2_000_000  # characters: tens of thousands of contacts
+_MAX_COVER_LINE = 200
+_MAX_COVER_NOTICE = 1500
+_MAX_LOGO_BYTES = 2_000_000
+_MAX_LOGO_PIXELS = 4_000_000
+
+
+def contact_number(number: str) -> str:
+    """A contact's number as the number policy reads a local part: blanks and brackets dropped ("+7 812 309-00-01")."""
+    return re.sub(r"[\s()]", "", number)
+
+
+def _cover_line(v: Any) -> str:
+    v = _str_no_newline(v)
+    if len(v) > _MAX_COVER_LINE:
+        raise _Bad(f"at most {_MAX_COVER_LINE} characters")
+    return v.strip()
+
+
+def _cover_notice(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_show(v)}")
+    if "\0" in v:
+        raise _Bad("control characters are not allowed")
+    if len(v) > _MAX_COVER_NOTICE:
+        raise _Bad(f"at most {_MAX_COVER_NOTICE} characters")
+    return v.strip()
+
+
+def _header_format(v: Any) -> str:
+    v = _str_no_newline(v)
+    try:
+        check_header_format(v)
+    except HeaderFormatError as exc:
+        raise _Bad(str(exc)) from None
+    return v
+
+
+def _logo_problem(path: str) -> str:
+    """Why ``path`` cannot be the cover's logo, or ""."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_LOGO_BYTES + 1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if len(data) > _MAX_LOGO_BYTES:
+        return f"{path} is larger than {_MAX_LOGO_BYTES} bytes"
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return f"{path} is not a PNG file"
+    try:
+        from io import BytesIO
+
+        from PIL import Image
+
+        with Image.open(BytesIO(data)) as image:
+            if image.width * image.height > _MAX_LOGO_PIXELS:
+                return f"{path} has more than {_MAX_LOGO_PIXELS} pixels"
+            image.load()
+    except Exception as exc:
+        return f"{path} is not a readable PNG: {exc}"
+    return ""
+
+
 def _number_key(v: str) -> str:
     if not re.fullmatch(r"\+?[0-9]{2,20}", v):
         raise _Bad(f"expected a number (digits), got {_show(v)}")
@@ -651,7 +749,8 @@ class _Loader:
         return secret
 
     def load(self, data: dict[str, Any], source: str) -> Config:
-        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log"}
+        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log",
+                 "cover", "contacts", "contacts_file"}
         for name in data:
             if name not in known:
                 self.problem(name, "unknown key")
@@ -667,7 +766,17 @@ class _Loader:
         storage = self.storage(_Section(self, "storage", data.get("storage")))
         http = self.http(_Section(self, "http", data.get("http")))
         log = self.log(_Section(self, "log", data.get("log")))
-        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source)
+        cover = self.cover(_Section(self, "cover", data.get("cover")))
+        contacts_file = ""
+        if "contacts_file" in data:
+            value = data["contacts_file"]
+            if not isinstance(value, str):
+                self.problem("contacts_file", f"expected a file name, got {_show(value)}")
+            elif value:
+                contacts_file = self.find_file("contacts_file", value) or ""
+        contacts = self.contacts(data.get("contacts"), contacts_file)
+        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source,
+                        cover=cover, contacts=contacts, contacts_file=contacts_file)
         self.cross_check(config)
         if self.problems:
             raise ConfigError(self.problems)
@@ -795,6 +904,7 @@ class _Loader:
             max_connections_per_client=s.get("max_connections_per_client", d.max_connections_per_client, _positive_int),
             auth_failures_per_client=s.get("auth_failures_per_client", d.auth_failures_per_client, _positive_int),
             auth_failure_window=s.get("auth_failure_window", d.auth_failure_window, parse_duration),
+            bare_lf=s.choice("bare_lf", d.bare_lf, ("reject", "normalize")),
         )
         s.finish()
         if cfg.auth_failure_window <= 0:
@@ -863,9 +973,102 @@ class _Loader:
             page_size=s.choice("page_size", "A4", ("A4", "Letter")),
             cover_page=s.choice("cover_page", "auto", ("auto", "always", "never")),
             max_pages=s.get("max_pages", 100, _positive_int),
+            header=s.get("header", "", _header_format),
         )
         s.finish()
         return cfg
+
+    def cover(self, s: _Section) -> CoverConfig:
+        cfg = CoverConfig(
+            organisation=s.get("organisation", "", _cover_line),
+            phone=s.get("phone", "", _cover_line),
+            notice=s.get("notice", "", _cover_notice),
+            logo=s.file("logo"),
+        )
+        s.finish()
+        if cfg.logo:
+            why = _logo_problem(cfg.logo)
+            if why:
+                self.problem("cover.logo", why)
+        return cfg
+
+    def contacts(self, raw: Any, contacts_file: str) -> tuple[Contact, ...]:
+        """[[contacts]] tables, then the rows of contacts_file; every alias once.
+
+        Whether the number policy allows each number is checked above this
+        layer (``gatewayd.email_to_fax.policy.contact_problems``, run by
+        ``check-config``, at start and on reload); RCPT checks it again anyway."""
+        found: list[tuple[str, Contact]] = []  # (where, contact)
+        if raw is not None and not isinstance(raw, list):
+            self.problem("contacts", "expected [[contacts]] tables")
+            raw = []
+        for i, table in enumerate(raw or ()):
+            s = _Section(self, f"contacts[{i}]", table)
+            alias = s.get("alias", "", kind=str)
+            name = s.get("name", "", kind=str)
+            number = s.get("number", "", kind=str)
+            s.finish()
+            contact = self.contact(f"contacts[{i}]", alias, name, number)
+            if contact is not None:
+                found.append((f"contacts[{i}]", contact))
+        if contacts_file:
+            found += self.contacts_csv(contacts_file)
+        seen: dict[str, str] = {}
+        contacts = []
+        for where, contact in found:
+            if contact.alias in seen:
+                self.problem(f"{where}.alias", f'duplicate alias "{contact.alias}" (also {seen[contact.alias]})')
+                continue
+            seen[contact.alias] = where
+            contacts.append(contact)
+        return tuple(contacts)
+
+    def contact(self, where: str, alias: str, name: str, number: str) -> Contact | None:
+        ok = True
+        if not _ALIAS_RE.fullmatch(alias):
+            self.problem(f"{where}.alias", f"expected letters, digits, \".\", \"-\" or \"_\" with at least one letter (the local part of <alias>@<fax domain>), got {_show(alias)}")
+            ok = False
+        if not name.strip() or any(c in name for c in "\r\n\0") or len(name) > 200:
+            self.problem(f"{where}.name", f"expected a name of one line (at most 200 characters), got {_show(name)}")
+            ok = False
+        compact = contact_number(number)
+        if not compact or len(compact) > 64:
+            self.problem(f"{where}.number", f"expected a fax number, got {_show(number)}")
+            ok = False
+        return Contact(alias.lower(), name.strip(), number.strip(), where) if ok else None
+
+    def contacts_csv(self, path: str) -> list[tuple[str, Contact]]:
+        import csv
+
+        out: list[tuple[str, Contact]] = []
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                text = f.read(_MAX_CONTACTS_FILE + 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem("contacts_file", f"cannot read {path}: {exc}")
+            return out
+        if len(text) > _MAX_CONTACTS_FILE:
+            self.problem("contacts_file", f"{path} is larger than {_MAX_CONTACTS_FILE} characters")
+            return out
+        rows = csv.reader(text.splitlines())
+        try:
+            header = [h.strip().lower() for h in next(rows, [])]
+            if header != ["alias", "name", "number"]:
+                self.problem("contacts_file", f"{path}: the first line must be the columns alias,name,number, got {','.join(header) or 'nothing'}")
+                return out
+            for line, row in enumerate(rows, start=2):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                where = f"contacts_file[line {line}]"
+                if len(row) != 3:
+                    self.problem(where, f"expected 3 columns (alias,name,number), got {len(row)}")
+                    continue
+                contact = self.contact(where, row[0].strip(), row[1], row[2])
+                if contact is not None:
+                    out.append((where, contact))
+        except csv.Error as exc:
+            self.problem("contacts_file", f"{path}: not CSV: {exc}")
+        return out
 
     def imap(self, s: _Section) -> ImapConfig:
         d = ImapConfig()

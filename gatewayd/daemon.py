@@ -24,6 +24,7 @@ from typing import Any
 from gatewayd.config import Config, ConfigError, load_config
 from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.policy import contact_problems
 from gatewayd.email_to_fax.report import Reporter
 from gatewayd.email_to_fax.sender import Sender
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
@@ -300,6 +301,9 @@ class Daemon:
         except Exception as exc:  # a bug in the loader must not take the daemon down
             log.exception("reload_failed")
             return await self._reject(rt, [f"{type(exc).__name__}: {exc}"])
+        problems = contact_problems(new)
+        if problems:
+            return await self._reject(rt, problems)
         try:
             applied = self._apply(rt, new)
         except Exception:  # systemd waits for READY=1 after RELOADING=1: always answer

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from gatewayd.config import Config, ConfigError, config_path, load_config
+from gatewayd.email_to_fax.policy import contact_problems
 from gatewayd.store import Store, StoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -24,9 +25,13 @@ def load(args: argparse.Namespace) -> Config:
     """The configuration named by ``--config`` (or its default); ``CommandError`` (exit 2) when invalid."""
     path = config_path(args.config)
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         raise CommandError(format_problems(path, exc.problems), EXIT_USAGE) from None
+    problems = contact_problems(config)
+    if problems:
+        raise CommandError(format_problems(path, problems), EXIT_USAGE)
+    return config
 
 
 def format_problems(path: str, problems: list[str]) -> str:

@@ -9,8 +9,10 @@ imports nothing, so importing ``gatewayd.documents.errors`` stays cheap):
 - ``pdf``: opening, checking, counting and writing PDFs (pikepdf);
 - ``tiff``: the TIFF IFD reader and the direct CCITT G4 PDF writer;
 - ``images``: image checks from headers, flattening, img2pdf, ``tiff_to_pdf``;
-- ``cover``: the cover page and its font subset (fpdf2, fontTools);
-- ``builder``: ``build_document`` and the async ``DocumentBuilder``.
+- ``cover``: the cover page, its font subsets and CJK fallback (fpdf2, fontTools);
+- ``builder``: ``build_document``, ``build_parts`` (attachments once, a cover
+  per recipient) and the async ``DocumentBuilder``;
+- ``assemble``: a recipient's cover joined to the attachments, the page header line.
 
 Nothing here imports a flow (``gatewayd.email_to_fax``,
 ``gatewayd.fax_to_email``): the flows import this package.

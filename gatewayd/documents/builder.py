@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Protocol
+from typing import Any, Protocol
 
 import pikepdf
 
@@ -31,8 +31,10 @@ __all__ = [
     "DocumentBuilder",
     "DocumentPart",
     "FaxDocument",
+    "FaxParts",
     "UnfaxablePart",
     "build_document",
+    "build_parts",
 ]
 
 # The provider's "10 megabytes", read the safe way (docs/provider.md, Errors;
@@ -166,6 +168,57 @@ def build_document(
     return FaxDocument(pdf=data, pages=total, sha256=hashlib.sha256(data).hexdigest())
 
 
+@dataclass(frozen=True)
+class FaxParts:
+    """What one message becomes: the attachments once, and one cover per recipient.
+
+    ``body`` is None when there are no attachments (each fax is its cover
+    alone); ``covers`` has one entry per ``CoverPage`` asked for, in order.
+    Each recipient's fax is its cover, then ``body`` (joined when it is
+    submitted: gatewayd/documents/assemble.py).
+    """
+
+    body: FaxDocument | None
+    covers: tuple[FaxDocument, ...]
+
+
+def build_parts(
+    attachments: Sequence[DocumentPart],
+    *,
+    covers: Sequence[CoverPage],
+    page_size: str = "A4",
+    max_pages: int = 100,
+    max_bytes: int = MAX_FAX_BYTES,
+    unsupported: Sequence[UnfaxablePart] = (),
+) -> FaxParts:
+    """The attachments as one PDF, and each cover as its own PDF.
+
+    The same refusals as ``build_document``: limits count a recipient's
+    cover with the attachments, so each recipient's fax stays within them.
+    """
+    if not attachments and (not covers or unsupported):
+        raise NoFaxDocument(_nothing_to_fax(unsupported))
+    body = None
+    if attachments:
+        body = build_document(attachments, cover=None, page_size=page_size, max_pages=max_pages,
+                              max_bytes=max_bytes, unsupported=unsupported)
+    body_pages = body.pages if body is not None else 0
+    body_bytes = len(body.pdf) if body is not None else 0
+    if covers and body_pages + 1 > max_pages:
+        raise DocumentTooLarge(f"{body_pages + 1} pages, limit {max_pages}")
+    made: list[FaxDocument] = []
+    for cover in covers:
+        data = render_cover(cover, page_size=page_size, attachment_pages=body_pages)
+        with pikepdf.open(BytesIO(data)) as pdf:
+            pages = len(pdf.pages)
+        if body_pages + pages > max_pages:
+            raise DocumentTooLarge(f"{body_pages + pages} pages, limit {max_pages}")
+        if body_bytes + len(data) > max_bytes:
+            raise DocumentTooLarge(f"{body_bytes + len(data)} bytes, limit {max_bytes}")
+        made.append(FaxDocument(pdf=data, pages=pages, sha256=hashlib.sha256(data).hexdigest()))
+    return FaxParts(body=body, covers=tuple(made))
+
+
 def _nothing_to_fax(unsupported: Sequence[UnfaxablePart]) -> str:
     why = "no attachment of a supported type"
     if unsupported:
@@ -225,7 +278,39 @@ class DocumentBuilder:
         task.add_done_callback(self._finished)
         return await asyncio.shield(task)
 
-    def _finished(self, task: asyncio.Future[FaxDocument]) -> None:
+    async def build_parts(
+        self,
+        attachments: Sequence[DocumentPart],
+        *,
+        covers: Sequence[CoverPage],
+        page_size: str = "A4",
+        max_pages: int = 100,
+        max_bytes: int = MAX_FAX_BYTES,
+        unsupported: Sequence[UnfaxablePart] = (),
+    ) -> FaxParts:
+        """``build_parts`` under the same bound and the same inline rule as ``build``."""
+        if not covers:
+            body = await self.build(attachments, cover=None, page_size=page_size, max_pages=max_pages,
+                                    max_bytes=max_bytes, unsupported=unsupported)
+            return FaxParts(body=body, covers=())
+        await self._slots.acquire()
+        try:
+            task = asyncio.ensure_future(asyncio.to_thread(
+                build_parts,
+                attachments,
+                covers=covers,
+                page_size=page_size,
+                max_pages=max_pages,
+                max_bytes=max_bytes,
+                unsupported=unsupported,
+            ))
+        except BaseException:
+            self._slots.release()
+            raise
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
         self._slots.release()
         if not task.cancelled():
             task.exception()  # retrieved: a cancelled caller must not leave a "never retrieved" warning

@@ -1,35 +1,57 @@
-"""The cover page: its fields and text drawn with fpdf2 in DejaVu Sans, and the font subset that makes it fast.
+"""The cover page: its fields and text drawn with fpdf2 in DejaVu Sans (CJK from a fallback font), and the font subset that makes it fast.
 
 Whether a message gets one is ``documents.cover_page`` (``wants_cover``);
-what it shows is in docs/documents.md (Making the fax document).
+what it shows is in docs/documents.md (Cover page). Each recipient gets its
+own cover, naming only that recipient.
 """
 
 from __future__ import annotations
 
 import atexit
+import datetime as dt
+import logging
 import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gatewayd.documents.geometry import page_dimensions
 from gatewayd.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["FONT_PATH", "CoverPage", "render_cover", "wants_cover"]
+__all__ = ["CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "render_cover", "wants_cover"]
 
 FONT_PATH = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+# Chinese, Japanese and Korean glyphs (fonts-wqy-zenhei): used per
+# character for what DejaVu Sans lacks. Optional: without it such characters
+# have no glyph, as before (docs/documents.md, Cover page).
+CJK_FONT_PATH = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+
+
+@dataclass(frozen=True)
+class CoverLook:
+    """The office's own: ``[cover]`` in the configuration (docs/configuration.md)."""
+
+    organisation: str = ""
+    phone: str = ""
+    notice: str = ""
+    logo: str = ""  # a PNG file, checked at load
 
 
 @dataclass(frozen=True)
 class CoverPage:
+    """One recipient's cover: ``recipient`` is its number, ``recipient_name`` its name (or "")."""
+
     sender: str
     recipient: str
     date: str
     subject: str
     body: str
+    recipient_name: str = ""
+    look: CoverLook = CoverLook()
 
 
 def wants_cover(mode: str, body_text: str) -> bool:
@@ -47,6 +69,10 @@ _MM = 72 / 25.4
 _MAX_FIELD_CHARS = 300
 _MAX_BODY_CHARS = 12_000
 _TRUNCATED = "[… message truncated]"
+_MAX_NOTICE_CHARS = 1500
+_MAX_NOTICE_LINES = 12
+_LOGO_H = 18.0  # mm
+_FIXED_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def _printable(text: str, *, keep_newlines: bool) -> str:
@@ -58,9 +84,16 @@ def _printable(text: str, *, keep_newlines: bool) -> str:
     return out if keep_newlines else " ".join(out.split())
 
 
-# The cover page's characters that a subset of FONT_PATH holds: Latin
+# The characters of the subsets of FONT_PATH, smallest first: a cover uses
+# the first that holds all its text (fpdf2's parse grows with the font's
+# glyphs; the gain of the Latin-1 subset, ~230 glyphs, over the larger one
+# is measured in docs/performance.md). "latin": Basic Latin, Latin-1,
+# general punctuation, currency signs, № and U+FFFD. "cover": Latin
 # (Basic, Latin-1, Extended-A and B), Greek, Cyrillic, general punctuation,
 # currency signs, letterlike symbols (№) and U+FFFD.
+_LATIN_SUBSET_RANGES = (
+    (0x0020, 0x007E), (0x00A0, 0x00FF), (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2116, 0x2116), (0xFFFD, 0xFFFD),
+)
 _COVER_SUBSET_RANGES = (
     (0x0020, 0x007E), (0x00A0, 0x024F), (0x0370, 0x03FF), (0x0400, 0x04FF),
     (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x214F), (0xFFFD, 0xFFFD),
@@ -70,37 +103,52 @@ _COVER_FIXED_TEXT = "FAX To: From: Date: Subject: Pages: 0123456789 including th
 
 
 class _CoverFont:
-    """A subset of ``FONT_PATH`` for cover pages, made once per process.
+    """Subsets of ``FONT_PATH`` for cover pages, each made once per process.
 
     fpdf2 parses the whole font with fontTools for every document (DejaVu
-    Sans: 760 KB, ~6,000 characters) and subsets it again at output; the
-    subset (~140 KB, ~900 characters) makes a cover about twice as fast.
+    Sans: 760 KB, ~6,000 characters) and subsets it again at output, so its
+    work grows with the font: the "cover" subset (~140 KB, ~900 characters)
+    makes a cover about twice as fast as the whole font; the "latin" one
+    (~56 KB, ~230 characters) saves a little more (docs/performance.md).
     fpdf2 changes the font it loaded while writing the PDF, so a parsed font
     cannot be shared between documents: the subset is a file, in a private
     temporary directory removed at exit (systemd's PrivateTmp also cleans
-    it). A cover with a character outside the subset uses ``FONT_PATH``
+    it). A cover with a character outside both subsets uses ``FONT_PATH``
     itself, so what is drawn never depends on the subset; so does every
     cover when the subset cannot be made.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._made: dict[Path, tuple[Path, frozenset[str]] | None] = {}
+        self._made: dict[str, tuple[Path, frozenset[str]] | None] = {}
+        self._whole: frozenset[str] | None = None
+
+    def lacks(self, text: str) -> bool:
+        """Whether ``text`` has a character ``FONT_PATH`` has no glyph for (read once per process)."""
+        if self._whole is None:
+            with self._lock:
+                if self._whole is None:
+                    from fontTools.ttLib import TTFont
+
+                    with TTFont(str(FONT_PATH), lazy=True) as font:
+                        self._whole = frozenset(chr(c) for c in font.getBestCmap()) | {"\n"}
+        return not set(text) <= self._whole
 
     def path_for(self, text: str) -> Path:
-        """The font file to draw ``text`` with."""
-        source = FONT_PATH
-        if source not in self._made:
-            with self._lock:
-                if source not in self._made:
-                    self._made[source] = self._make(source)
-        made = self._made[source]
-        if made is not None and set(text) <= made[1]:
-            return made[0]
-        return source
+        """The font file to draw ``text`` with: the smallest subset that holds it, else ``FONT_PATH``."""
+        wanted = set(text)
+        for name, ranges in (("latin", _LATIN_SUBSET_RANGES), ("cover", _COVER_SUBSET_RANGES)):
+            if name not in self._made:
+                with self._lock:
+                    if name not in self._made:
+                        self._made[name] = self._make(FONT_PATH, name, ranges)
+            made = self._made[name]
+            if made is not None and wanted <= made[1]:
+                return made[0]
+        return FONT_PATH
 
     @staticmethod
-    def _make(source: Path) -> tuple[Path, frozenset[str]] | None:
+    def _make(source: Path, name: str, ranges: tuple[tuple[int, int], ...]) -> tuple[Path, frozenset[str]] | None:
         directory = None
         try:
             # Imported here: needed once per process, and fontTools is slow to import.
@@ -117,12 +165,12 @@ class _CoverFont:
             options.layout_features = []  # fpdf2 draws without shaping
             options.drop_tables += ["FFTM"]  # FontForge's timestamps: fontTools does not know them
             subsetter = subset.Subsetter(options)
-            subsetter.populate(unicodes=[c for low, high in _COVER_SUBSET_RANGES for c in range(low, high + 1)])
+            subsetter.populate(unicodes=[c for low, high in ranges for c in range(low, high + 1)])
             subsetter.subset(font)
             chars = frozenset(chr(c) for c in font.getBestCmap()) | {"\n"}
             directory = tempfile.mkdtemp(prefix="gatewayd-cover-font-")
             atexit.register(shutil.rmtree, directory, True)
-            path = Path(directory) / f"{source.stem}-cover.ttf"
+            path = Path(directory) / f"{source.stem}-{name}.ttf"
             font.save(str(path))
             return path, chars
         except Exception as exc:  # only slower: the whole font still works
@@ -135,36 +183,79 @@ class _CoverFont:
 _COVER_FONT = _CoverFont()
 
 
+def cover_fonts(pdf: Any, text: str) -> None:
+    """Add the font "DejaVu" to an ``FPDF`` for ``text``, with the CJK font as per-character fallback when needed."""
+    if not FONT_PATH.is_file():
+        raise FileNotFoundError(f"cover page font {FONT_PATH} is missing (install fonts-dejavu-core)")
+    pdf.add_font("DejaVu", fname=str(_COVER_FONT.path_for(text)))
+    if CJK_FONT_PATH.is_file() and _COVER_FONT.lacks(text):
+        # fontTools warns that the collection's bitmap strikes are not subset
+        # (they are dropped, the outlines are kept): noise on every such cover.
+        logging.getLogger("fontTools.subset").setLevel(logging.ERROR)
+        pdf.add_font("Fallback", fname=str(CJK_FONT_PATH), collection_font_number=0)
+        pdf.set_fallback_fonts(["Fallback"], exact_match=False)
+
+
 def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> bytes:
     """The cover page PDF (one page, two when the body is long; never more).
 
-    DejaVu Sans covers Latin, Greek and Cyrillic (drawn with a subset of it
-    made once, see ``_CoverFont``). A missing font file is an installation
-    error and raises ``FileNotFoundError`` (the listener answers 451, never a
-    fax without a readable cover).
+    The layout: the office's logo, name and phone (``CoverLook``), "FAX",
+    To, From, Date, Pages and Subject, the body, and the office's notice at
+    the foot of the first page. DejaVu Sans covers Latin, Greek, Cyrillic,
+    Armenian, Georgian, Hebrew and Arabic letters (drawn with a subset of it
+    made once, see ``_CoverFont``); characters it lacks come from
+    ``CJK_FONT_PATH``, per character, when that font is installed. A missing
+    DejaVu file is an installation error and raises ``FileNotFoundError``
+    (the listener answers 451, never a fax without a readable cover).
     """
     from fpdf import FPDF  # imported here: fpdf2 costs ~0.3 s to import
-    from fpdf.enums import MethodReturnValue, XPos, YPos
+    from fpdf.enums import Align, MethodReturnValue, XPos, YPos
 
-    if not FONT_PATH.is_file():
-        raise FileNotFoundError(f"cover page font {FONT_PATH} is missing (install fonts-dejavu-core)")
+    look = cover.look
+
+    def line(text: str) -> str:
+        return _printable(text, keep_newlines=False)[:_MAX_FIELD_CHARS]
+
+    number = line(cover.recipient)
+    name = line(cover.recipient_name)
+    to = f"{name}\n{number}" if name and name != number else (number or "—")
     fields = [
-        ("To:", _printable(cover.recipient, keep_newlines=False)[:_MAX_FIELD_CHARS] or "—"),
-        ("From:", _printable(cover.sender, keep_newlines=False)[:_MAX_FIELD_CHARS] or "—"),
-        ("Date:", _printable(cover.date, keep_newlines=False)[:_MAX_FIELD_CHARS] or "—"),
-        ("Subject:", _printable(cover.subject, keep_newlines=False)[:_MAX_FIELD_CHARS] or "—"),
+        ("To:", to),
+        ("From:", line(cover.sender) or "—"),
+        ("Date:", line(cover.date) or "—"),
+        ("Pages:", ""),  # drawn once the cover's own length is known
+        ("Subject:", line(cover.subject) or "—"),
     ]
+    organisation, phone = line(look.organisation), line(look.phone)
+    notice = _printable(look.notice, keep_newlines=True).strip()[:_MAX_NOTICE_CHARS]
     body = _printable(cover.body, keep_newlines=True).strip()
-    font_path = _COVER_FONT.path_for(_COVER_FIXED_TEXT + _TRUNCATED + "".join(v for _, v in fields) + body[:_MAX_BODY_CHARS])
+    text = _COVER_FIXED_TEXT + _TRUNCATED + organisation + phone + notice + "".join(v for _, v in fields) + body[:_MAX_BODY_CHARS]
 
     page_w, page_h = page_dimensions(page_size)
-    margin, line_h, field_h = 20.0, 5.6, 6.5
-    pdf = FPDF(orientation="P", unit="mm", format=(page_w / _MM, page_h / _MM))
+    page_h_mm = page_h / _MM
+    margin, line_h, field_h, notice_h = 20.0, 5.6, 6.5, 3.8
+    pdf = FPDF(orientation="P", unit="mm", format=(page_w / _MM, page_h_mm))
     pdf.set_auto_page_break(False)
     pdf.set_margins(margin, margin, margin)
-    pdf.add_font("DejaVu", fname=str(font_path))
+    pdf.set_creation_date(_FIXED_DATE)  # the same cover gives the same bytes
+    cover_fonts(pdf, text)
     pdf.add_page()
     width = pdf.epw
+
+    # The letterhead: logo on the left, the office's name and phone on the right.
+    top = margin
+    if look.logo:
+        pdf.image(look.logo, x=margin, y=top, h=_LOGO_H, keep_aspect_ratio=True)
+    if organisation or phone:
+        pdf.set_xy(margin, top)
+        if organisation:
+            pdf.set_font("DejaVu", size=14)
+            pdf.cell(width, 7, organisation, align=Align.R, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        if phone:
+            pdf.set_font("DejaVu", size=10)
+            pdf.cell(width, 5.5, phone, align=Align.R, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if look.logo or organisation or phone:
+        pdf.set_y(max(pdf.get_y(), top + (_LOGO_H if look.logo else 0)) + 4)
 
     pdf.set_font("DejaVu", size=28)
     pdf.cell(0, 14, "FAX", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
@@ -175,15 +266,29 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
 
     pdf.set_font("DejaVu", size=11)
     label_w = 28.0
+    pages_y = 0.0
     for label, value in fields:
         pdf.set_x(margin)
+        if label == "Pages:":
+            pages_y = pdf.get_y()
+            pdf.ln(field_h)
+            continue
         pdf.cell(label_w, field_h, label)
         pdf.multi_cell(width - label_w, field_h, value, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pages_y = pdf.get_y()  # the "Pages:" row is drawn once the cover's own length is known
-    pdf.ln(field_h + 2)
+    pdf.ln(2)
     pdf.set_line_width(0.3)
     pdf.line(margin, pdf.get_y(), margin + width, pdf.get_y())
     pdf.ln(5)
+
+    # The notice sits at the foot of the first page: the body stops above it.
+    notice_lines: list[str] = []
+    if notice:
+        pdf.set_font("DejaVu", size=8)
+        wrapped = pdf.multi_cell(width, notice_h, notice, align="L", dry_run=True, output=MethodReturnValue.LINES)
+        assert isinstance(wrapped, list)  # output=LINES gives the lines alone (typed as any output's union)
+        notice_lines = wrapped[:_MAX_NOTICE_LINES]
+        pdf.set_font("DejaVu", size=11)
+    notice_top = page_h_mm - margin - len(notice_lines) * notice_h - (3 if notice_lines else 0)
 
     lines: list[str] = []
     if body:
@@ -192,8 +297,8 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
         wrapped = pdf.multi_cell(width, line_h, body, align="L", dry_run=True, output=MethodReturnValue.LINES)
         assert isinstance(wrapped, list)  # output=LINES gives the lines alone (typed as any output's union)
         lines = wrapped
-        first = int((page_h / _MM - margin - pdf.get_y()) // line_h)
-        second = int((page_h / _MM - 2 * margin) // line_h)
+        first = max(0, int((notice_top - pdf.get_y()) // line_h))
+        second = int((page_h_mm - 2 * margin) // line_h)
         if truncated or len(lines) > first + second:
             lines = lines[: first + second - 2] + ["", _TRUNCATED]
     else:
@@ -208,9 +313,20 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
              else f"{total} including {cover_pages} cover pages")
     pdf.set_xy(margin, body_y)
 
-    for number, line in enumerate(lines):
-        if number == first:
-            pdf.add_page()
+    for text_line in lines[:first]:
         pdf.set_x(margin)
-        pdf.cell(width, line_h, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.cell(width, line_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if notice_lines:
+        pdf.set_line_width(0.2)
+        pdf.line(margin, notice_top, margin + width, notice_top)
+        pdf.set_xy(margin, notice_top + 2)
+        pdf.set_font("DejaVu", size=8)
+        for text_line in notice_lines:
+            pdf.cell(width, notice_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.set_font("DejaVu", size=11)
+    if len(lines) > first:
+        pdf.add_page()
+        for text_line in lines[first:]:
+            pdf.set_x(margin)
+            pdf.cell(width, line_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     return bytes(pdf.output())

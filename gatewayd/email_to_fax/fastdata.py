@@ -19,7 +19,12 @@ whole intake, and a 10 MB attachment cost tens of MB of RSS per session.
 * counts the un-stuffed size as it goes: past ``limit`` it stops storing but
   keeps reading to the terminator, so the client gets ``552`` instead of a
   broken connection;
-* notices a bare LF (an LF not preceded by CR) anywhere, also across pieces;
+* notices a bare LF (an LF not preceded by CR) anywhere, also across pieces,
+  and with ``normalize_bare_lf`` stores it as CRLF (``smtp.bare_lf =
+  "normalize"``, as Postfix 3.9's ``smtpd_forbid_bare_newline =
+  normalize``): the end of DATA stays ``CRLF . CRLF`` exactly as received,
+  so ``LF . LF``, ``CRLF . LF`` and ``LF . CRLF`` are data, never the end
+  (no SMTP smuggling; docs/smtp.md, Line endings);
 * keeps the message in memory, or past ``spool_threshold`` bytes in an
   anonymous temporary file (``O_TMPFILE`` where the OS has it: nothing is
   left behind by a crash) in ``spool_dir``. A spool that cannot be written
@@ -33,7 +38,8 @@ sending 10 MB no longer hold 20 messages and their parse trees in memory.
 The semantics are those of a line-by-line reader (RFC 5321 section 4.5.2;
 tests/reliability/test_fastdata.py compares the two): the size is counted on
 the un-stuffed bytes including line ends, and CRLF is the only line end, so
-a dot after a bare LF is data. See docs/performance.md for the figures.
+a dot after a bare LF is data (kept, not un-stuffed, also when the LF is
+normalised). See docs/performance.md for the figures.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ SEPARATOR = b"\r\n.\r\n"
 # a piece need more than storing as it is. Starts with a literal, so the
 # search skips from LF to LF in C (~0.5 ms per MB).
 _SPECIAL = re.compile(rb"\n(?:(?<!\r\n)|\.)")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 DEFAULT_CHUNK_LIMIT = 256 * 1024
 
 
@@ -165,6 +172,7 @@ async def read_data(
     spool_dir: str | os.PathLike[str] | None = None,
     chunk_limit: int = DEFAULT_CHUNK_LIMIT,
     on_activity: Callable[[], None] | None = None,
+    normalize_bare_lf: bool = False,
 ) -> DataBody:
     """Read one DATA body (after ``354``) up to and including ``CRLF.CRLF``.
 
@@ -179,10 +187,11 @@ async def read_data(
     sink = _Sink(body, limit, spool_threshold, spool_dir)
     # The state of the raw (stuffed) stream, as if it started with CRLF.
     prev2 = b"\r\n"  # last two raw bytes fed (context for un-stuffing)
+    last_out = b"\n"  # last un-stuffed byte stored (context for normalising)
     bare = False
 
     def feed(raw: bytes) -> None:
-        nonlocal prev2, bare
+        nonlocal prev2, bare, last_out
         if not raw:
             return
         joined = prev2 + raw
@@ -192,15 +201,28 @@ async def read_data(
         if _SPECIAL.search(joined, 1) is None:
             sink.write(raw)
             prev2 = joined[-2:]
+            last_out = raw[-1:]
             return
         # A LF is bare unless a CR precedes it (inside the piece, or as the last byte before it).
         lfs = raw.count(b"\n")
-        if lfs and not bare:
+        piece_bare = False
+        if lfs:
             paired = raw.count(b"\r\n") + (1 if prev2[-1:] == b"\r" and raw[:1] == b"\n" else 0)
-            if lfs > paired:
-                bare = True
+            piece_bare = lfs > paired
+            bare = bare or piece_bare
         # A dot right after CRLF is a stuffing dot: delete it (the terminator never gets here).
-        sink.write(joined.replace(b"\r\n.", b"\r\n")[2:] if b"\r\n." in joined else raw)
+        out = joined.replace(b"\r\n.", b"\r\n")[2:] if b"\r\n." in joined else raw
+        if piece_bare and normalize_bare_lf and out:
+            # Un-stuffing never puts a CR before a LF, so the bare LFs of the
+            # output are those of the input; the first one's CR may be the
+            # last byte already stored.
+            if out[:1] == b"\n" and last_out == b"\r":
+                out = b"\n" + _BARE_LF.sub(b"\r\n", out[1:])
+            else:
+                out = _BARE_LF.sub(b"\r\n", out)
+        if out:
+            sink.write(out)
+            last_out = out[-1:]
         prev2 = joined[-2:]
 
     async def byte() -> bytes:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.policy
 import hashlib
 from collections.abc import Sequence
@@ -124,7 +125,7 @@ def fax_recipients(
             seen_addr.add(address)
             found.append(address)
             try:
-                dest = numbers.check(tag, address)
+                dest = dataclasses.replace(numbers.check(tag, address), address=address)
             except IntakeRefused as exc:
                 refused.append(exc)
                 continue

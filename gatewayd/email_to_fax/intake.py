@@ -1,8 +1,9 @@
 """The one way a message becomes fax jobs: SMTP, IMAP and ``gatewayd send`` all call here.
 
 ``Intake.accept`` parses the message, checks the sender's hourly budget,
-builds one fax document (cover page + attachments), writes it durably and
-stores one job per destination in a single commit. Only then does it return
+builds the fax document (the attachments, stored once, and one cover page
+per recipient, stored apart), writes them durably and stores one job per
+destination in a single commit. Only then does it return
 the job ids, so a caller that answers "250 queued" after it has kept its
 promise (docs/architecture.md, Durability rules).
 
@@ -20,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 
-from gatewayd.documents.builder import DocumentBuilder, FaxDocument
-from gatewayd.documents.cover import CoverPage, wants_cover
+from gatewayd.config import Config
+from gatewayd.documents.builder import DocumentBuilder, FaxParts
+from gatewayd.documents.cover import CoverLook, CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
 from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
@@ -118,23 +120,27 @@ class Intake:
             await store.run(limiter.check_all, authorisation, len(destinations))
 
         docs = config.documents
-        cover = None
+        covers: list[CoverPage] = []
         if wants_cover(docs.cover_page, parsed.body_text):
-            cover = CoverPage(
-                sender=_sender_line(parsed, report_to),
-                recipient=", ".join(d.number for d in destinations),
-                date=parsed.date or email.utils.formatdate(rt.clock(), localtime=True),
-                subject=parsed.subject,
-                body=parsed.body_text,
-            )
-        document: FaxDocument = await self.builder.build(
+            # One cover per recipient, naming that recipient only (docs/documents.md, Cover page).
+            look = cover_look(config)
+            sender = _sender_line(parsed, report_to)
+            date = parsed.date or email.utils.formatdate(rt.clock(), localtime=True)
+            covers = [
+                CoverPage(sender=sender, recipient=d.number, date=date, subject=parsed.subject, body=parsed.body_text,
+                          recipient_name=d.name or parsed.display_names.get(d.address, ""), look=look)
+                for d in destinations
+            ]
+        parts: FaxParts = await self.builder.build_parts(
             parsed.attachments,
-            cover=cover,
+            covers=covers,
             page_size=docs.page_size,
             max_pages=min(authorisation.max_pages, docs.max_pages),
             unsupported=parsed.unsupported,
         )
         note = _note(parsed)
+        body = parts.body
+        own = list(parts.covers) if parts.covers else [None] * len(destinations)
         jobs = [
             NewJob(
                 number=d.number,
@@ -147,17 +153,31 @@ class Intake:
                 rule_key=authorisation.rule.key if authorisation.rule is not None else "",
                 usage_keys=tuple(limited.key for limited in authorisation.hourly_limits),
                 note=note,
+                # The attachments are stored once; each cover apart (docs/architecture.md, Storage layout).
+                cover=mine.sha256 if mine is not None and body is not None else "",
+                document=mine.sha256 if mine is not None and body is None else "",
+                cover_pages=mine.pages if mine is not None else 0,
+                cover_bytes=len(mine.pdf) if mine is not None else 0,
             )
-            for d in destinations
+            for d, mine in zip(destinations, own, strict=True)
         ]
-        ids = await store.run(store.save_and_enqueue, document.pdf, document.sha256, document.pages, jobs, intake_key=intake_key)
+        shared = (body.pdf, body.sha256, body.pages) if body is not None else None
+        ids = await store.run(store.save_parts_and_enqueue, shared,
+                              [(c.pdf, c.sha256) if c is not None else None for c in own], jobs, intake_key=intake_key)
         rt.wake("sender")
         log.info(
             "intake_accepted", source=source, job_ids=ids, numbers=[d.number for d in destinations],
-            pages=document.pages, doc_bytes=len(document.pdf), extension=authorisation.extension,
+            pages=(body.pages if body is not None else 0) + (parts.covers[0].pages if parts.covers else 0),
+            doc_bytes=len(body.pdf) if body is not None else 0, covers=len(parts.covers), extension=authorisation.extension,
             user=authorisation.user, rule=jobs[0].rule_key or None, message_id=parsed.message_id,
         )
         return list(ids)
+
+
+def cover_look(config: Config) -> CoverLook:
+    """The office's ``[cover]`` settings, as the cover page draws them."""
+    c = config.cover
+    return CoverLook(organisation=c.organisation, phone=c.phone, notice=c.notice, logo=c.logo)
 
 
 def _sender_line(parsed: ParsedMessage, report_to: str) -> str:

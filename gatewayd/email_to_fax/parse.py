@@ -143,6 +143,9 @@ class ParsedMessage:
     # "To", "Cc", "Delivered-To", "X-Original-To" -> lowercased bare addresses
     header_addresses: Mapping[str, tuple[str, ...]]
     authentication_results: tuple[str, ...]
+    # lowercased bare address -> its display name in To: or Cc: (the first one
+    # given), for each recipient's cover page
+    display_names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # ---------------------------------------------------------------- entry point
@@ -379,6 +382,7 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         authentication_results=tuple(
             _clean_line(_unescape_8bit(v)) for k, v in msg.raw_items() if k.lower() == "authentication-results"
         ),
+        display_names=MappingProxyType(_display_names(msg)),
     )
 
 
@@ -589,6 +593,21 @@ def _from(msg: Message) -> tuple[str | None, str | None]:
     if "@" not in spec or not addr.username or not addr.domain:
         return None, display
     return spec, display
+
+
+def _display_names(msg: Message) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for header in ("to", "cc"):
+        for value in msg.get_all(header) or ():
+            parsed = getattr(value, "addresses", None)
+            pairs = ([(a.display_name, a.addr_spec) for a in parsed] if parsed is not None
+                     else getaddresses([str(value)]))
+            for display, spec in pairs:
+                spec = _unescape_8bit(spec).strip().lower()
+                display = _clean_line(_unescape_8bit(display or ""))
+                if "@" in spec and display and spec not in names:
+                    names[spec] = display
+    return names
 
 
 def _addresses(msg: Message, name: str) -> tuple[str, ...]:

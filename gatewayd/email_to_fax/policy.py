@@ -25,10 +25,11 @@ import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType, shortnumberinfo
 from phonenumbers.phonemetadata import PhoneMetadata
 
-from gatewayd.config import Config, NumbersConfig, SenderRule, SmtpUser
+from gatewayd.config import Config, NumbersConfig, SenderRule, SmtpUser, contact_number
 from gatewayd.email_to_fax.errors import (
     AuthenticationRequired,
     DestinationNotAllowed,
+    IntakeRefused,
     NotAFaxNumber,
     RateLimitReached,
     RelayDenied,
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimiter",
     "SenderPolicy",
     "is_bounce_address",
+    "recipient_key",
     "split_recipient",
 ]
 
@@ -84,6 +86,8 @@ class Destination:
     number: str  # shown to people: E.164 "+78123092631", or the internal number "1234"
     dst_num: str  # sent to the provider, per numbers.dial_format
     internal: bool
+    name: str = ""  # a contact's name, for this recipient's cover page
+    address: str = ""  # the recipient address it came from, lowercased ("" from the CLI)
 
 
 def _bare(address: str) -> str:
@@ -92,6 +96,11 @@ def _bare(address: str) -> str:
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
     return text
+
+
+def recipient_key(address: str) -> str:
+    """An envelope address as header addresses are compared: bare, lowercased."""
+    return _bare(address).lower()
 
 
 def split_recipient(address: str, domains: Sequence[str]) -> str:
@@ -240,6 +249,24 @@ class NumberPolicy:
         # its own national format would dial a different, local number.
         formatted = phonenumbers.format_out_of_country_calling_number(parsed, self._region)
         return "".join(c for c in formatted if c.isdigit() and c.isascii())
+
+
+def contact_problems(config: Config) -> list[str]:
+    """``contacts[i].number: reason`` for each contact whose number the
+    number policy refuses (docs/smtp.md, Contacts).
+
+    The configuration checks a contact's syntax; whether its number may be
+    dialled is this module's question, asked by ``check-config``, at start
+    and on reload. A contact refused here would be refused at RCPT as well.
+    """
+    policy = NumberPolicy(config.numbers)
+    problems = []
+    for contact in config.contacts:
+        try:
+            policy.check(contact_number(contact.number), contact.number)
+        except IntakeRefused as exc:
+            problems.append(f"{contact.where or 'contacts'}.number: {exc.text}")
+    return problems
 
 
 # ------------------------------------------------------------------ senders

@@ -23,6 +23,7 @@ from datetime import datetime
 from email.message import EmailMessage
 
 from gatewayd.config import MailConfig, is_email_address
+from gatewayd.documents.assemble import assemble_fax
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, attempts_text
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, new_message, safe_header_text, to_bytes
@@ -248,7 +249,18 @@ class Reporter(Worker):
     def _plan(self, job: Job) -> list[ReportMail]:
         # Runs on the store thread: reads the history and the document.
         store = self.rt.store
-        return plan_reports(job, store.job_events(job.id), self.rt.config.mail, store.read_document)
+
+        def read_document(sha: str) -> bytes:
+            # The fax as sent: the recipient's own cover, then the shared attachments.
+            if job.cover and sha == job.document:
+                parts = [store.read_document(job.cover), store.read_document(sha)]
+                try:
+                    return assemble_fax(parts)
+                except Exception as exc:
+                    raise StoreError(f"cannot join the cover and document {sha}: {type(exc).__name__}") from exc
+            return store.read_document(sha)
+
+        return plan_reports(job, store.job_events(job.id), self.rt.config.mail, read_document)
 
 
 __all__ = [

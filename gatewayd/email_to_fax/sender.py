@@ -26,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gatewayd.backoff import backoff_delay
+from gatewayd.config import Config
+from gatewayd.documents.assemble import assemble_fax
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.provider.client import (
     AmbiguousSubmit,
@@ -195,10 +198,14 @@ class Sender:
                             reason=f"waiting for job {blocker.id} to the same number to be reconciled")
             return
         try:
-            document = await store.run(store.read_document, job.document)
+            document = await self._document(job)
         except StoreError as exc:
             log.error("sender_document_missing", error=str(exc))
             await store.run(store.transition, job.id, ERROR, "the fax document is missing from the state directory", expect=[QUEUED])
+            return
+        except Exception as exc:
+            log.exception("sender_document_unusable")
+            await store.run(store.transition, job.id, ERROR, f"the fax document cannot be prepared: {type(exc).__name__}", expect=[QUEUED])
             return
         started = rt.clock()
         # Committed before the POST: a crash from here on is reconciled, not resent.
@@ -260,6 +267,23 @@ class Sender:
         await self._mark_submitted(job, fax, "accepted by the provider", started)
         rt.metrics.submissions.labels("ok").inc()
         log.info("sender_submitted", provider_id=fax.id, number=job.number, pages=job.pages)
+
+    async def _document(self, job: Job) -> bytes:
+        """The PDF to POST: the recipient's cover, then the shared attachments, with the page header line.
+
+        Joined here, not at intake, so the attachments are stored once for
+        every recipient (docs/architecture.md, Storage layout); the header is
+        stamped at submission, as a fax machine stamps its TSI line.
+        """
+        store, config = self.rt.store, self.rt.config
+        parts = [await store.run(store.read_document, job.document)]
+        if job.cover:
+            parts.insert(0, await store.run(store.read_document, job.cover))
+        header = config.documents.header
+        if len(parts) == 1 and not header:
+            return parts[0]
+        values = header_values(config, job.number, self.rt.clock())
+        return await asyncio.to_thread(assemble_fax, parts, header=header, values=values)
 
     async def _mark_submitted(self, job: Job, fax: SentFax, why: str, started: float | None) -> None:
         store = self.rt.store
@@ -384,6 +408,16 @@ class Sender:
         return lo - dt.timedelta(seconds=1), hi + dt.timedelta(seconds=1)
 
 
+def header_values(config: Config, number: str, now: float) -> dict[str, str]:
+    """The page header line's placeholders other than {page} and {pages} (docs/documents.md, Page header line)."""
+    return {
+        "organisation": config.cover.organisation,
+        "phone": config.cover.phone,
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(now)),
+        "to": number,
+    }
+
+
 def _same_number(a: str, b: str) -> bool:
     # The provider may echo the number with or without a leading "+".
     return a.lstrip("+") == b.lstrip("+")
@@ -395,4 +429,4 @@ def _provider_words(exc: ProviderError) -> str:
     return exc.message or str(exc)
 
 
-__all__ = ["Sender", "SenderTuning", "REQUEUE_REASON"]
+__all__ = ["Sender", "SenderTuning", "REQUEUE_REASON", "header_values"]

@@ -48,6 +48,7 @@ to their own module with ``_guarded``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import re
 import secrets
@@ -60,6 +61,7 @@ from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 
+from gatewayd.config import contact_number
 from gatewayd.email_to_fax.errors import (
     BareLineFeed,
     IntakeRefused,
@@ -70,7 +72,15 @@ from gatewayd.email_to_fax.errors import (
 )
 from gatewayd.email_to_fax.fastdata import DataBody, IntakeGate, read_data
 from gatewayd.email_to_fax.intake import Intake
-from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, RateLimiter, SenderPolicy, split_recipient
+from gatewayd.email_to_fax.policy import (
+    Authorisation,
+    Destination,
+    NumberPolicy,
+    RateLimiter,
+    SenderPolicy,
+    recipient_key,
+    split_recipient,
+)
 from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
 from gatewayd.email_to_fax.throttle import ClientThrottle
 from gatewayd.logs import bind_context, get_logger
@@ -416,9 +426,12 @@ class FaxSMTP(SMTP):
             spool_threshold=tuning.spool_threshold,
             spool_dir=self.listener.rt.store.state_dir,
             on_activity=lambda: self._reset_timeout(tuning.data_timeout),
+            normalize_bare_lf=self.listener.rt.config.smtp.bare_lf == "normalize",
         )
         self._reset_timeout()
-        return DataResult(body.size, body.too_big, body.bare_lf, body)
+        # Normalised, the content has CRLF line ends only: nothing to refuse.
+        refuse_bare_lf = body.bare_lf and self.listener.rt.config.smtp.bare_lf != "normalize"
+        return DataResult(body.size, body.too_big, refuse_bare_lf, body)
 
 
 class _Refuse(asyncio.Protocol):
@@ -531,7 +544,15 @@ class _Decisions:
         assert envelope.mail_from is not None  # aiosmtpd answers 503 to RCPT before MAIL
         auth = self._authorise(server, envelope.mail_from)
         local = split_recipient(address, cfg.smtp.domains)
-        destination = self.listener.number_policy().check(local, address)
+        contact = cfg.contact(local) if cfg.contacts else None
+        if contact is not None:
+            # <alias>@<fax domain>: the contact's number, through the same
+            # policy as any number (docs/smtp.md, Contacts).
+            destination = self.listener.number_policy().check(contact_number(contact.number), address)
+            destination = dataclasses.replace(destination, name=contact.name)
+        else:
+            destination = self.listener.number_policy().check(local, address)
+        destination = dataclasses.replace(destination, address=recipient_key(address))
         if any(d.dst_num == destination.dst_num for d in envelope.destinations):
             return "250 2.1.5 recipient ok (same number as an earlier recipient: one fax)"
         if len(envelope.destinations) >= MAX_RECIPIENTS:
@@ -586,7 +607,7 @@ class _Decisions:
                         destinations=list(envelope.destinations),
                         source="smtp",
                         report_to=auth.report_to,
-                        crlf_checked=True,  # read_data refused bare LF already
+                        crlf_checked=True,  # bare LF refused above, or normalised by read_data
                     )
                 del raw
             reply = "250 2.0.0 queued as " + " ".join(str(i) for i in ids)

@@ -128,3 +128,21 @@ class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, S
         """``save_document`` then ``enqueue_jobs``, in one trip to the store's thread."""
         sha = self.save_document(document, sha256)
         return self.enqueue_jobs(sha, pages, len(document), jobs, intake_key=intake_key)
+
+    def save_parts_and_enqueue(
+        self, shared: tuple[bytes, str, int] | None, own: Sequence[tuple[bytes, str] | None], jobs: Sequence[NewJob],
+        *, intake_key: str | None = None,
+    ) -> list[int]:
+        """Save the shared document (data, sha256, pages) and each job's own one (data, sha256), then ``enqueue_jobs``.
+
+        ``own[i]`` is ``jobs[i]``'s cover (or its whole fax when ``shared``
+        is None), already named in that job's ``cover`` or ``document``.
+        Everything is durable before the one commit that references it.
+        """
+        for part in own:
+            if part is not None:
+                self.save_document(part[0], part[1])
+        if shared is None:
+            return self.enqueue_jobs("", 0, 0, jobs, intake_key=intake_key)
+        sha = self.save_document(shared[0], shared[1])
+        return self.enqueue_jobs(sha, shared[2], len(shared[0]), jobs, intake_key=intake_key)

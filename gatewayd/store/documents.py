@@ -177,12 +177,16 @@ class DocumentFiles(StorePart):
         """Remove leftover temporary files, and documents no job references.
 
         Only orphans older than ``orphan_age`` go: a document is saved just
-        before the job that references it is committed. Documents of jobs
+        before the job that references it is committed. A job references its
+        document and its cover. Documents of jobs
         finished more than 30 days ago count as unreferenced.
         """
         removed = 0
         now = time.time()
-        referenced = {row[0] for row in self._db.query("SELECT DISTINCT document FROM jobs WHERE finished_at IS NULL OR finished_at > ?", (self.clock() - 30 * 86400,))}
+        since = self.clock() - 30 * 86400
+        referenced = {row[0] for row in self._db.query(
+            "SELECT document FROM jobs WHERE finished_at IS NULL OR finished_at > ? "
+            "UNION SELECT cover FROM jobs WHERE cover != '' AND (finished_at IS NULL OR finished_at > ?)", (since, since))}
         for sub in self.documents_dir.iterdir():
             if sub.is_symlink() or not sub.is_dir():
                 continue  # never walk into a planted link (docs/security.md, "Hardening")

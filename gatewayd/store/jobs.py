@@ -41,6 +41,16 @@ class NewJob:
     # Hourly counters the job counts against besides rule_key's: an
     # account's own max_per_hour (gatewayd/email_to_fax/policy.py, RateLimiter)
     usage_keys: tuple[str, ...] = ()
+    # This recipient's own cover page (docs/documents.md, Cover page): a saved
+    # document put before the shared one when the fax is submitted.
+    cover: str = ""
+    # This recipient's whole fax instead of the shared document (a cover with
+    # no attachments): set, it replaces the shared document.
+    document: str = ""
+    # Pages and bytes of this recipient's own document (cover or whole fax),
+    # added to the shared document's.
+    cover_pages: int = 0
+    cover_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class Job:
     # After a restore: a fax its upload may have created can carry a
     # provider datetime up to this time (docs/operations.md, Backup and restore).
     reconcile_until: float | None = None
+    cover: str = ""  # the recipient's cover document, "" when none (docs/architecture.md, Storage layout)
 
     @property
     def final(self) -> bool:
@@ -91,7 +102,7 @@ class JobEvent:
 JOB_COLUMNS = (
     "id, created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
     "message_id, subject, document, pages, doc_bytes, provider_id, provider_status, submitted_at, "
-    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until"
+    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until, cover"
 )
 # Columns a caller may set (transition, update_job, update_job_if).
 JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at"}
@@ -102,6 +113,9 @@ class JobTable(StorePart):
 
     def enqueue_jobs(self, document_sha: str, pages: int, doc_bytes: int, jobs: Sequence[NewJob], *, intake_key: str | None = None) -> list[int]:
         """Store one job per recipient sharing one saved document; one commit.
+
+        A job's ``cover`` (and its pages and bytes) is its own; a job's
+        ``document``, when set, replaces the shared one.
 
         With ``intake_key`` (IMAP: Message-ID + content hash) a second call
         for the same message returns the first call's ids and stores nothing.
@@ -117,10 +131,11 @@ class JobTable(StorePart):
                 for job in jobs:
                     cur = conn.execute(
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
-                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at) "
-                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover) "
+                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (now, now, QUEUED, job.number, job.dst_num, job.extension, job.report_to, job.source,
-                         job.message_id, job.subject, document_sha, pages, doc_bytes, job.rule_key, job.note, now),
+                         job.message_id, job.subject, job.document or document_sha, pages + job.cover_pages,
+                         doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover),
                     )
                     job_id = inserted_id(cur)
                     ids.append(job_id)

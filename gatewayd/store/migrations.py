@@ -110,4 +110,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE received ADD COLUMN delete_next_at REAL;
     CREATE INDEX received_delete ON received(delete_next_at) WHERE provider_delete = 'pending';
     """,
+    # 4: each recipient's own cover page, stored apart from the shared attachments
+    """
+    ALTER TABLE jobs ADD COLUMN cover TEXT NOT NULL DEFAULT '';
+    """,
 ]

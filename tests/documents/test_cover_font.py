@@ -25,3 +25,18 @@ def test_a_character_outside_the_subset_draws_with_the_whole_font(tmp_path: Path
     assert cover._COVER_FONT.path_for(text) == cover.FONT_PATH
     found = pdftotext(render_cover(CoverPage("a@example.com", "123", "today", text, "")), tmp_path)
     assert "Բարեւ" in found and "გამარჯობა" in found
+
+
+def test_latin_text_draws_with_the_smallest_subset(tmp_path: Path) -> None:
+    latin = cover._COVER_FONT.path_for("Invoice № 42 — café, 5 € «ok»")
+    cyrillic = cover._COVER_FONT.path_for("Счёт № 42")
+    assert latin.name.endswith("-latin.ttf") and cyrillic.name.endswith("-cover.ttf")
+    assert latin.stat().st_size < cyrillic.stat().st_size < cover.FONT_PATH.stat().st_size
+    found = pdftotext(render_cover(CoverPage("Zoë <zoe@example.com>", "+1 555 0100", "today", "Invoice № 42 — café", "5 € «ok»")), tmp_path)
+    assert "Zoë <zoe@example.com>" in found and "Invoice № 42 — café" in found and "5 € «ok»" in found
+
+
+def test_cjk_characters_come_from_the_fallback_font(tmp_path: Path) -> None:
+    assert cover.CJK_FONT_PATH.is_file(), f"{cover.CJK_FONT_PATH} is missing: install fonts-wqy-zenhei (make test-deps)"
+    found = pdftotext(render_cover(CoverPage("李雷 <li@example.com>", "+86 10 1234 5678", "today", "請求書 Счёт", "안녕하세요, こんにちは")), tmp_path)
+    assert "李雷 <li@example.com>" in found and "請求書 Счёт" in found and "안녕하세요, こんにちは" in found

@@ -69,9 +69,10 @@ def test_example_config_covers_every_key_of_the_spec() -> None:
     example = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     expected = {
         "provider": ["base_url", "token_url", "client_id", "client_secret", "extension", "timeout", "status_poll_interval", "auto_retries", "retry_delay"],
-        "smtp": ["listen", "hostname", "domains", "max_message_size", "max_connections", "tls_cert", "tls_key", "require_tls", "auth", "trusted_networks", "users"],
+        "smtp": ["listen", "hostname", "domains", "max_message_size", "max_connections", "tls_cert", "tls_key", "require_tls", "auth", "trusted_networks", "users", "bare_lf"],
         "numbers": ["default_region", "allow", "deny", "block_premium", "dial_format", "internal"],
-        "documents": ["page_size", "cover_page", "max_pages"],
+        "documents": ["page_size", "cover_page", "max_pages", "header"],
+        "cover": ["organisation", "phone", "logo", "notice"],
         "imap": ["enabled", "host", "port", "username", "password", "tls_ca_file", "mailbox", "processed_mailbox", "failed_mailbox", "addresses", "trusted_authserv_id", "idle", "poll_interval"],
         "inbound": ["enabled", "extensions", "poll_interval", "attach", "fallback_to", "mailto_refresh", "routes"],
         "mail": ["relay", "security", "username", "password", "tls_ca_file", "from", "admin", "reports", "attach_document"],
@@ -84,6 +85,7 @@ def test_example_config_covers_every_key_of_the_spec() -> None:
             assert key in example[section], f"{section}.{key} missing from config.example.toml"
     assert set(example["smtp"]["users"][0]) == {"name", "password_hash", "extension", "max_per_hour"}
     assert set(example["senders"][0]) == {"match", "extension", "max_pages", "max_per_hour"}
+    assert set(example["contacts"][0]) == {"alias", "name", "number"} and "contacts_file" in example
     assert example["inbound"]["routes"]
     if spec_text is not None:  # the spec's own block, when the shared spec is beside the repository
         spec_block = tomllib.loads(spec_text.split("```toml", 1)[1].split("```", 1)[0])
@@ -451,7 +453,8 @@ def test_configuration_reference_documents_every_key() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     sections = {"provider": cfg.ProviderConfig, "smtp": cfg.SmtpConfig, "senders": cfg.SenderRule, "numbers": cfg.NumbersConfig,
                 "documents": cfg.DocumentsConfig, "imap": cfg.ImapConfig, "inbound": cfg.InboundConfig, "mail": cfg.MailConfig,
-                "storage": cfg.StorageConfig, "http": cfg.HttpConfig, "log": cfg.LogConfig, "smtp.users": cfg.SmtpUser}
+                "storage": cfg.StorageConfig, "http": cfg.HttpConfig, "log": cfg.LogConfig, "smtp.users": cfg.SmtpUser,
+                "cover": cfg.CoverConfig, "contacts": cfg.Contact}
     for section, klass in sections.items():
         assert f"`[{section}]`" in doc or f"`[[{section}]]`" in doc, section
         for f in dataclasses.fields(klass):
@@ -459,7 +462,7 @@ def test_configuration_reference_documents_every_key() -> None:
                 continue
             name = "from" if f.name == "from_" else f.name
             assert f"| `{name}`" in doc, f"{section}.{name} not in docs/configuration.md"
-    assert "`[inbound.routes]`" in doc
+    assert "`[inbound.routes]`" in doc and "`contacts_file`" in doc
     base = load_config_data({"provider": {"client_id": "a", "client_secret": "b"}, "smtp": {"hostname": "gw.test"}}, env={})
     changed = dataclasses.replace(
         base,

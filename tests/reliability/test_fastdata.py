@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,11 @@ def reference_read(wire: bytes) -> tuple[bytes, bytes, bool]:
         if b"\n" in line:
             bare = True
         out.append(line + b"\r\n")
+
+
+def normalized(content: bytes) -> bytes:
+    """The reference content with every bare LF read as CRLF (smtp.bare_lf = "normalize")."""
+    return re.sub(rb"(?<!\r)\n", b"\r\n", content)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -120,6 +126,21 @@ async def test_arbitrary_wire_bytes_match_the_line_reader(prefix: bytes, cut: li
     assert content(body) == expected
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=raw_wire, cut=cuts, chunk_limit=st.sampled_from([8, 13, 32, 65536]))
+async def test_normalized_bare_lf_matches_the_line_reader(prefix: bytes, cut: list[int], chunk_limit: int) -> None:
+    # The same end of data as without normalising (CRLF "." CRLF only); the content's bare LFs become CRLF.
+    wire = prefix + b"\r\n.\r\n" + PIPELINED
+    expected, expected_rest, expected_bare = reference_read(wire)
+    body, rest = await run_reader(chunked(wire, cut), chunk_limit=chunk_limit, normalize_bare_lf=True)
+    assert rest == expected_rest
+    assert body.bare_lf == expected_bare
+    data = content(body)
+    assert data == normalized(expected)
+    assert body.size == len(data)
+    assert data.count(b"\n") == data.count(b"\r\n")  # no bare LF is left
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=messages, cut=cuts, limit=st.integers(min_value=1, max_value=200))
 async def test_size_limit_is_exact_and_the_data_is_drained(message: bytes, cut: list[int], limit: int) -> None:
@@ -171,6 +192,43 @@ async def test_examples(wire: bytes, expected: bytes) -> None:
         pieces = [wire[i:i + size] for i in range(0, len(wire), size)] + [PIPELINED]
         body, rest = await run_reader(pieces, chunk_limit=8, reader_limit=8)
         assert (content(body), rest) == (expected, PIPELINED), size
+
+
+SMUGGLED = b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<+78123092631@fax.example.com>\r\nDATA\r\nsmuggled\r\n"
+
+
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n.\r\r\n"])
+@pytest.mark.parametrize("normalize", [False, True])
+async def test_smuggling_never_ends_data(fake_end: bytes, normalize: bool) -> None:
+    # SMTP smuggling: a fake end of data must stay inside the message, normalised or not.
+    wire = b"Subject: x\r\n\r\nhello" + fake_end + SMUGGLED + b".\r\n" + PIPELINED
+    for size in (1, 2, 3, 5, 8, len(wire)):
+        pieces = [wire[i:i + size] for i in range(0, len(wire), size)]
+        body, rest = await run_reader(pieces, chunk_limit=8, reader_limit=8, normalize_bare_lf=normalize)
+        data = content(body)
+        assert rest == PIPELINED, (size, rest)
+        assert b"smuggled" in data and b"MAIL FROM:<evil@example.com>" in data
+        expected, _, _ = reference_read(wire)  # a dot right after CRLF is a stuffing dot, even before a bare LF
+        assert data == (normalized(expected) if normalize else expected), size
+
+
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        (b"a\nb\r\n.\r\n", b"a\r\nb\r\n"),
+        (b"\n.\r\n.\r\n", b"\r\n.\r\n"),  # a bare LF first: the dot after it is data, kept
+        (b"a\r\r\n.\r\n", b"a\r\r\n"),  # a bare CR is left as it is
+        (b"a\r\nb\n\n..x\r\n.\r\n", b"a\r\nb\r\n\r\n..x\r\n"),
+        (b"a\r\n.\n.\r\n.\r\n", b"a\r\n\r\n.\r\n"),  # the stuffing dot goes, the LF after it becomes CRLF
+    ],
+)
+async def test_normalize_examples(wire: bytes, expected: bytes) -> None:
+    for size in range(1, len(wire) + 1):
+        pieces = [wire[i:i + size] for i in range(0, len(wire), size)] + [PIPELINED]
+        body, rest = await run_reader(pieces, chunk_limit=8, reader_limit=8, normalize_bare_lf=True)
+        assert body.size == len(expected)
+        assert (content(body), rest) == (expected, PIPELINED), size
+
 
 
 async def test_bare_lf_is_reported_across_chunk_boundaries() -> None:

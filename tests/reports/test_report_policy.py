@@ -237,3 +237,32 @@ async def test_one_bad_job_does_not_hold_up_the_others(offline, monkeypatch: pyt
     assert await gw.reporter.report_due() == 1
     assert (await gw.job(good)).reported_at is not None
     assert (await gw.job(bad)).reported_at is None  # tried again next time
+
+
+async def test_the_attached_copy_has_the_recipients_own_cover(offline, tmp_path: Path) -> None:
+    # What was faxed: this recipient's cover, then the shared attachments.
+    import subprocess
+
+    from reports_support import DST
+
+    from gatewayd.documents.cover import CoverPage, render_cover
+    from gatewayd.store import NewJob
+
+    gw = offline(attach_document="always")
+    store = gw.store
+    body = render_cover(CoverPage("x@example.com", "shared", "today", "Attachment text", ""))
+    cover = render_cover(CoverPage("alice@example.com", NUMBER, "today", "Cover subject", "", recipient_name="City Lab"), attachment_pages=1)
+    body_sha = await store.run(store.save_document, body)
+    cover_sha = await store.run(store.save_document, cover)
+    new = NewJob(number=NUMBER, dst_num=DST, extension=122, report_to=SENDER, source="smtp", subject="Cover subject",
+                 cover=cover_sha, cover_pages=1, cover_bytes=len(cover))
+    (job_id,) = await store.run(store.enqueue_jobs, body_sha, 1, len(body), [new])
+    await store.run(store.transition, job_id, "rejected", "refused by the provider: test")
+    await gw.reporter.report_due()
+    msg = next(m for r, m in outbox_messages(gw) if SENDER in r)
+    (part,) = list(msg.iter_attachments())
+    path = tmp_path / "attached.pdf"
+    path.write_bytes(part.get_payload(decode=True))
+    pages = subprocess.run(["pdftotext", "-enc", "UTF-8", str(path), "-"], check=True, capture_output=True).stdout.decode().split("\f")
+    assert "City Lab" in pages[0] and NUMBER in pages[0] and "2 including this cover" in pages[0]
+    assert "Attachment text" in pages[1]
