@@ -12,6 +12,7 @@ from e2f_support import DOMAIN, NUMBER_1, NUMBER_2, RawSMTP, load, merge, pdfinf
 from PIL import Image
 
 from gatewayd.config import ConfigError
+from gatewayd.email_to_fax.policy import contact_problems
 from gatewayd.documents.cover import CJK_FONT_PATH
 
 CONTACT_NUMBER = "+78123090001"
@@ -119,12 +120,13 @@ async def test_contacts_addressing(tmp_path: Path, data: dict) -> None:
         assert [(j.number, j.dst_num) for j in gw.jobs()] == [(CONTACT_NUMBER, CONTACT_NUMBER[1:]), ("1234", "1234")]
 
 
-def test_a_contact_goes_through_the_number_policy(tmp_path: Path, data: dict) -> None:
-    # Refused at load: a contact never becomes a way around numbers.deny.
-    bad = merge(data, {"contacts": CONTACTS, "numbers": {"deny": ["+7812309"]}})
-    try:
-        load(tmp_path, bad)
-    except ConfigError as exc:
-        assert exc.problems == ["contacts[0].number: +78123090001: destination not allowed"]
-    else:
-        raise AssertionError("a denied contact number was accepted")
+async def test_a_contact_goes_through_the_number_policy(tmp_path: Path, data: dict) -> None:
+    # Named by check-config (and refused at start and on reload), and refused
+    # at RCPT all the same: a contact never becomes a way around numbers.deny.
+    config = load(tmp_path, merge(data, {"contacts": CONTACTS, "numbers": {"deny": ["+7812309"]}}))
+    assert contact_problems(config) == ["contacts[0].number: +78123090001: destination not allowed"]
+    async with run_gateway(config) as gw:
+        c = await RawSMTP.connect(gw.port)
+        _, rcpts, _ = await c.send(good_message([("a.pdf", "application/pdf", make_pdf(1))]), recipients=(f"lab@{DOMAIN}",))
+        await c.close()
+    assert rcpts[0].startswith("550 5.7.1") and "destination not allowed" in rcpts[0], rcpts
