@@ -81,6 +81,10 @@ class SmtpUser:
     name: str
     password_hash: str = field(repr=False)
     extension: int | None = None
+    # The web console (docs/web.md): "admin" sees and acts on everything;
+    # "user" sees its own jobs and the received faxes of ``inbound``.
+    role: str = "user"
+    inbound: tuple[str, ...] = ()  # destination numbers or extension ids
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,14 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: HostPort | None = None  # None: the console is off
+    tls_cert: str = ""
+    tls_key: str = ""
+    session_lifetime: float = 12 * 3600.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -214,6 +226,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = ""  # the file it was read from, for messages
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -538,6 +551,15 @@ def _pattern(v: Any) -> str:
     return v.strip().lower()
 
 
+def _inbound_target(v: Any) -> str:
+    """An ``inbound`` entry of an account: a destination number or an extension id, as text."""
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return str(v)
+    if isinstance(v, str) and v.strip() and not any(c in v for c in "\r\n\0"):
+        return v.strip()
+    raise _Bad(f"expected a destination number or an extension id, got {_show(v)}")
+
+
 def _str_no_newline(v: Any) -> str:
     if not isinstance(v, str):
         raise _Bad(f"expected a string, got {_show(v)}")
@@ -618,7 +640,7 @@ class _Loader:
         return secret
 
     def load(self, data: dict[str, Any], source: str) -> Config:
-        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log"}
+        known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log", "web"}
         for name in data:
             if name not in known:
                 self.problem(name, "unknown key")
@@ -634,7 +656,8 @@ class _Loader:
         storage = self.storage(_Section(self, "storage", data.get("storage")))
         http = self.http(_Section(self, "http", data.get("http")))
         log = self.log(_Section(self, "log", data.get("log")))
-        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source)
+        web = self.web(_Section(self, "web", data.get("web")))
+        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source, web)
         self.cross_check(config)
         if self.problems:
             raise ConfigError(self.problems)
@@ -732,6 +755,8 @@ class _Loader:
             name = u.get("name", "", _str_no_newline)
             pw = u.get("password_hash", "", _str_no_newline)
             ext = u.get("extension", None, _optional_extension_id)
+            role = u.choice("role", "user", ("admin", "user"))
+            inbound = u.get_list("inbound", (), _inbound_target)
             u.finish()
             if not name:
                 self.problem(f"smtp.users[{i}].name", "required")
@@ -742,7 +767,7 @@ class _Loader:
                 self.problem(f"smtp.users[{i}].password_hash", "required (make one with `gatewayd hash-password`)")
             elif not is_password_hash(pw):
                 self.problem(f"smtp.users[{i}].password_hash", "not a hash from `gatewayd hash-password`")
-            users.append(SmtpUser(name, pw, ext))
+            users.append(SmtpUser(name, pw, ext, role, inbound))
         hostname = s.get("hostname", "", _hostname) or socket.getfqdn()
         cfg = SmtpConfig(
             listen=listen,
@@ -952,6 +977,34 @@ class _Loader:
         except _Bad as exc:
             self.problem("http.listen", str(exc))
             return HttpConfig()
+
+    def web(self, s: _Section) -> WebConfig:
+        """[web]: the console (docs/web.md); off unless ``listen`` is set."""
+        listen_text = s.get("listen", "", kind=str)
+        listen = None
+        if listen_text != "":
+            try:
+                listen = parse_host_port(listen_text)
+            except _Bad as exc:
+                self.problem("web.listen", str(exc))
+        cfg = WebConfig(
+            listen=listen,
+            tls_cert=s.file("tls_cert"),
+            tls_key=s.file("tls_key"),
+            session_lifetime=s.get("session_lifetime", WebConfig().session_lifetime, parse_duration),
+        )
+        s.finish()
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            self.problem("web.tls_key" if cfg.tls_cert else "web.tls_cert", "tls_cert and tls_key go together")
+        elif cfg.tls_cert:
+            try:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key, password=lambda: "")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self.problem("web.tls_cert", f"cannot use {cfg.tls_cert} with {cfg.tls_key}: {exc} (PEM certificate chain and its unencrypted private key expected)")
+        if not 60 <= cfg.session_lifetime <= 30 * 86400:
+            self.problem("web.session_lifetime", "must be between 1m and 30d")
+        return cfg
 
     def log(self, s: _Section) -> LogConfig:
         cfg = LogConfig(

@@ -146,6 +146,7 @@ class Intake:
                 subject=parsed.subject,
                 rule_key=authorisation.rule.key if authorisation.rule is not None else "",
                 note=note,
+                account=authorisation.user or "",
             )
             for d in destinations
         ]

@@ -37,6 +37,7 @@ class NewJob:
     subject: str = ""
     rule_key: str = ""
     note: str = ""  # e.g. attachments that were not faxed, for the report
+    account: str = ""  # the [[smtp.users]] account it was sent under ("" = none)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Job:
     rule_key: str
     note: str
     reported_at: float | None = None
+    account: str = ""
 
     @property
     def final(self) -> bool:
@@ -84,10 +86,10 @@ class JobEvent:
 JOB_COLUMNS = (
     "id, created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
     "message_id, subject, document, pages, doc_bytes, provider_id, provider_status, submitted_at, "
-    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at"
+    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, account"
 )
 # Columns a caller may set (transition, update_job, update_job_if).
-JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at"}
+JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at", "account"}
 
 
 class JobTable(StorePart):
@@ -110,10 +112,10 @@ class JobTable(StorePart):
                 for job in jobs:
                     cur = conn.execute(
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
-                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at) "
-                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, account) "
+                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (now, now, QUEUED, job.number, job.dst_num, job.extension, job.report_to, job.source,
-                         job.message_id, job.subject, document_sha, pages, doc_bytes, job.rule_key, job.note, now),
+                         job.message_id, job.subject, document_sha, pages, doc_bytes, job.rule_key, job.note, now, job.account),
                     )
                     job_id = cur.lastrowid
                     ids.append(job_id)
