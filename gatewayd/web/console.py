@@ -62,6 +62,10 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
 def when(ts: float | None) -> str:
     if ts is None:
         return ""
@@ -248,7 +252,11 @@ class WebConsole:
         raise web.HTTPSeeOther("/jobs")
 
     def _login_page(self, request: web.Request, *, status: int = 200, error: str = "", username: str = "") -> web.Response:
-        token = secrets.token_urlsafe(24)
+        # One token per browser (kept while its cookie lives): two login
+        # pages open at once, or a page loaded twice, stay valid.
+        token = request.cookies.get(LOGIN_COOKIE, "")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{32}", token):
+            token = secrets.token_urlsafe(24)
         response = self._page(request, "login.html", status=status, login_token=token, error=error, username=username)
         response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=self.tls, path="/login")
         return response
@@ -282,18 +290,18 @@ class WebConsole:
         store = self.rt.store
         await store.run(store.create_session, _hash(token), account.name, secrets.token_urlsafe(32), self.rt.config.web.session_lifetime)
         log.info("web_login", account=account.name, address=address)
-        response = web.HTTPSeeOther("/jobs")
+        response = _redirect("/jobs")
         response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", secure=self.tls, path="/",
                             max_age=int(self.rt.config.web.session_lifetime))
         response.del_cookie(LOGIN_COOKIE, path="/login")
-        return response  # type: ignore[return-value]
+        return response
 
     async def logout(self, request: web.Request) -> web.Response:
         store = self.rt.store
         await store.run(store.delete_session, request["session_hash"])
-        response = web.HTTPSeeOther("/login")
+        response = _redirect("/login")
         response.del_cookie(SESSION_COOKIE, path="/")
-        return response  # type: ignore[return-value]
+        return response
 
     # -------------------------------------------------------------- jobs
 
