@@ -93,20 +93,34 @@ class WebTables(StorePart):
 
     def web_jobs(self, scope: JobFilter, *, state: str = "", number: str = "", before: int | None = None, limit: int = 50) -> list[Job]:
         """One page of jobs, newest first (keyset paging on id: every page costs the same)."""
-        where, params = _job_scope(scope)
-        clauses = [where]
+        extra, extra_params = [], []  # type: ignore[var-annotated]
         if state:
-            clauses.append("state = ?")
-            params.append(state)
+            extra.append("state = ?")
+            extra_params.append(state)
         if number:
-            clauses.append("instr(number, ?) > 0")
-            params.append(number)
+            extra.append("instr(number, ?) > 0")
+            extra_params.append(number)
         if before is not None:
-            clauses.append("id < ?")
-            params.append(before)
-        rows = self._db.query(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", (*params, limit),
-        )
+            extra.append("id < ?")
+            extra_params.append(before)
+        branches: list[tuple[str, list[Any]]] = []
+        if scope.everything:
+            branches.append(("1", []))
+        else:
+            # One branch per index (account, report_to), each walked newest
+            # first and cut at ``limit``, then merged: an OR across two
+            # indexes would sort every match of a busy account.
+            if scope.account:
+                branches.append(("account = ? AND account != ''", [scope.account]))
+            if scope.senders:
+                branches.append((f"report_to COLLATE NOCASE IN ({','.join('?' * len(scope.senders))})", list(scope.senders)))
+        if not branches:
+            return []
+        parts, params = [], []  # type: ignore[var-annotated]
+        for where, branch_params in branches:
+            parts.append(f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join([where, *extra])} ORDER BY id DESC LIMIT ?)")
+            params += [*branch_params, *extra_params, limit]
+        rows = self._db.query(f"{' UNION '.join(parts)} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [Job(*r) for r in rows]
 
     def web_job(self, scope: JobFilter, job_id: int) -> Job | None:
