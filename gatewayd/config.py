@@ -85,6 +85,11 @@ class SmtpUser:
     extension: int | None = None
     max_per_hour: int | None = None  # jobs per sliding hour from this account, whatever the envelope sender
 
+    # The web console (docs/web.md): "admin" sees and acts on everything;
+    # "user" sees its own jobs and the received faxes of ``inbound``.
+    role: str = "user"
+    inbound: tuple[str, ...] = ()  # destination numbers or extension ids
+
     @property
     def key(self) -> str:
         """The account's hourly counter (``sender_usage.rule_key``), by name: stable across reorderings."""
@@ -234,6 +239,14 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: HostPort | None = None  # None: the console is off
+    tls_cert: str = ""
+    tls_key: str = ""
+    session_lifetime: float = 12 * 3600.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -256,6 +269,8 @@ class Config:
     cover: CoverConfig = field(default_factory=CoverConfig)
     contacts: tuple[Contact, ...] = ()  # [[contacts]] then contacts_file's rows
     contacts_file: str = ""  # absolute path, "" when unset
+
+    web: WebConfig = field(default_factory=WebConfig)
 
     def contact(self, alias: str) -> Contact | None:
         """The contact for ``alias`` (any case), or None."""
@@ -605,6 +620,15 @@ def _pattern(v: Any) -> str:
     return v.strip().lower()
 
 
+def _inbound_target(v: Any) -> str:
+    """An ``inbound`` entry of an account: a destination number or an extension id, as text."""
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return str(v)
+    if isinstance(v, str) and v.strip() and not any(c in v for c in "\r\n\0"):
+        return v.strip()
+    raise _Bad(f"expected a destination number or an extension id, got {_show(v)}")
+
+
 def _str_no_newline(v: Any) -> str:
     if not isinstance(v, str):
         raise _Bad(f"expected a string, got {_show(v)}")
@@ -750,7 +774,7 @@ class _Loader:
 
     def load(self, data: dict[str, Any], source: str) -> Config:
         known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log",
-                 "cover", "contacts", "contacts_file"}
+                 "cover", "contacts", "contacts_file", "web"}
         for name in data:
             if name not in known:
                 self.problem(name, "unknown key")
@@ -775,8 +799,9 @@ class _Loader:
             elif value:
                 contacts_file = self.find_file("contacts_file", value) or ""
         contacts = self.contacts(data.get("contacts"), contacts_file)
+        web = self.web(_Section(self, "web", data.get("web")))
         config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source,
-                        cover=cover, contacts=contacts, contacts_file=contacts_file)
+                        cover=cover, contacts=contacts, contacts_file=contacts_file, web=web)
         self.cross_check(config)
         if self.problems:
             raise ConfigError(self.problems)
@@ -876,6 +901,8 @@ class _Loader:
             pw = u.get("password_hash", "", _str_no_newline)
             ext = u.get("extension", None, _optional_extension_id)
             per_hour = u.get("max_per_hour", None, _positive_int)
+            role = u.choice("role", "user", ("admin", "user"))
+            inbound = u.get_list("inbound", (), _inbound_target)
             u.finish()
             if not name:
                 self.problem(f"smtp.users[{i}].name", "required")
@@ -886,7 +913,7 @@ class _Loader:
                 self.problem(f"smtp.users[{i}].password_hash", "required (make one with `gatewayd hash-password`)")
             elif not is_password_hash(pw):
                 self.problem(f"smtp.users[{i}].password_hash", "not a hash from `gatewayd hash-password`")
-            users.append(SmtpUser(name, pw, ext, per_hour))
+            users.append(SmtpUser(name, pw, ext, per_hour, role=role, inbound=inbound))
         hostname = s.get("hostname", "", _hostname) or socket.getfqdn()
         cfg = SmtpConfig(
             listen=listen,
@@ -1198,6 +1225,34 @@ class _Loader:
         except _Bad as exc:
             self.problem("http.listen", str(exc))
             return HttpConfig()
+
+    def web(self, s: _Section) -> WebConfig:
+        """[web]: the console (docs/web.md); off unless ``listen`` is set."""
+        listen_text = s.get("listen", "", kind=str)
+        listen = None
+        if listen_text != "":
+            try:
+                listen = parse_host_port(listen_text)
+            except _Bad as exc:
+                self.problem("web.listen", str(exc))
+        cfg = WebConfig(
+            listen=listen,
+            tls_cert=s.file("tls_cert"),
+            tls_key=s.file("tls_key"),
+            session_lifetime=s.get("session_lifetime", WebConfig().session_lifetime, parse_duration),
+        )
+        s.finish()
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            self.problem("web.tls_key" if cfg.tls_cert else "web.tls_cert", "tls_cert and tls_key go together")
+        elif cfg.tls_cert:
+            try:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key, password=lambda: "")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self.problem("web.tls_cert", f"cannot use {cfg.tls_cert} with {cfg.tls_key}: {exc} (PEM certificate chain and its unencrypted private key expected)")
+        if not 60 <= cfg.session_lifetime <= 30 * 86400:
+            self.problem("web.session_lifetime", "must be between 1m and 30d")
+        return cfg
 
     def log(self, s: _Section) -> LogConfig:
         cfg = LogConfig(

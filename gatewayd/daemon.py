@@ -85,6 +85,11 @@ def build_services(rt: Runtime) -> list[Service]:
     # --- wiring: http
     if rt.config.http.listen is not None:
         services.append(HttpServer(rt))
+    # --- wiring: web console (docs/web.md)
+    if rt.config.web.listen is not None:
+        from gatewayd.web.console import WebConsole  # Jinja2 and pdfium load only when the console is on
+
+        services.append(WebConsole(rt))
     return services
 
 
@@ -397,6 +402,9 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("smtp", "tls_key"),
     ("storage", "state_dir"),
     ("http", "listen"),
+    ("web", "listen"),
+    ("web", "tls_cert"),
+    ("web", "tls_key"),
     ("imap", "enabled"),
     ("inbound", "enabled"),
 )

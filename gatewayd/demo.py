@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import secrets
 import shutil
 import socket
 import sys
@@ -29,6 +30,7 @@ from gatewayd.config import Config, load_config, load_config_data
 from gatewayd.daemon import Daemon
 from gatewayd.logs import setup_logging
 from gatewayd.mailsink import MailSink, SunkMail
+from gatewayd.passwords import hash_password
 from gatewayd.provider.simulator import run_simulator
 from gatewayd.sdnotify import Notifier
 
@@ -59,7 +61,12 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def demo_settings(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, relay: str) -> dict[str, Any]:
+WEB_PORT = 8465  # the console's documented port; another free one when it is taken
+WEB_USER = "admin@example.com"
+
+
+def demo_settings(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, relay: str,
+                  web_port: int = WEB_PORT, web_password_hash: str = "") -> dict[str, Any]:
     """The demo's configuration, as the TOML file it writes holds it."""
     return {
         "provider": {
@@ -76,6 +83,9 @@ def demo_settings(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, 
             "hostname": "gatewayd-demo.localhost",
             "domains": [FAX_DOMAIN],
             "trusted_networks": ["127.0.0.1/32", "::1/128"],
+            # The web console's login (docs/web.md); its password is made at each start and printed.
+            "users": [{"name": WEB_USER, "password_hash": web_password_hash or hash_password(secrets.token_urlsafe(12)), "role": "admin",
+                       "inbound": [EXTENSION]}],
         },
         "senders": [{"match": ["*@example.com"], "max_per_hour": 100}],
         "numbers": {"default_region": "RU"},
@@ -83,6 +93,7 @@ def demo_settings(*, state_dir: Path, smtp_port: int, http_port: int, sim: Any, 
         "mail": {"relay": relay, "from": f"Fax Gateway <fax-gateway@{FAX_DOMAIN}>", "admin": ["admin@example.com"], "attach_document": "always"},
         "storage": {"state_dir": str(state_dir)},
         "http": {"listen": f"127.0.0.1:{http_port}"},
+        "web": {"listen": f"127.0.0.1:{web_port}"},
         "log": {"level": "warning", "format": "console"},
     }
 
@@ -243,6 +254,8 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
     elif not port_is_free(smtp_port):
         raise DemoError(f"port {smtp_port} is in use on 127.0.0.1: try `gatewayd demo --smtp-port 0`")
     http_port = free_port()
+    web_port = WEB_PORT if port_is_free(WEB_PORT) else free_port()
+    web_password = secrets.token_urlsafe(9)
 
     tour.say("gatewayd demo: everything runs on 127.0.0.1, nothing leaves this machine.")
     async with run_simulator(send_delays=(2.0, 4.0)) as sim:
@@ -252,7 +265,8 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
         async with MailSink(maildir=maildir) as sink:
             tour.heading("Mail sink")
             tour.say(f"    SMTP relay at {sink.relay}; every email it receives becomes a file in {maildir}/new/")
-            settings = demo_settings(state_dir=state_dir, smtp_port=smtp_port, http_port=http_port, sim=sim, relay=sink.relay)
+            settings = demo_settings(state_dir=state_dir, smtp_port=smtp_port, http_port=http_port, sim=sim, relay=sink.relay,
+                                     web_port=web_port, web_password_hash=hash_password(web_password))
             config = write_demo_config(config_file, settings)
             daemon = Daemon(config, config_path=str(config_file), notifier=Notifier(None))
             daemon_task = asyncio.create_task(daemon.run(), name="gateway")
@@ -263,6 +277,7 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
                 tour.say(f"    configuration {config_file}")
                 tour.say(f"    SMTP listener on 127.0.0.1:{smtp_port} for <number>@{FAX_DOMAIN}; state in {state_dir}")
                 tour.say(f"    health: http://127.0.0.1:{http_port}/healthz   metrics: http://127.0.0.1:{http_port}/metrics")
+                tour.say(f"    web console: http://127.0.0.1:{web_port}/  (log in as {WEB_USER}, password {web_password})")
                 tour_task = asyncio.create_task(_tour(daemon, sim, sink, tour, smtp_port), name="tour")
                 await asyncio.wait({tour_task, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
                 if not tour_task.done():  # the gateway stopped (Ctrl-C) during the tour
@@ -271,6 +286,7 @@ async def run_demo(workdir: Path, smtp_port: int, *, exit_after_tour: bool = Fal
                     return await daemon_task
                 tour_task.result()  # a DemoError stops here
                 _print_try_it(tour, smtp_port, maildir, config_file, http_port)
+                tour.say(f"    or open the web console: http://127.0.0.1:{web_port}/  user {WEB_USER}  password {web_password}")
                 if exit_after_tour:
                     daemon.request_stop()
                 else:

@@ -1,6 +1,7 @@
 """``gatewayd cancel ID`` and ``gatewayd retry ID`` (docs/operations.md; docs/reports.md, Cancel and retry from the command line).
 
-They work on the state directory while the daemon runs. Every change is a
+They work on the state directory while the daemon runs; the logic, shared
+with the web console, is in gatewayd/jobcontrol.py. Every change is a
 compare-and-set (``Store.transition(expect=...)``), so the command line and
 the daemon never undo each other: whoever moves the job first wins, and the
 loser looks again.
@@ -27,34 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
 
+from gatewayd import jobcontrol
 from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
 from gatewayd.commands.terminal import safe_text
 from gatewayd.config import Config
+from gatewayd.jobcontrol import ControlRefused, ProviderFactory
 from gatewayd.logs import setup_logging
-from gatewayd.provider.client import NotFound, ProviderClient, ProviderError, RateLimited, Rejected, SentFax
-from gatewayd.store import (
-    CANCELED,
-    ERROR,
-    FAILED,
-    QUEUED,
-    REJECTED,
-    SENDING,
-    SENT,
-    SUBMITTED,
-    SUBMITTING,
-    UNKNOWN,
-    Job,
-    JobNotFound,
-    Store,
-)
-
-ProviderFactory = Callable[[], Any]  # returns an async context manager yielding a ProviderClient
-
-# How often to look again when the daemon moved the job between our read and write.
-_ROUNDS = 3
+from gatewayd.provider.client import ProviderClient
+from gatewayd.store import Store
 
 
 def _quiet_logging(config: Config) -> None:
@@ -84,126 +66,20 @@ def retry(args: argparse.Namespace) -> int:
     return _run(args, retry_job)
 
 
-# ------------------------------------------------------------------ cancel
-
-
 async def cancel_job(store: Store, job_id: int, provider_factory: ProviderFactory) -> str:
-    """Cancel one job; returns the line to print. Raises CommandError when refused."""
-    for _ in range(_ROUNDS):
-        job = await _get(store, job_id)
-        if job.state == QUEUED:
-            if await store.run(store.transition, job_id, CANCELED, "canceled from the command line before it was submitted", expect=(QUEUED,)):
-                return await _done(store, job_id, "it had not reached the provider")
-            continue  # the sender picked it up meanwhile: look again
-        if job.state == SUBMITTING:
-            raise CommandError(
-                f"job {job_id} is being handed to the provider right now (state submitting); it cannot be canceled "
-                "safely until the provider has answered. Try again in a few seconds."
-            )
-        if job.state == SENDING:
-            raise CommandError(
-                f"job {job_id} is being sent by the provider (state sending); the provider can cancel only a fax "
-                "that is waiting to be sent or has failed"
-            )
-        if job.state in (SUBMITTED, FAILED):
-            fax = await _provider_action(provider_factory, job, "cancel")
-            return await _record_canceled(store, job, fax)
-        raise CommandError(f"job {job_id} is already {job.state}{_final_why(job)}; there is nothing to cancel")
-    raise CommandError(f"job {job_id} keeps changing state; try again in a moment")
-
-
-async def _record_canceled(store: Store, job: Job, fax: SentFax) -> str:
-    reason = "canceled from the command line (the provider confirmed)"
-    state = job.state
-    for _ in range(_ROUNDS):
-        if await store.run(store.transition, job.id, CANCELED, reason, expect=(state,), provider_status=fax.status, next_attempt_at=None):
-            return await _done(store, job.id)
-        # The daemon moved it meanwhile; the provider's "canceled" is the truth
-        # unless the job ended on its own already.
-        current = await _get(store, job.id)
-        if current.state == CANCELED:
-            # The tracker saw our cancel at the provider first: add who did it
-            # to the history (finished_at kept: the report is not disturbed).
-            await store.run(store.transition, job.id, CANCELED, reason, expect=(CANCELED,), finished_at=current.finished_at)
-            return await _done(store, job.id)
-        if current.final:
-            return f"job {job.id}: {current.state} ({current.reason})"
-        state = current.state
-    raise CommandError(f"the provider canceled job {job.id}, but the job keeps changing state here; the tracker will record it")
-
-
-# ------------------------------------------------------------------- retry
+    """Cancel one job (gatewayd/jobcontrol.py); returns the line to print. Raises CommandError when refused."""
+    try:
+        return await jobcontrol.cancel_job(store, job_id, provider_factory)
+    except ControlRefused as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def retry_job(store: Store, job_id: int, provider_factory: ProviderFactory) -> str:
-    """Retry one failed job; returns the line to print. Raises CommandError when refused."""
-    job = await _get(store, job_id)
-    if job.state != FAILED:
-        raise CommandError(_cannot_retry(job))
-    fax = await _provider_action(provider_factory, job, "retry")
-    attempt = job.attempts + 1
-    reason = f"retried from the command line: the provider queued the fax again (attempt {attempt})"
-    if await store.run(
-        store.transition, job_id, SUBMITTED, reason, expect=(FAILED,),
-        attempts=attempt, finished_at=None, reported_at=None, next_attempt_at=None, provider_status=fax.status,
-    ):
-        return await _done(store, job_id)
-    # The tracker got there first (its own automatic retry, or the outcome).
-    current = await _get(store, job_id)
-    return f"job {job_id}: {current.state} ({current.reason})"
-
-
-def _cannot_retry(job: Job) -> str:
-    head = f"job {job.id} is {job.state}"
-    if job.state in (QUEUED, SUBMITTING, SUBMITTED, SENDING):
-        return f"{head}: only a failed job can be retried, and this one has not failed"
-    if job.state == SENT:
-        return f"{head}: it was sent; there is nothing to retry (send a new fax to send it again)"
-    if job.state == REJECTED:
-        return f"{head}{_final_why(job)}: it never reached the provider; send the document again as a new fax"
-    if job.state in (CANCELED, ERROR, UNKNOWN):
-        return f"{head}{_final_why(job)}: the provider allows retrying only a failed fax; send the document again as a new fax"
-    return f"{head}: only a failed job can be retried"
-
-
-# ----------------------------------------------------------------- helpers
-
-
-async def _get(store: Store, job_id: int) -> Job:
+    """Retry one failed job (gatewayd/jobcontrol.py); returns the line to print. Raises CommandError when refused."""
     try:
-        return await store.run(store.get_job, job_id)
-    except JobNotFound:
-        raise CommandError(f"no job {job_id}") from None
-
-
-async def _done(store: Store, job_id: int, extra: str = "") -> str:
-    job = await store.run(store.get_job, job_id)
-    detail = job.reason + (f"; {extra}" if extra else "")
-    return f"job {job_id}: {job.state}" + (f" ({detail})" if detail else "")
-
-
-def _final_why(job: Job) -> str:
-    return f" ({job.reason})" if job.reason else ""
-
-
-async def _provider_action(provider_factory: ProviderFactory, job: Job, action: str) -> SentFax:
-    if job.provider_id is None:
-        raise CommandError(f"job {job.id} is {job.state} but has no provider fax id; nothing can be done at the provider")
-    what = {"cancel": "cancel", "retry": "retry"}[action]
-    try:
-        async with provider_factory() as provider:
-            call: Callable[[int, int], Awaitable[SentFax]] = provider.cancel_fax if action == "cancel" else provider.retry_fax
-            return await call(job.extension, job.provider_id)
-    except Rejected as exc:
-        raise CommandError(f"the provider refused to {what} job {job.id} (fax {job.provider_id}): {exc.message or exc}") from None
-    except NotFound:
-        raise CommandError(f"the provider no longer knows fax {job.provider_id} of job {job.id}; nothing was changed") from None
-    except RateLimited as exc:
-        raise CommandError(f"the provider is limiting requests; try again in {int(exc.retry_after) + 1} s; nothing was changed") from None
-    except ProviderError as exc:
-        # The answer may have been lost after the provider acted: say so.
-        raise CommandError(f"cannot {what} job {job.id} at the provider: {exc}; the job was not changed here "
-                           "(run `gatewayd job ID` later: the tracker records what the provider did)") from None
+        return await jobcontrol.retry_job(store, job_id, provider_factory)
+    except ControlRefused as exc:
+        raise CommandError(str(exc)) from None
 
 
 __all__ = ["cancel", "cancel_job", "retry", "retry_job"]

@@ -158,6 +158,7 @@ class Intake:
                 document=mine.sha256 if mine is not None and body is None else "",
                 cover_pages=mine.pages if mine is not None else 0,
                 cover_bytes=len(mine.pdf) if mine is not None else 0,
+                account=authorisation.user or "",
             )
             for d, mine in zip(destinations, own, strict=True)
         ]

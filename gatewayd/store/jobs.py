@@ -51,6 +51,7 @@ class NewJob:
     # added to the shared document's.
     cover_pages: int = 0
     cover_bytes: int = 0
+    account: str = ""  # the [[smtp.users]] account it was sent under ("" = none)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Job:
     # provider datetime up to this time (docs/operations.md, Backup and restore).
     reconcile_until: float | None = None
     cover: str = ""  # the recipient's cover document, "" when none (docs/architecture.md, Storage layout)
+    account: str = ""
 
     @property
     def final(self) -> bool:
@@ -102,10 +104,10 @@ class JobEvent:
 JOB_COLUMNS = (
     "id, created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
     "message_id, subject, document, pages, doc_bytes, provider_id, provider_status, submitted_at, "
-    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until, cover"
+    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until, cover, account"
 )
 # Columns a caller may set (transition, update_job, update_job_if).
-JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at"}
+JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at", "account"}
 
 
 class JobTable(StorePart):
@@ -131,11 +133,11 @@ class JobTable(StorePart):
                 for job in jobs:
                     cur = conn.execute(
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
-                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover) "
-                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover, account) "
+                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (now, now, QUEUED, job.number, job.dst_num, job.extension, job.report_to, job.source,
                          job.message_id, job.subject, job.document or document_sha, pages + job.cover_pages,
-                         doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover),
+                         doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover, job.account),
                     )
                     job_id = inserted_id(cur)
                     ids.append(job_id)

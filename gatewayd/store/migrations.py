@@ -114,4 +114,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN cover TEXT NOT NULL DEFAULT '';
     """,
+    # 5: the web console (docs/web.md): its sessions, the account a job was
+    # sent under, and the indexes its job list pages by (newest first)
+    """
+    CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX web_sessions_expiry ON web_sessions(expires_at);
+    ALTER TABLE jobs ADD COLUMN account TEXT NOT NULL DEFAULT '';
+    CREATE INDEX jobs_account ON jobs(account, id) WHERE account != '';
+    CREATE INDEX jobs_report_to ON jobs(report_to COLLATE NOCASE, id);
+    CREATE INDEX jobs_number ON jobs(number, id);
+    CREATE INDEX received_seen ON received(first_seen);
+    """,
 ]

@@ -83,7 +83,7 @@ def test_example_config_covers_every_key_of_the_spec() -> None:
     for section, keys in expected.items():
         for key in keys:
             assert key in example[section], f"{section}.{key} missing from config.example.toml"
-    assert set(example["smtp"]["users"][0]) == {"name", "password_hash", "extension", "max_per_hour"}
+    assert set(example["smtp"]["users"][0]) == {"name", "password_hash", "extension", "max_per_hour", "role", "inbound"}
     assert set(example["senders"][0]) == {"match", "extension", "max_pages", "max_per_hour"}
     assert set(example["contacts"][0]) == {"alias", "name", "number"} and "contacts_file" in example
     assert example["inbound"]["routes"]
@@ -476,3 +476,21 @@ def test_configuration_reference_documents_every_key() -> None:
     restart = doc.split("**Need a restart**", 1)[1]
     for key in restart_only_changes(base, changed):
         assert f"`{key}`" in restart, f"{key} missing from the restart table"
+
+
+def test_web_section_and_account_roles_are_checked() -> None:
+    from gatewayd.config import ConfigError, load_config_data
+
+    good_hash = "$scrypt$n=16384,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+    cfg = load_config_data({"provider": {"extension": 1, "client_id": "c", "client_secret": "s"}}, env={})
+    assert cfg.web.listen is None and cfg.web.session_lifetime == 12 * 3600
+    cfg = load_config_data({"provider": {"extension": 1, "client_id": "c", "client_secret": "s"}, "web": {"listen": "127.0.0.1:8465", "session_lifetime": "1h"},
+                            "smtp": {"users": [{"name": "a", "password_hash": good_hash, "role": "admin", "inbound": [122, "78123092631"]}]}}, env={})
+    assert str(cfg.web.listen) == "127.0.0.1:8465" and cfg.web.session_lifetime == 3600
+    assert cfg.smtp.users[0].role == "admin" and cfg.smtp.users[0].inbound == ("122", "78123092631")
+    with pytest.raises(ConfigError) as info:
+        load_config_data({"provider": {"extension": 1, "client_id": "c", "client_secret": "s"}, "web": {"listen": "nowhere", "session_lifetime": "1s", "tls_cert": "/nonexistent.pem"},
+                          "smtp": {"users": [{"name": "a", "password_hash": good_hash, "role": "root", "inbound": [True]}]}}, env={})
+    text = "\n".join(info.value.problems)
+    for key in ("web.listen:", "web.session_lifetime:", "web.tls_cert:", "smtp.users[0].role:", "smtp.users[0].inbound[0]:"):
+        assert key in text, text
