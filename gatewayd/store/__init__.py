@@ -17,7 +17,8 @@ tables stays one commit:
 - ``outbox``: every email gatewayd sends;
 - ``received``: the ledger of received faxes;
 - ``usage``: the hourly sender counters;
-- ``markers``: metadata and the IMAP reply markers.
+- ``markers``: metadata and the IMAP reply markers;
+- ``retention``: purging what is finished, the incremental vacuum, size facts.
 
 docs/architecture.md, "Storage layout" and "Durability rules", describes
 the files and the guarantees. The job states live in gatewayd/jobstates.py
@@ -56,6 +57,7 @@ from gatewayd.store.markers import Markers
 from gatewayd.store.migrations import MIGRATIONS
 from gatewayd.store.outbox import OutboxMail, OutboxTable
 from gatewayd.store.received import ReceivedFax, ReceivedLedger
+from gatewayd.store.retention import RetentionPart
 from gatewayd.store.usage import SenderUsage
 
 __all__ = [
@@ -67,7 +69,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, OutboxTable, ReceivedLedger, SenderUsage, Markers):
+class Store(DocumentFiles, JobTable, OutboxTable, ReceivedLedger, SenderUsage, Markers, RetentionPart):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:
