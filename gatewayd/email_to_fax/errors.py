@@ -19,6 +19,7 @@ __all__ = [
     "BareLineFeed",
     "DestinationNotAllowed",
     "DocumentTooLarge",
+    "InsufficientStorage",
     "IntakeRefused",
     "MalformedMessage",
     "MessageTooBig",
@@ -96,6 +97,16 @@ class MalformedMessage(IntakeRefused):
     def __init__(self, why: str) -> None:
         super().__init__(f"malformed message: {why}")
         self.why = why
+
+
+class InsufficientStorage(IntakeRefused):
+    """Free space below ``storage.min_free`` (gatewayd/diskspace.py): refused before anything is written."""
+
+    code, status = 452, "4.3.1"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("insufficient system storage")
+        self.detail = detail  # e.g. "only 120MB free in /var/lib/gatewayd (...)", for logs and the command line
 
 
 class TemporaryFailure(IntakeRefused):
