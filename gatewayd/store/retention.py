@@ -3,9 +3,10 @@
 docs/operations.md, "Retention and privacy", says what goes when. In short
 (every duration from ``[retention]``, 0 = keep for ever):
 
-- ``documents``: the fax document of jobs finished longer ago than
-  ``retention.documents``, once no unfinished or younger job shares it (a
-  document never outlives the last job record that names it);
+- ``documents``: the fax document of jobs finished (and reported) longer
+  ago than ``retention.documents``, once no unfinished, unreported or
+  younger job shares it (a document never outlives the last job record that
+  names it);
 - ``mail``: the body of an email the relay accepted or refused for good,
   ``retention.mail`` after that outcome (the row keeps recipients, time and
   outcome);
@@ -273,9 +274,23 @@ class RetentionPart(StorePart):
             (cutoff, limit),
         ).fetchall()
         if rows:
+            # Deleted and inserted again without its body, not updated: an
+            # UPDATE leaves each short row alone on the page its long body
+            # filled (4 KiB a row for retention.jobs), a fresh insert packs
+            # them. Every other column is copied as it is (whatever columns
+            # the table has); the received ledger's reference is checked at
+            # commit, when the row is back.
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(outbox)") if r[1] not in ("message", "purged_at")]
+            names = ", ".join(cols)
+            marks = ",".join("?" * len(rows))
+            kept = conn.execute(
+                f"SELECT {names} FROM outbox WHERE id IN ({marks}) AND state != 'pending' AND purged_at IS NULL", [r[0] for r in rows]
+            ).fetchall()
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(row[cols.index("id")],) for row in kept])
             conn.executemany(
-                "UPDATE outbox SET message = X'', purged_at = ? WHERE id = ? AND state != 'pending' AND purged_at IS NULL",
-                [(now, r[0]) for r in rows],
+                f"INSERT INTO outbox ({names}, message, purged_at) VALUES ({','.join('?' * len(cols))}, X'', ?)",
+                [(*row, now) for row in kept],
             )
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
@@ -293,10 +308,11 @@ class RetentionPart(StorePart):
         removed = size = 0
         for sha in dict.fromkeys(r[2] for r in rows):
             live = conn.execute(
-                "SELECT 1 FROM jobs WHERE document = ? AND (finished_at IS NULL OR finished_at >= ?) LIMIT 1", (sha, cutoff)
+                "SELECT 1 FROM jobs WHERE document = ? AND (finished_at IS NULL OR finished_at >= ? OR reported_at IS NULL) LIMIT 1",
+                (sha, cutoff),
             ).fetchone()
             if live:
-                continue  # a younger or unfinished job still needs it: it goes with that one
+                continue  # a younger, unfinished or unreported job (its report may attach it) still needs it
             gone = self._remove_document(sha, now)
             if gone is None:
                 continue
@@ -418,7 +434,7 @@ class RetentionPart(StorePart):
         if doc_cutoff is not None:
             doomed_docs.update(r[0] for r in q(
                 "SELECT document FROM jobs WHERE document IN (SELECT document FROM jobs WHERE finished_at < ? AND document_purged_at IS NULL) "
-                "GROUP BY document HAVING SUM(finished_at IS NULL OR finished_at >= ?) = 0",
+                "GROUP BY document HAVING SUM(finished_at IS NULL OR finished_at >= ? OR reported_at IS NULL) = 0",
                 (doc_cutoff, doc_cutoff),
             ))
         if jobs_cutoff is not None:
