@@ -60,8 +60,8 @@ USAGE_KEEP = 48 * 3600.0  # sender_usage rows: only the last hour is ever read
 # this recently may be about to be named by a job another process is
 # committing: spared (gatewayd/store/documents.py, save_document).
 DOCUMENT_GRACE = 3600.0
-BATCH = 200  # rows per step
-VACUUM_PAGES = 256  # pages per incremental vacuum step (1 MiB at 4 KiB pages)
+BATCH = 50  # rows per step: a few ms each (docs/performance.md (e))
+VACUUM_PAGES = 128  # pages per incremental vacuum step (512 KiB at 4 KiB pages)
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,6 @@ class StorageFacts:
 
     file_bytes: int  # the database file and its WAL
     outbox: dict[str, int]  # state -> rows ("pending", "sent", "failed")
-    outbox_bodies: int  # rows whose body is still kept
 
 
 @dataclass(frozen=True)
@@ -212,9 +211,9 @@ class RetentionPart(StorePart):
                 size += path.stat().st_size
             except OSError:
                 pass
+        # Counted on the outbox_due index: the rows themselves (bodies) are not read.
         outbox = {state: n for state, n in self._db.query("SELECT state, COUNT(*) FROM outbox GROUP BY state")}
-        bodies = self._db.query("SELECT COUNT(*) FROM outbox WHERE purged_at IS NULL")[0][0]
-        return StorageFacts(size, outbox, int(bodies))
+        return StorageFacts(size, outbox)
 
     # ------------------------------------------------------------ one step
 
@@ -256,7 +255,8 @@ class RetentionPart(StorePart):
         conn = self._db.conn
         rows = conn.execute(
             "SELECT uuid, LENGTH(uuid) + LENGTH(caller_id) + LENGTH(destination) + LENGTH(fax_time) + LENGTH(recipients) + LENGTH(note) + 48 "
-            "FROM received WHERE state = 'relayed' AND relayed_at < ? AND first_seen < ? LIMIT ?",
+            # INDEXED BY: by state alone, each step would read every relayed record still kept.
+            "FROM received INDEXED BY received_relayed WHERE state = 'relayed' AND relayed_at < ? AND first_seen < ? LIMIT ?",
             (cutoff, cutoff, limit),
         ).fetchall()
         if rows:
