@@ -13,8 +13,9 @@ measured the same way before the round, for the baseline.
 
 Printed: the round's time, steps and longest step, rows and bytes purged,
 the database file before and after, and intake commit latency (median, p99,
-max) before and during the round. Target: no intake commit waits more than
-50 ms longer than without the purge.
+max) before and during the round. Target: no intake commit takes more than
+50 ms longer than the median commit without the purge. Exits non-zero only
+on an error.
 """
 
 from __future__ import annotations
@@ -134,19 +135,22 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"purge round: {result.seconds:.2f} s, {result.steps} steps of at most {args.batch} rows, "
                   f"longest step {result.longest_step * 1000:.1f} ms; purged {rows} ({mb:.0f} MB); "
                   f"{result.vacuumed_pages} pages vacuumed")
+            print("longest step by kind: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result.longest_by_kind.items()))
             print(f"database file: {size_before / 1e6:.1f} MB before, {size_after / 1e6:.1f} MB after")
             print(f"intake commits before the round: {summary(baseline)}")
             print(f"intake commits during the round: {summary(during)}")
             extra = max(during) - max(baseline)
             ok = max(during) - statistics.median(baseline) <= TARGET_EXTRA_PAUSE
-            print(f"longest intake pause caused by the purge: {max(during) * 1000:.1f} ms "
-                  f"(target: at most {TARGET_EXTRA_PAUSE * 1000:.0f} ms over the median commit) -> {verdict(ok)}")
             print(f"machine: {machine()}")
+            print("-- targets --")
+            print(f"longest intake commit during a purge round of {args.jobs} jobs: {max(during) * 1000:.1f} ms, "
+                  f"at most {TARGET_EXTRA_PAUSE * 1000:.0f} ms over the median commit without it "
+                  f"({statistics.median(baseline) * 1000:.1f} ms): {verdict(ok)}")
             if args.json:
                 print(json.dumps({"jobs": args.jobs, "round_s": result.seconds, "longest_step_ms": result.longest_step * 1000,
                                   "intake_max_ms": max(during) * 1000, "baseline_max_ms": max(baseline) * 1000, "extra_ms": extra * 1000,
                                   "file_before": size_before, "file_after": size_after}))
-            return 0 if ok else 1
+            return 0  # a missed target is printed, not an error (bench/run_all.py)
         finally:
             store.close()
 

@@ -63,7 +63,7 @@ USAGE_KEEP = 48 * 3600.0  # sender_usage rows: only the last hour is ever read
 # committing: spared (gatewayd/store/documents.py, save_document).
 DOCUMENT_GRACE = 3600.0
 BATCH = 50  # rows per step: a few ms each (docs/performance.md (e))
-VACUUM_PAGES = 128  # pages per incremental vacuum step (512 KiB at 4 KiB pages)
+VACUUM_PAGES = 32  # pages per incremental vacuum step (128 KiB at 4 KiB pages): each moved page rewrites its parent too
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ class PurgeResult:
     tallies: dict[str, Tally] = field(default_factory=lambda: {k: Tally() for k in KINDS})
     steps: int = 0
     longest_step: float = 0.0  # seconds: the longest any intake commit could have waited
+    longest_by_kind: dict[str, float] = field(default_factory=dict)  # the same per kind ("vacuum" too)
     seconds: float = 0.0
     vacuumed_pages: int = 0
 
@@ -124,6 +125,24 @@ class _Step:
     bytes: int
     cursor: Any
     done: bool
+    unlink: tuple[Path, ...] = ()  # document files to remove once the step is committed (``unlink_documents``)
+
+
+def unlink_documents(paths: tuple[Path, ...], now: float) -> None:
+    """Remove the files of documents a committed step gave up, off the store's
+    thread (unlinks can stall on a busy file system). One saved again since
+    (its age refreshed by a save of the same content, for a job about to be
+    committed) is left: its new job names it. One left by a crash before
+    this ran is an orphan, removed at the next start (``clean_documents``)."""
+    for path in paths:
+        try:
+            if now - path.stat().st_mtime < DOCUMENT_GRACE:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot remove document {path.name}: {exc}") from exc
 
 
 def document_bytes(documents_dir: Path) -> int:
@@ -322,6 +341,7 @@ class RetentionPart(StorePart):
             (cutoff, after_t, after_id, limit),
         ).fetchall()
         removed = size = 0
+        unlink: list[Path] = []
         for sha in dict.fromkeys(r[2] for r in rows):
             live = conn.execute(
                 "SELECT 1 FROM jobs WHERE document = ? AND (finished_at IS NULL OR finished_at >= ? OR reported_at IS NULL) LIMIT 1",
@@ -329,30 +349,24 @@ class RetentionPart(StorePart):
             ).fetchone()
             if live:
                 continue  # a younger, unfinished or unreported job (its report may attach it) still needs it
-            gone = self._remove_document(sha, now)
+            gone = self._doomed_document(sha, now)
             if gone is None:
                 continue
             conn.execute("UPDATE jobs SET document_purged_at = ? WHERE document = ? AND document_purged_at IS NULL", (now, sha))
             removed += 1
             size += gone
+            unlink.append(self.document_path(sha))
         cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(removed, size, cursor, len(rows) < limit)
+        return _Step(removed, size, cursor, len(rows) < limit, tuple(unlink))
 
-    def _remove_document(self, sha: str, now: float) -> int | None:
-        """Unlink one document file; its size (0 when already gone), or None when it was saved too recently."""
-        path = self.document_path(sha)
+    def _doomed_document(self, sha: str, now: float) -> int | None:
+        """The size of a document file that may go (0 when already gone), or None when it was saved too recently."""
         try:
-            st = path.stat()
+            st = self.document_path(sha).stat()
         except FileNotFoundError:
             return 0
         if now - st.st_mtime < DOCUMENT_GRACE:
             return None
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise StoreError(f"cannot remove document {sha}: {exc}") from exc
         return int(st.st_size)
 
     def _purge_jobs(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
@@ -371,6 +385,7 @@ class RetentionPart(StorePart):
         ).fetchall()
         doomed = [r for r in rows if r[3]]
         size = sum(r[4] for r in doomed)
+        unlink: list[Path] = []
         if doomed:
             ids = [(r[1],) for r in doomed]
             size += sum(
@@ -384,9 +399,9 @@ class RetentionPart(StorePart):
             # A document never outlives the last record that names it.
             for sha in dict.fromkeys(r[2] for r in doomed):
                 if conn.execute("SELECT 1 FROM jobs WHERE document = ? LIMIT 1", (sha,)).fetchone() is None:
-                    self._remove_document(sha, now)
+                    unlink.append(self.document_path(sha))
         cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(len(doomed), size, cursor, len(rows) < limit)
+        return _Step(len(doomed), size, cursor, len(rows) < limit, tuple(unlink))
 
     def _purge_emails(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
         cutoff = _cutoff(now, policy.jobs)
@@ -518,10 +533,12 @@ async def purge(
         result.seconds = time.perf_counter() - began
         return result
 
-    async def timed(fn: Callable[..., Any], *args: Any) -> Any:
+    async def timed(kind: str, fn: Callable[..., Any], *args: Any) -> Any:
         t = time.perf_counter()
         value = await store.run(fn, *args)
-        result.longest_step = max(result.longest_step, time.perf_counter() - t)
+        took = time.perf_counter() - t
+        result.longest_step = max(result.longest_step, took)
+        result.longest_by_kind[kind] = max(result.longest_by_kind.get(kind, 0.0), took)
         result.steps += 1
         # Off the store's thread: intake commits go on while the step's pages
         # are copied into the database file, and the next step waits for it.
@@ -532,13 +549,15 @@ async def purge(
     for kind in KINDS:
         cursor = None
         while stopping is None or not stopping.is_set():
-            step: _Step = await timed(store.purge_step, kind, policy, now, cursor, batch)
+            step: _Step = await timed(kind, store.purge_step, kind, policy, now, cursor, batch)
+            if step.unlink:
+                await asyncio.to_thread(unlink_documents, step.unlink, now)
             result.tallies[kind].add(step.rows, step.bytes)
             if step.done:
                 break
             cursor = step.cursor
     while stopping is None or not stopping.is_set():
-        freed = await timed(store.vacuum_step, vacuum_pages)
+        freed = await timed("vacuum", store.vacuum_step, vacuum_pages)
         result.vacuumed_pages += freed
         if freed < vacuum_pages:
             break
