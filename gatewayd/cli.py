@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from gatewayd import __version__
-from gatewayd.commands import backup, control, received
+from gatewayd.commands import backup, control, purge, received
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.commands.terminal import safe_text
 from gatewayd.config import Config, config_path, config_warnings
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("provider-check", "read-only check of every provider path gatewayd uses (exit 0 all as expected, 1 not)")
     p = add("backup", "copy the state (database and documents) into a new directory while the daemon runs")
     p.add_argument("dir", metavar="DIR", help="a new or empty directory")
+    p = add("purge", "purge what [retention] says is old enough now (the daemon does it every retention.interval)")
+    p.add_argument("--dry-run", action="store_true", help="change nothing; list what would go, with counts and bytes")
     add("hash-password", "read a password on stdin, print the hash for [[smtp.users]]")
     p = add("simulator", "run the provider simulator alone")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
@@ -148,10 +150,16 @@ def summarise_config(c: Config) -> str:
         "  imap        " + (f"{c.imap.username}@{c.imap.host}:{c.imap.port} {c.imap.mailbox}" if c.imap.enabled else "off"),
         "  inbound     " + (f"every {c.inbound.poll_interval:g}s, extensions {', '.join(map(str, c.inbound.extensions)) or 'all fax extensions'}, attach {c.inbound.attach}, {len(c.inbound.routes)} route(s)" if c.inbound.enabled else "off"),
         f"  mail        relay {c.mail.relay} ({c.mail.security}), from {c.mail.from_}, reports {c.mail.reports}, admin {', '.join(c.mail.admin) or 'none'}",
-        f"  state       {c.state_dir}",
+        f"  state       {c.state_dir}" + (f" (intake refused below {c.storage.min_free // 1_000_000}MB free)" if c.storage.min_free else ""),
+        "  retention   " + ", ".join(f"{k} {_days(getattr(c.retention, k))}" for k in ("documents", "mail", "jobs", "received"))
+        + (f"; purged every {c.retention.interval:g}s" if c.retention.interval else "; purged only by `gatewayd purge`"),
         f"  http        {c.http.listen or 'off'}",
     ]
     return "\n".join(lines)
+
+
+def _days(seconds: float) -> str:
+    return "for ever" if seconds <= 0 else f"{seconds / 86400:g}d"
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -273,6 +281,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retry": control.retry,
     "received": received.received,
     "mailto": received.mailto,
+    "purge": purge.main,
     "simulator": cmd_simulator,
     "provider-check": cmd_provider_check,
     "backup": backup.backup,

@@ -231,6 +231,24 @@ class MailConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     state_dir: str = ""  # resolved at load: never empty afterwards
+    min_free: int = 500_000_000  # bytes; below it intake answers 452 and /healthz says so (0: no check)
+
+
+# What the inbound poller can still list at the provider beyond inbound.first_lookback
+# and two poll intervals: gatewayd/fax_to_email/poller.py's OVERLAP_EXTRA plus
+# FUTURE_SKEW (tests/foundation/test_retention_config.py keeps them equal).
+INBOUND_WINDOW_SLACK = 1200.0
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long finished things are kept (docs/operations.md, Retention); 0 = for ever."""
+
+    interval: float = 3600.0  # between purge rounds of the daemon; 0 = only `gatewayd purge`
+    documents: float = 30 * 86400.0  # fax documents of finished jobs
+    mail: float = 7 * 86400.0  # bodies of emails the relay accepted or refused for good
+    jobs: float = 400 * 86400.0  # finished jobs, their history, and the records of sent emails
+    received: float = 400 * 86400.0  # received-fax ledger records of relayed faxes
 
 
 @dataclass(frozen=True)
@@ -265,6 +283,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: str = ""  # the file it was read from, for messages
     cover: CoverConfig = field(default_factory=CoverConfig)
     contacts: tuple[Contact, ...] = ()  # [[contacts]] then contacts_file's rows
@@ -774,7 +793,7 @@ class _Loader:
 
     def load(self, data: dict[str, Any], source: str) -> Config:
         known = {"provider", "smtp", "senders", "numbers", "documents", "imap", "inbound", "mail", "storage", "http", "log",
-                 "cover", "contacts", "contacts_file", "web"}
+                 "cover", "contacts", "contacts_file", "web", "retention"}
         for name in data:
             if name not in known:
                 self.problem(name, "unknown key")
@@ -799,9 +818,10 @@ class _Loader:
             elif value:
                 contacts_file = self.find_file("contacts_file", value) or ""
         contacts = self.contacts(data.get("contacts"), contacts_file)
+        retention = self.retention(_Section(self, "retention", data.get("retention")))
         web = self.web(_Section(self, "web", data.get("web")))
-        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, source,
-                        cover=cover, contacts=contacts, contacts_file=contacts_file, web=web)
+        config = Config(provider, smtp, senders, numbers, documents, imap, inbound, mail, storage, http, log, retention=retention,
+                        source=source, cover=cover, contacts=contacts, contacts_file=contacts_file, web=web)
         self.cross_check(config)
         if self.problems:
             raise ConfigError(self.problems)
@@ -1207,13 +1227,32 @@ class _Loader:
 
     def storage(self, s: _Section) -> StorageConfig:
         state_dir = s.get("state_dir", "", _str_no_newline)
+        min_free = s.get("min_free", StorageConfig.min_free, parse_size)
         s.finish()
         if not state_dir:
             state_dir = self.env.get("STATE_DIRECTORY", "").split(":")[0]
         if not state_dir:
             # The service's configuration read by the CLI: the service's state.
             state_dir = str(SYSTEM_STATE_DIR) if self.base_dir == SYSTEM_CONFIG_DIR.absolute() else "./state"
-        return StorageConfig(state_dir=str(Path(state_dir).absolute()))
+        return StorageConfig(state_dir=str(Path(state_dir).absolute()), min_free=min_free)
+
+    def retention(self, s: _Section) -> RetentionConfig:
+        d = RetentionConfig()
+        cfg = RetentionConfig(
+            interval=s.get("interval", d.interval, parse_duration),
+            documents=s.get("documents", d.documents, parse_duration),
+            mail=s.get("mail", d.mail, parse_duration),
+            jobs=s.get("jobs", d.jobs, parse_duration),
+            received=s.get("received", d.received, parse_duration),
+        )
+        s.finish()
+        if 0 < cfg.interval < 60:
+            self.problem("retention.interval", 'must be at least 1m (or "0": only `gatewayd purge` purges)')
+        for name in ("documents", "mail", "jobs", "received"):
+            value = getattr(cfg, name)
+            if 0 < value < 3600:
+                self.problem(f"retention.{name}", 'must be at least 1h (or "0": keep for ever)')
+        return cfg
 
     def http(self, s: _Section) -> HttpConfig:
         listen = s.get("listen", "127.0.0.1:9465", kind=str)
@@ -1288,8 +1327,31 @@ class _Loader:
             self.problem("imap.trusted_authserv_id", "required when imap.enabled (the id of your MTA's Authentication-Results)")
         if c.imap.enabled and not c.senders:
             self.problem("senders", "imap.enabled needs [[senders]] rules: nobody could send otherwise")
+        visible = inbound_visible_span(c.inbound)
+        if c.retention.received and c.retention.received <= visible and not self.has_problem("retention.received"):
+            # A purged record of a fax the poller can still list would be mailed again.
+            self.problem(
+                "retention.received",
+                f"{_span(c.retention.received)} is not longer than what the inbound poller can still list at the provider "
+                f"({_span(visible)}: inbound.first_lookback {_span(c.inbound.first_lookback)} + two inbound.poll_interval "
+                f"+ {_span(INBOUND_WINDOW_SLACK)} of overlap and clock skew); a fax whose record was purged would be mailed again",
+            )
 
 
+
+
+def inbound_visible_span(inbound: InboundConfig) -> float:
+    """How far back the inbound poller may list received faxes (seconds): its
+    first window, or an overlap of a later one, whichever reaches further."""
+    return inbound.first_lookback + 2 * inbound.poll_interval + INBOUND_WINDOW_SLACK
+
+
+def _span(seconds: float) -> str:
+    """A duration in the words of the configuration file: "400d", "25h", "90m", "30s"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:

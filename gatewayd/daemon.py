@@ -38,9 +38,10 @@ from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.memory import release_free_memory
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
+from gatewayd.purger import Purger
 from gatewayd.runtime import ProviderApi, Runtime, Service
 from gatewayd.sdnotify import Notifier
-from gatewayd.store import Store
+from gatewayd.store import Store, StoreError
 from gatewayd.supervisor import Supervisor
 
 log = get_logger(__name__)
@@ -82,6 +83,8 @@ def build_services(rt: Runtime) -> list[Service]:
         # Its own Intake (same code path as SMTP, own document-build slots):
         # a slow mailbox never holds up an SMTP client waiting for its 250.
         services.append(ImapIntake(rt, Intake(rt)))
+    # --- wiring: retention (purge rounds every retention.interval)
+    services.append(Purger(rt))
     # --- wiring: http
     if rt.config.http.listen is not None:
         services.append(HttpServer(rt))
@@ -128,6 +131,14 @@ class Daemon:
             # docs/operations.md, "Backup and restore": nothing is sent before the provider's list is checked.
             log.warning("restored_from_backup", backup_id=restored.backup_id, taken_at=restored.taken_at,
                         jobs_to_reconcile=restored.queued + restored.submitting)
+        try:
+            # Once for a database made before gatewayd purged anything: one
+            # VACUUM puts it in incremental mode (gatewayd/store/retention.py).
+            began = time.monotonic()
+            if store.ensure_incremental_vacuum():
+                log.info("store_vacuumed_once", seconds=round(time.monotonic() - began, 1), why="auto_vacuum = INCREMENTAL")
+        except StoreError as exc:  # e.g. locked by a long command: the next start tries again
+            log.warning("store_vacuum_mode_unchanged", error=str(exc))
         removed = store.clean_documents()
         if removed:
             log.info("documents_cleaned", removed=removed)

@@ -11,7 +11,9 @@ Healthy (200) when all of these hold (docs/operations.md, Health):
 * no provider path has answered 404 or 405 on ``PATH_ALARM_AFTER`` calls
   in a row (a wrong path, most likely an inferred one: docs/provider.md,
   Checking a new account); the daemon keeps using the other paths;
-* the daemon is not shutting down.
+* the daemon is not shutting down;
+* the state directory's file system has at least ``storage.min_free`` free
+  (gatewayd/diskspace.py; below it intake answers 452).
 
 Otherwise 503, with the same JSON body whose ``problems`` name each failing
 part, e.g. ``provider: no successful call for 95s (last error: ...)``.
@@ -85,6 +87,7 @@ class Health:
         poll_interval: float,
         queues: dict[str, Any] | None = None,
         stopping: bool = False,
+        storage: str | None = None,
     ) -> tuple[bool, dict[str, Any]]:
         """(healthy, JSON body)."""
         now = self.clock()
@@ -96,6 +99,8 @@ class Health:
         for name, up in sorted(self.listeners.items()):
             if not up:
                 problems.append(f"listener {name}: down")
+        if storage:
+            problems.append(f"storage: {storage}")
         provider_ok, provider_problem = self.provider_verdict(provider, poll_interval)
         if provider_problem:
             problems.append(provider_problem)

@@ -15,12 +15,14 @@ from typing import Any
 from aiohttp import web
 
 from gatewayd.config import Config
+from gatewayd.diskspace import LowStorage
 from gatewayd.jobstates import ACTIVE_STATES, JOB_STATES
 from gatewayd.logs import get_logger
 from gatewayd.metrics import CONTENT_TYPE_LATEST
 from gatewayd.provider.paths import PATHS
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store
+from gatewayd.store.retention import StorageFacts, document_bytes
 
 log = get_logger(__name__)
 
@@ -35,6 +37,7 @@ class StoreFacts:
     outbox_depth: int = 0
     outbox_oldest: float | None = None
     held_inbound: int | None = None
+    storage: StorageFacts | None = None
 
 
 def read_store_facts(store: Store, now: float) -> StoreFacts:
@@ -45,7 +48,7 @@ def read_store_facts(store: Store, now: float) -> StoreFacts:
     for job in store.jobs_in_states(ACTIVE_STATES):
         ages[job.state] = max(ages.get(job.state, 0.0), now - job.created_at)
     held = store.count_received("no_recipient")
-    return StoreFacts(True, jobs, ages, depth, oldest, held)
+    return StoreFacts(True, jobs, ages, depth, oldest, held, store.storage_facts())
 
 
 def poll_interval(config: Config) -> float:
@@ -73,8 +76,10 @@ async def gather_health(rt: Runtime) -> tuple[bool, dict[str, Any], StoreFacts]:
             "inbound_held": facts.held_inbound,
         }
     interval = poll_interval(rt.config)
+    low: LowStorage | None = rt.low_storage()
     healthy, body = rt.health.check(
         store_ok=facts.ok, provider=rt.provider, poll_interval=interval, queues=queues, stopping=rt.stopping.is_set(),
+        storage=str(low) if low is not None else None,
     )
     m = rt.metrics
     if facts.ok:
@@ -86,6 +91,14 @@ async def gather_health(rt: Runtime) -> tuple[bool, dict[str, Any], StoreFacts]:
         m.outbox_oldest.set(facts.outbox_oldest or 0)
         if facts.held_inbound is not None:
             m.inbound_held.set(facts.held_inbound)
+        if facts.storage is not None:
+            m.store_file_bytes.set(facts.storage.file_bytes)
+            for state in ("pending", "sent", "failed"):
+                m.outbox_emails.labels(state).set(facts.storage.outbox.get(state, 0))
+    try:
+        m.storage_free_bytes.set(rt.free_space(rt.config.state_dir))
+    except OSError:
+        pass
     m.healthy.set(1 if healthy else 0)
     m.provider_up.set(1 if body["provider"]["ok"] else 0)
     failing = body["provider"]["failing_paths"]
@@ -152,5 +165,12 @@ class HttpServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         await gather_health(self.rt)
+        try:
+            # A directory walk: in a thread, neither on the loop nor on the store's thread.
+            size = await asyncio.wait_for(asyncio.to_thread(document_bytes, self.rt.store.documents_dir), timeout=STORE_DEADLINE)
+        except Exception as exc:
+            log.warning("metrics_document_bytes_failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self.rt.metrics.document_bytes.set(size)
         body = self.rt.metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})

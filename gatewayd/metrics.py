@@ -31,6 +31,9 @@ SMTP_CODES = ("250", "421", "450", "451", "452", "530", "535", "550", "552", "55
 MAIL_RESULTS = ("sent", "deferred", "failed")
 RATE_LIMIT_SCOPES = ("provider", "inbound")
 REPORT_OUTCOMES = ("sent", "failed", "canceled", "error", "rejected")
+OUTBOX_STATES = ("pending", "sent", "failed")
+# gatewayd/store/retention.py KINDS (not imported: metrics stay free of the store).
+PURGE_KINDS = ("received", "mail", "documents", "jobs", "emails", "counters")
 
 
 @dataclass
@@ -75,6 +78,13 @@ class Metrics:
         self.outbox_depth = Gauge("gatewayd_outbox_depth", "Emails waiting in the outbox", registry=r)
         self.outbox_oldest = Gauge("gatewayd_outbox_oldest_age_seconds", "Age of the oldest email waiting in the outbox", registry=r)
         self.mail_deliveries = Counter("gatewayd_mail_deliveries", "Outbox delivery attempts by result", ["result"], registry=r)
+        # Storage and retention (docs/operations.md, Retention and privacy).
+        self.store_file_bytes = Gauge("gatewayd_store_file_bytes", "Size of the SQLite database file and its WAL", registry=r)
+        self.document_bytes = Gauge("gatewayd_document_bytes", "Size of the fax document files", registry=r)
+        self.outbox_emails = Gauge("gatewayd_outbox_emails", "Outbox rows by state (sent and failed rows stay until retention.jobs)", ["state"], registry=r)
+        self.storage_free_bytes = Gauge("gatewayd_storage_free_bytes", "Free space on the state directory's file system", registry=r)
+        self.purged = Counter("gatewayd_purged_rows", "Rows (documents: files) purged by retention, by kind", ["kind"], registry=r)
+        self.purge_seconds = Gauge("gatewayd_purge_last_seconds", "Duration of the last purge round", registry=r)
         # The process.
         self.healthy = Gauge("gatewayd_healthy", "1 when /healthz answers 200", registry=r)
         self.service_restarts = Counter(
@@ -100,6 +110,8 @@ class Metrics:
             (RATE_LIMIT_SCOPES, self.rate_limit_waits),
             (REPORT_OUTCOMES, self.reports),
             (tuple(PATHS), self.provider_path_failing),
+            (OUTBOX_STATES, self.outbox_emails),
+            (PURGE_KINDS, self.purged),
         ):
             for value in values:
                 family.labels(value)

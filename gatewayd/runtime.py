@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gatewayd.config import Config
+from gatewayd.diskspace import FreeSpace, LowStorage, disk_free, low_storage
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import Extension, FaxFile, IncomingFax, SentFax
@@ -157,9 +158,14 @@ class Runtime:
     metrics: Metrics
     health: Health
     clock: Callable[[], float] = time.time
+    free_space: FreeSpace = disk_free  # gatewayd/diskspace.py; tests make a disk look full with it
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def low_storage(self) -> LowStorage | None:
+        """Free space in the state directory below ``storage.min_free`` (None: enough, or the check is off)."""
+        return low_storage(self.config.state_dir, self.config.storage.min_free, self.free_space)
 
     def wake(self, name: str) -> None:
         """Tell a worker (e.g. "sender", "reports", "outbox") there is work now."""

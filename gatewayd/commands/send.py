@@ -28,9 +28,9 @@ import asyncio
 import re
 import sys
 
-from gatewayd.commands.common import EXIT_OK, EXIT_USAGE, CommandError, load, open_store
+from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, is_email_address
-from gatewayd.email_to_fax.errors import IntakeRefused, SenderNotAuthorised
+from gatewayd.email_to_fax.errors import InsufficientStorage, IntakeRefused, SenderNotAuthorised
 from gatewayd.email_to_fax.intake import Intake, message_from_files
 from gatewayd.email_to_fax.parse import ParsedMessage
 from gatewayd.email_to_fax.policy import Authorisation, Destination, NumberPolicy, SenderPolicy, is_bounce_address
@@ -85,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
     store = open_store(config)
     try:
         ids = asyncio.run(_accept(config, store, parsed, authorisation, destination))
+    except InsufficientStorage as exc:
+        raise CommandError(f"not queued: {exc.text}: {exc.detail}; free some space or lower storage.min_free", EXIT_FAILURE) from None
     except IntakeRefused as exc:
         raise CommandError(exc.text, EXIT_REFUSED) from None
     finally:

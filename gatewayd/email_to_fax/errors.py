@@ -19,6 +19,7 @@ __all__ = [
     "BareLineFeed",
     "DestinationNotAllowed",
     "DocumentTooLarge",
+    "InsufficientStorage",
     "IntakeRefused",
     "MalformedMessage",
     "MessageTooBig",
@@ -116,6 +117,16 @@ class MessageTooComplex(MalformedMessage):
     def __init__(self, what: str) -> None:
         super().__init__("too complex")
         self.what = what  # which cap, for the logs; the reply does not say
+
+
+class InsufficientStorage(IntakeRefused):
+    """Free space below ``storage.min_free`` (gatewayd/diskspace.py): refused before anything is written."""
+
+    code, status = 452, "4.3.1"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("insufficient system storage")
+        self.detail = detail  # e.g. "only 120MB free in /var/lib/gatewayd (...)", for logs and the command line
 
 
 class TemporaryFailure(IntakeRefused):

@@ -7,7 +7,8 @@ destination in a single commit. Only then does it return
 the job ids, so a caller that answers "250 queued" after it has kept its
 promise (docs/architecture.md, Durability rules).
 
-Refusals are ``IntakeRefused`` subclasses carrying their SMTP reply (docs/smtp.md, Replies).
+Refusals are ``IntakeRefused`` subclasses carrying their SMTP reply (docs/smtp.md, Replies);
+less free space than ``storage.min_free`` is one (452, before anything is written).
 Anything else that goes wrong (the store, the disk, a bug) is logged and
 becomes ``TemporaryFailure`` (451): the client keeps the message and tries
 again, which is always safe because nothing was committed.
@@ -24,7 +25,7 @@ from types import MappingProxyType
 from gatewayd.config import Config
 from gatewayd.documents.builder import DocumentBuilder, FaxParts
 from gatewayd.documents.cover import CoverLook, CoverPage, wants_cover
-from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
+from gatewayd.email_to_fax.errors import AttachmentRejected, InsufficientStorage, IntakeRefused, NoFaxDocument, TemporaryFailure
 from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.filekinds import sniff_kind
@@ -99,6 +100,12 @@ class Intake:
         config = rt.config
         if not destinations:
             raise ValueError("accept() needs at least one destination")
+        low = rt.low_storage()
+        if low is not None:
+            # Refused before anything is written: better a 452 now than a
+            # 451 half-way through a document (gatewayd/diskspace.py).
+            log.warning("intake_low_storage", source=source, problem=str(low))
+            raise InsufficientStorage(str(low))
         if intake_key:
             # IMAP may see the same message again after a crash: same answer, no new work.
             seen = await store.run(store.intake_seen, intake_key)

@@ -64,6 +64,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 from gatewayd.config import contact_number
 from gatewayd.email_to_fax.errors import (
     BareLineFeed,
+    InsufficientStorage,
     IntakeRefused,
     MessageTooBig,
     SenderNotAuthorised,
@@ -519,6 +520,11 @@ class _Decisions:
     async def handle_MAIL(self, server: FaxSMTP, session: Any, envelope: FaxEnvelope, address: str, options: list[str]) -> str:
         try:
             auth = self._authorise(server, address)
+            low = self.rt.low_storage()
+            if low is not None:
+                # Say it before the client sends the message (RFC 5321 allows 452 at MAIL).
+                log.warning("smtp_low_storage", problem=str(low))
+                raise InsufficientStorage(str(low))
         except IntakeRefused as exc:
             self._log(server, envelope, exc.smtp_reply, mail_from=address)
             return exc.smtp_reply

@@ -24,6 +24,7 @@ tables stays one commit:
 - ``restore``: a backup's mark, applied at the first start on the copy
   (``backup`` makes the copy).
 - ``web``: the web console's sessions and queries (docs/web.md).
+- ``retention``: purging what is finished, the incremental vacuum, size facts.
 
 docs/architecture.md, "Storage layout" and "Durability rules", describes
 the files and the guarantees. The job states live in gatewayd/jobstates.py
@@ -66,6 +67,7 @@ from gatewayd.store.provider_deletes import PendingDelete, ProviderDeletes
 from gatewayd.store.provider_ids import IdOwner, ProviderIds, ReleasedId
 from gatewayd.store.received import ReceivedFax, ReceivedLedger
 from gatewayd.store.restore import RestoredFrom, RestoreMark
+from gatewayd.store.retention import RetentionPart
 from gatewayd.store.usage import SenderUsage
 from gatewayd.store.web import WebTables
 
@@ -78,7 +80,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables):
+class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables, RetentionPart):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:

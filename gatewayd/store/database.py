@@ -59,6 +59,11 @@ class Database:
         # so a writer takes the lock up front instead of failing mid-way.
         self.conn = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if self.conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # A new database: freed pages can go back to the file system in
+            # small steps (gatewayd/store/retention.py). An older one is
+            # switched by one VACUUM at the daemon's start (ensure_incremental_vacuum).
+            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise StoreError(f"cannot use WAL journal mode on {self.path} (got {mode})")

@@ -177,16 +177,17 @@ class DocumentFiles(StorePart):
         """Remove leftover temporary files, and documents no job references.
 
         Only orphans older than ``orphan_age`` go: a document is saved just
-        before the job that references it is committed. A job references its
-        document and its cover. Documents of jobs
-        finished more than 30 days ago count as unreferenced.
+        before the job that references it is committed. Documents of
+        finished jobs go after ``retention.documents``, in the purge rounds
+        (gatewayd/store/retention.py); a file the purge already dealt with
+        counts as unreferenced here.
         """
         removed = 0
         now = time.time()
-        since = self.clock() - 30 * 86400
+        # A job references its document and its own cover (docs/architecture.md, Storage layout).
         referenced = {row[0] for row in self._db.query(
-            "SELECT document FROM jobs WHERE finished_at IS NULL OR finished_at > ? "
-            "UNION SELECT cover FROM jobs WHERE cover != '' AND (finished_at IS NULL OR finished_at > ?)", (since, since))}
+            "SELECT DISTINCT document FROM jobs WHERE document_purged_at IS NULL "
+            "UNION SELECT cover FROM jobs WHERE cover != '' AND document_purged_at IS NULL")}
         for sub in self.documents_dir.iterdir():
             if sub.is_symlink() or not sub.is_dir():
                 continue  # never walk into a planted link (docs/security.md, "Hardening")

@@ -131,4 +131,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_number ON jobs(number, id);
     CREATE INDEX received_seen ON received(first_seen);
     """,
+    # 6: retention (gatewayd/store/retention.py): what was purged, and the indexes its small batches need
+    """
+    ALTER TABLE jobs ADD COLUMN document_purged_at REAL;
+    ALTER TABLE outbox ADD COLUMN purged_at REAL;
+    CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_document_kept ON jobs(finished_at) WHERE finished_at IS NOT NULL AND document_purged_at IS NULL;
+    CREATE INDEX jobs_document ON jobs(document);
+    CREATE INDEX outbox_done ON outbox(COALESCE(sent_at, next_attempt_at)) WHERE state != 'pending';
+    CREATE INDEX outbox_body_kept ON outbox(COALESCE(sent_at, next_attempt_at)) WHERE state != 'pending' AND purged_at IS NULL;
+    CREATE INDEX received_relayed ON received(relayed_at) WHERE state = 'relayed';
+    CREATE INDEX received_outbox ON received(outbox_id);
+    CREATE INDEX intake_keys_at ON intake_keys(at);
+    CREATE INDEX sender_usage_at ON sender_usage(at);
+    """,
 ]

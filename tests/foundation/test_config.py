@@ -454,7 +454,7 @@ def test_configuration_reference_documents_every_key() -> None:
     sections = {"provider": cfg.ProviderConfig, "smtp": cfg.SmtpConfig, "senders": cfg.SenderRule, "numbers": cfg.NumbersConfig,
                 "documents": cfg.DocumentsConfig, "imap": cfg.ImapConfig, "inbound": cfg.InboundConfig, "mail": cfg.MailConfig,
                 "storage": cfg.StorageConfig, "http": cfg.HttpConfig, "log": cfg.LogConfig, "smtp.users": cfg.SmtpUser,
-                "cover": cfg.CoverConfig, "contacts": cfg.Contact}
+                "cover": cfg.CoverConfig, "contacts": cfg.Contact, "retention": cfg.RetentionConfig}
     for section, klass in sections.items():
         assert f"`[{section}]`" in doc or f"`[[{section}]]`" in doc, section
         for f in dataclasses.fields(klass):

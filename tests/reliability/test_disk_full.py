@@ -68,7 +68,8 @@ def fill(directory: Path, leave: int = 0) -> Path:
 async def test_disk_full_answers_451_keeps_the_store_whole_and_recovers(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "state") as state:
         async with run_simulator(send_delays=(0.1, 0.1)) as sim:
-            config = load(config_data(state, sim=sim, smtp_port=2525))
+            # storage.min_free off: this test is about the file system really full (test_low_storage.py has the 452).
+            config = load(config_data(state, sim=sim, smtp_port=2525, storage={"state_dir": str(state), "min_free": "0"}))
             async with in_process(config) as h:
                 ok = await smtp_send(h.port, message(pdf_bytes(1, seed=1), subject="before"))
                 assert ok.startswith("250 2.0.0 queued as "), ok
