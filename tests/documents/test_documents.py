@@ -36,7 +36,7 @@ from gatewayd.documents.pdf import pdf_page_count
 from gatewayd.email_to_fax.parse import Attachment, UnsupportedPart
 from gatewayd.filekinds import sniff_kind
 from gatewayd.refusal import IntakeRefused
-from tests.corpus import (
+from support.corpus import (
     PdfFacts,
     make_encrypted_pdf,
     make_fax_tiff,

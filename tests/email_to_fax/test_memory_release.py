@@ -9,8 +9,8 @@ from io import BytesIO
 from pathlib import Path
 
 import pikepdf
-from corpus import good_message, make_pdf
-from e2f_support import RawSMTP, load, run_gateway
+from support.corpus import good_message, make_pdf
+from support.e2f import RawSMTP, load, run_gateway
 
 from gatewayd.email_to_fax import smtp as smtp_module
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from foundation_support import PYTHON, REPO, base_config, clean_env, merge, to_toml
+from support.foundation import PYTHON, REPO, base_config, clean_env, merge, to_toml
 
 
 def free_port() -> int:

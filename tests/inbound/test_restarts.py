@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from inbound_support import REPO, attachments, by_uuid, config_data, pdf_info, to_toml, wait_until
+from support.inbound import REPO, attachments, by_uuid, config_data, pdf_info, to_toml, wait_until
 
 from gatewayd.store import Store
 

@@ -32,7 +32,7 @@ from gatewayd.health import Health
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
-from gatewayd.store import Store
+from gatewayd.store import NewJob, Store
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -186,6 +186,17 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def enqueue(store: Store, numbers: tuple[str, ...] = (NUMBER_1,), pages: int = 1) -> list[int]:
+    """Jobs queued directly in the store, as `gatewayd send` leaves them."""
+    from support.corpus import make_pdf
+
+    pdf = make_pdf(pages)
+    sha = store.save_document(pdf)
+    jobs = [NewJob(number=n, dst_num=n.lstrip("+"), extension=122, report_to=SENDER, source="cli") for n in numbers]
+    return store.enqueue_jobs(sha, pages, len(pdf), jobs)
+
 
 
 # ------------------------------------------------------------- raw client

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2f_support import to_toml
+from support.e2f import to_toml
 
 from gatewayd.config import Config, HostPort, load_config_data
 from gatewayd.daemon import build_smtp_listener
