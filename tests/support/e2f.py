@@ -27,8 +27,6 @@ from gatewayd.daemon import build_smtp_listener
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.sender import Sender, SenderTuning
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
-from gatewayd.health import Health
-from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
 from gatewayd.store import NewJob, Store

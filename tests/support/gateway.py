@@ -10,7 +10,8 @@ What a test may change, and only that:
 * ``only``: keep these services (by name) of what build_services made;
 * ``replace``: name -> factory(rt) for a service with short test timings
   (e.g. ``{"sender": lambda rt: Sender(rt, FAST_SENDER)}``);
-* ``extra``: more services (test doubles) added after those;
+* ``extra``: more services (test doubles) added after those (one with the
+  name of a built service takes its place);
 * the SMTP listener binds 127.0.0.1:0 (the loader refuses port 0, so the
   config is changed after loading) and the test reads the bound port back
   from the listener: no port is picked before it is bound;
@@ -179,8 +180,9 @@ def build_gateway(
         if only is not None and s.name not in only:
             continue
         services.append(replace[s.name](rt) if replace and s.name in replace else s)
-    if extra is not None:
-        services.extend(extra(rt))
+    for s in extra(rt) if extra is not None else ():
+        # an extra service of a name build_services made takes its place
+        services = [s if old.name == s.name else old for old in services] if any(o.name == s.name for o in services) else [*services, s]
     daemon = Daemon(config, config_path=config_path, notifier=Notifier(None), services_factory=lambda _rt: services, provider_factory=factory)
     daemon.rt = rt
     daemon.services = services
