@@ -51,9 +51,8 @@ from gatewayd.daemon import Runtime
 from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.imap_session import ImapTuning
 from gatewayd.email_to_fax.intake import Intake
-from gatewayd.health import Health
-from gatewayd.metrics import Metrics
 from gatewayd.store import Store
+from support.gateway import build_gateway
 
 DOVECOT = "/usr/sbin/dovecot"
 IMAP_USER = "fax"
@@ -509,27 +508,23 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def run_imap(config: Config, *, tuning: ImapTuning = FAST, intake: Any = Intake) -> AsyncIterator[Gateway]:
-    """Store, Intake and ImapIntake in this loop (no sender: jobs stay queued).
+    """Store, Intake and ImapIntake in this loop (no sender: jobs stay queued):
+    support.gateway.in_process with only the IMAP service.
 
     ``intake`` is called with the Runtime to make the intake (a test double
     may wrap the real one)."""
-    store = Store(config.state_dir)
-    rt = Runtime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())
-    the_intake = intake(rt)
-    service = ImapIntake(rt, the_intake, tuning=tuning)
-    await service.start()
-    task = asyncio.create_task(service.run())
+    made: list[Any] = []
+
+    def imap_service(rt: Runtime) -> ImapIntake:
+        made.append(intake(rt))
+        return ImapIntake(rt, made[0], tuning=tuning)
+
+    gw = build_gateway(config, only={"imap"}, replace={"imap": imap_service}, provider=None)
+    await gw.start()
     try:
-        yield Gateway(rt, service, the_intake)
+        yield Gateway(gw.rt, gw.service("imap"), made[0])
     finally:
-        rt.stopping.set()
-        await service.stop()
         try:
-            await asyncio.wait_for(task, 10)
-        except asyncio.TimeoutError:
-            task.cancel()
-            raise AssertionError("ImapIntake.run did not end within 10 s of stop")
-        finally:
-            store.close()
-
-
+            await gw.stop(timeout=10)
+        except AssertionError as exc:
+            raise AssertionError(f"ImapIntake.run did not end cleanly within 10 s of stop: {exc}") from None
