@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
 from gatewayd.store import NewJob, Store
 from support.gateway import InProcessGateway, in_process, with_port_zero  # noqa: F401 (with_port_zero: public name)
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -54,10 +54,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ config

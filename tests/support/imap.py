@@ -53,6 +53,7 @@ from gatewayd.email_to_fax.imap_session import ImapTuning
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.store import Store
 from support.gateway import build_gateway
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 DOVECOT = "/usr/sbin/dovecot"
 IMAP_USER = "fax"
@@ -75,10 +76,6 @@ def require_dovecot() -> str:
     return DOVECOT
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 POSTFIX = "/usr/sbin/postfix"
 POSTMAP = "/usr/sbin/postmap"
@@ -101,10 +102,6 @@ def need_root(what: str) -> None:
         pytest.fail(f"{what} needs root (a private Postfix instance is started with `postfix -c DIR start`)", pytrace=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float, what: str, log: Path | None = None) -> None:

@@ -12,7 +12,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -35,6 +34,7 @@ from gatewayd.runtime import Runtime
 from gatewayd.store import Store
 from support.gateway import InProcessGateway
 from support.gateway import in_process as gateway_in_process
+from support.ports import ATTEMPTS, PortClash, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "fax.example.com"
@@ -46,10 +46,6 @@ FAST_SENDER = SenderTuning(idle_poll=0.2, backoff_base=0.2, backoff_cap=1.0, aut
                            reconcile_delay=0.1, stop_grace=2.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_data(state_dir: Path, *, sim: Any, smtp_port: int, relay: str = "127.0.0.1:9", **sections: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +270,20 @@ class DaemonProcess:
 
 
 async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gatewayd") -> DaemonProcess:
-    """``gatewayd run -c FILE`` as a subprocess."""
+    """``gatewayd run -c FILE`` as a subprocess. Its SMTP port was picked by
+    support.ports.free_port (the loader refuses port 0); when another process
+    took it first, the start is retried on a new port (``data`` is updated)."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return await _start_daemon(workdir, data, name=name)
+        except PortClash:
+            if attempt == ATTEMPTS - 1:
+                raise
+            data["smtp"]["listen"] = f"127.0.0.1:{free_port()}"
+    raise AssertionError("unreachable")
+
+
+async def _start_daemon(workdir: Path, data: dict[str, Any], *, name: str) -> DaemonProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.toml"
     config.write_text(to_toml(data), encoding="utf-8")
@@ -294,6 +303,8 @@ async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gate
         daemon.kill()  # never left running behind a failed start
         with contextlib.suppress(Exception):
             await asyncio.wait_for(proc.wait(), 10)
+        if "address already in use" in daemon.log_tail(20000).lower():
+            raise PortClash(f"port {port} taken before gatewayd bound it") from None
         raise
     return daemon
 
