@@ -306,7 +306,7 @@ def test_g4_tiff_keeps_every_page_and_its_g4_data(tmp_path: Path, facts: Facts) 
     assert pages == facts(pdf).pages == 20
     with pikepdf.open(io.BytesIO(pdf)) as doc:
         for page in doc.pages:
-            images = list(page.images.values())
+            images = list(page.get_images().values())
             assert len(images) == 1
             assert images[0].Filter == pikepdf.Name.CCITTFaxDecode  # passed through, not re-encoded
             assert int(images[0].DecodeParms.K) < 0  # Group 4
