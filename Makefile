@@ -9,7 +9,9 @@ PY := $(VENV)/bin/python
 TEST_DEBS := swaks libnet-ssleay-perl ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core fonts-wqy-zenhei s-nail libtiff-tools systemd postfix chromium
 # The benchmarks also compare against Postfix (smtp-source) and ImageMagick.
 BENCH_DEBS := $(TEST_DEBS) imagemagick
-PYTEST_ARGS ?=
+# Two workers (pytest-xdist): the tests use their own tmp_path, ports and
+# Dovecot/Postfix instances, so they run in parallel.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test check lock bench venv test-deps bench-deps fonts clean
 

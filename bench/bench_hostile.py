@@ -1,7 +1,7 @@
 """Hostile input: what each pathological message costs a running gatewayd (docs/security.md).
 
 Starts the provider simulator (held: nothing is faxed) and ``gatewayd run``
-as a subprocess on loopback, then sends each input of tests/stall_vectors.py
+as a subprocess on loopback, then sends each input of tests/support/stall_vectors.py
 over SMTP. For each it prints the reply, the daemon's CPU time for it (user +
 system from /proc/<pid>/stat, read before the DATA and after the reply), the
 time from the end of DATA to the reply, and how long another, already open
@@ -38,7 +38,7 @@ from _common import (  # noqa: E402
     machine,
     workdir,
 )
-from stall_vectors import message, vectors  # noqa: E402
+from support.stall_vectors import message, vectors  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

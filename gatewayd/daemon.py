@@ -114,6 +114,9 @@ class Daemon:
         self.rt: Runtime | None = None
         self.services: list[Service] = []
         self._reload_requested = asyncio.Event()
+        self._retired_providers: list[ProviderApi] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_status = ""
 
     def request_stop(self) -> None:
         if self.rt is not None:
@@ -147,9 +150,6 @@ class Daemon:
         provider = self.provider_factory(self.config, metrics)
         rt = Runtime(config=self.config, store=store, provider=provider, metrics=metrics, health=health)
         self.rt = rt
-        self._retired_providers: list[ProviderApi] = []
-        self._background: set[asyncio.Task[None]] = set()
-        self._last_status = ""
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import REPO
+from support.deploy import REPO
 from gatewayd import cli
 from gatewayd import config as config_module
 from gatewayd.store import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from deploy_support import REPO, doc_block
+from support.deploy import REPO, doc_block
 
 UNIT = (REPO / "systemd" / "gatewayd.service").read_text(encoding="utf-8")
 EXAMPLE = (REPO / "config.example.toml").read_text(encoding="utf-8")

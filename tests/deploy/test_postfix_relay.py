@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import doc_block
-from postfix_support import AuthDovecot, PrivatePostfix
-from service_support import DOMAIN, NUMBER, Gateway, NotifySocket, Ports, RawSmtp, clean_env, fax_email, gateway_config, write_config
+from support.deploy import doc_block
+from support.postfix import AuthDovecot, PrivatePostfix
+from support.service import DOMAIN, NUMBER, Gateway, NotifySocket, Ports, RawSmtp, clean_env, fax_email, gateway_config, write_config
 
 from gatewayd.provider.simulator import ProviderSimulator
 

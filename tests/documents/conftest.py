@@ -1,25 +1,19 @@
 """Fixtures for the message parsing and document building tests.
 
-Inputs are made at test time by real tools (tests/corpus.py); outputs are
+Inputs are made at test time by real tools (tests/support/corpus.py); outputs are
 checked with poppler (pdfinfo, pdftotext, pdftoppm), not with the code
 under test. A missing tool fails the run loudly, never skips.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-# pytest runs with --import-mode=importlib, which does not put the project
-# root on sys.path; tests/corpus.py is shared with the SMTP-level tests.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-from tests.corpus import CorpusCase, PdfFacts, hostile_corpus, pdfinfo, pdftotext, require_tool  # noqa: E402
+from support.corpus import CorpusCase, PdfFacts, hostile_corpus, pdfinfo, pdftotext, require_tool
 
 TOOLS = ("gs", "qpdf", "pdfinfo", "pdftotext", "pdftoppm", "tiff2pdf")
 

@@ -13,7 +13,7 @@ from gatewayd.documents.builder import build_document
 from gatewayd.documents.cover import CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import IntakeRefused
 from gatewayd.email_to_fax.parse import parse_message
-from tests.corpus import ACCEPTED, CorpusCase
+from support.corpus import ACCEPTED, CorpusCase
 
 
 def reply_for(raw: bytes) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gatewayd.documents import cover
 from gatewayd.documents.cover import CoverPage, render_cover
-from tests.corpus import pdftotext
+from support.corpus import pdftotext
 
 
 def test_cyrillic_and_greek_draw_with_the_subset(tmp_path: Path) -> None:

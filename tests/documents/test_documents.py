@@ -12,7 +12,6 @@ import io
 import random
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from gatewayd.documents.pdf import pdf_page_count
 from gatewayd.email_to_fax.parse import Attachment, UnsupportedPart
 from gatewayd.filekinds import sniff_kind
 from gatewayd.refusal import IntakeRefused
-from tests.corpus import (
+from support.corpus import (
     PdfFacts,
     make_encrypted_pdf,
     make_fax_tiff,
@@ -300,22 +299,17 @@ def test_tiff_to_pdf_refuses_what_it_cannot_read() -> None:
     assert issubclass(ConversionError, ValueError) and not issubclass(ConversionError, IntakeRefused)
 
 
-def test_g4_tiff_conversion_is_as_fast_as_tiff2pdf(tmp_path: Path) -> None:
+def test_g4_tiff_keeps_every_page_and_its_g4_data(tmp_path: Path, facts: Facts) -> None:
+    # How fast this is next to tiff2pdf is measured by bench/bench_documents.py, not here.
     data = make_fax_tiff(tmp_path, 20, compression="g4")
-    source = tmp_path / "fax.tif"
-    source.write_bytes(data)
-
-    def best(run: Callable[[], object]) -> float:
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    ours = best(lambda: tiff_to_pdf(data))
-    theirs = best(lambda: subprocess.run(["tiff2pdf", "-o", str(tmp_path / "t.pdf"), str(source)], check=True))
-    assert ours < 2 * theirs, (ours, theirs)
+    pdf, pages = tiff_to_pdf(data)
+    assert pages == facts(pdf).pages == 20
+    with pikepdf.open(io.BytesIO(pdf)) as doc:
+        for page in doc.pages:
+            images = list(page.get_images().values())
+            assert len(images) == 1
+            assert images[0].Filter == pikepdf.Name.CCITTFaxDecode  # passed through, not re-encoded
+            assert int(images[0].DecodeParms.K) < 0  # Group 4
 
 
 def test_pdf_and_jpeg_build_into_one_a4_document(facts: Facts) -> None:

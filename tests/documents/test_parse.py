@@ -21,7 +21,7 @@ from gatewayd.email_to_fax.parse import (
     safe_filename,
 )
 from gatewayd.filekinds import fax_file_kind, sniff_kind
-from tests.corpus import (
+from support.corpus import (
     _crlf,
     _TOP,
     good_message,

@@ -1,23 +1,17 @@
-"""Fixtures for the email-to-fax tests. Helpers live in e2f_support.py and the
-shared hostile corpus in tests/corpus.py (pytest runs with
---import-mode=importlib, so both directories are put on sys.path)."""
+"""Fixtures for the email-to-fax tests. Helpers live in tests/support/e2f.py
+and the shared hostile corpus in tests/support/corpus.py."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).resolve().parent
-for _path in (_HERE, _HERE.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
-from e2f_support import config_data  # noqa: E402
+from support.e2f import config_data
 
-from gatewayd.provider.simulator import ProviderSimulator, run_simulator  # noqa: E402
+from gatewayd.provider.simulator import ProviderSimulator, run_simulator
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from corpus import make_image, make_pdf
-from e2f_support import NUMBER_1, NUMBER_2, PYTHON, REPO, clean_env, load, merge, run_gateway, wait_for, write_config
+from support.corpus import make_image, make_pdf
+from support.e2f import NUMBER_1, NUMBER_2, PYTHON, REPO, clean_env, load, merge, run_gateway, wait_for, write_config
 
 from gatewayd.store import Store
 

@@ -12,8 +12,8 @@ import random
 import signal
 from pathlib import Path
 
-from corpus import good_message, make_pdf
-from e2f_support import DOMAIN, PYTHON, REPO, SENDER, RawSMTP, clean_env, config_data, free_port, merge, wait_for, write_config
+from support.corpus import good_message, make_pdf
+from support.e2f import DOMAIN, PYTHON, REPO, SENDER, RawSMTP, clean_env, config_data, free_port, merge, wait_for, write_config
 
 from gatewayd.store import Store
 

@@ -1,4 +1,4 @@
-"""The shared hostile corpus (tests/corpus.py) sent over SMTP: each message
+"""The shared hostile corpus (tests/support/corpus.py) sent over SMTP: each message
 gets the reply the SPEC prescribes, nothing refused reaches the provider,
 and the listener stays up throughout."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from corpus import ACCEPTED, hostile_corpus
-from e2f_support import DOMAIN, NUMBER_1, RawSMTP, load, merge, run_gateway, wait_for
+from support.corpus import ACCEPTED, hostile_corpus
+from support.e2f import DOMAIN, NUMBER_1, RawSMTP, load, merge, run_gateway, wait_for
 
 
 async def test_hostile_corpus_over_smtp(tmp_path: Path, sim_data: dict, sim) -> None:

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2f_support import NUMBER_1, REPO, clean_env, load, run_gateway, wait_for, write_config
-from test_sender import enqueue
+from support.e2f import NUMBER_1, REPO, clean_env, enqueue, load, run_gateway, wait_for, write_config
 
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store, StoreError

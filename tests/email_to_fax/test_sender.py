@@ -8,20 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from corpus import good_message, make_image, make_pdf
-from e2f_support import DOMAIN, FAST_SENDER, NUMBER_1, NUMBER_2, SENDER, RawSMTP, load, merge, page_sizes_pt, pdfinfo, run_gateway, wait_for
+from support.corpus import good_message, make_image, make_pdf
+from support.e2f import DOMAIN, FAST_SENDER, enqueue, NUMBER_1, NUMBER_2, RawSMTP, load, merge, page_sizes_pt, pdfinfo, run_gateway, wait_for
 
 from gatewayd.provider.client import ProviderClient
-from gatewayd.store import NewJob, Store
+from gatewayd.store import Store
 
 PAGE_PTS = {"A4": (595.28, 841.89), "Letter": (612.0, 792.0)}
-
-
-def enqueue(store: Store, numbers: tuple[str, ...] = (NUMBER_1,), pages: int = 1) -> list[int]:
-    pdf = make_pdf(pages)
-    sha = store.save_document(pdf)
-    jobs = [NewJob(number=n, dst_num=n.lstrip("+"), extension=122, report_to=SENDER, source="cli") for n in numbers]
-    return store.enqueue_jobs(sha, pages, len(pdf), jobs)
 
 
 def settled(store: Store, ids: list[int], state: str = "submitted") -> bool:
@@ -123,7 +116,7 @@ async def test_provider_unreachable_backs_off_and_requeues(tmp_path: Path, sim_d
     data = merge(sim_data, {"provider": {"base_url": "http://127.0.0.1:9/api/ver1.0", "token_url": "http://127.0.0.1:9/oauth/token"}})
     async with run_gateway(load(tmp_path, data), sim=None, sender=False) as gw:
         # A client pointed at a closed port: every call fails to connect.
-        from e2f_support import FAST_SENDER
+        from support.e2f import FAST_SENDER
 
         from gatewayd.email_to_fax.sender import Sender
 

@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from corpus import good_message, make_garbage_pdf, make_pdf
-from e2f_support import DOMAIN, NUMBER_1, NUMBER_2, SENDER, RawSMTP, load, merge, run_gateway, wait_for
+from support.corpus import good_message, make_garbage_pdf, make_pdf
+from support.e2f import DOMAIN, NUMBER_1, NUMBER_2, SENDER, RawSMTP, load, merge, run_gateway, wait_for
 
 from gatewayd.store import StoreError
 

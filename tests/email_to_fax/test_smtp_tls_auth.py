@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from corpus import good_message, make_pdf
-from e2f_support import DOMAIN, NUMBER_1, NUMBER_2, SENDER, RawSMTP, cert_pair, load, merge, require_tool, run_gateway
+from support.corpus import good_message, make_pdf
+from support.e2f import DOMAIN, NUMBER_1, NUMBER_2, SENDER, RawSMTP, cert_pair, load, merge, require_tool, run_gateway
 
 from gatewayd.passwords import hash_password
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from stall_vectors import ACCEPTED, vectors
+from support.stall_vectors import ACCEPTED, vectors
 
-from e2f_support import DOMAIN, NUMBER_1, RawSMTP, load, merge, run_gateway
+from support.e2f import DOMAIN, NUMBER_1, RawSMTP, load, merge, run_gateway
 
 # Far above the ~100 ms a message may take, far below the seconds each of
 # these took before the caps.

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from foundation_support import gatewayd
+from support.foundation import gatewayd
 from gatewayd.config import load_config
 from gatewayd.passwords import hash_password, is_password_hash, verify_password
 from gatewayd.store import NewJob, Store

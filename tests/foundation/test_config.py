@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation_support import DELETE, REPO, base_config, clean_env, gatewayd, merge, to_toml
+from support.foundation import DELETE, REPO, base_config, clean_env, gatewayd, merge, to_toml
 from gatewayd.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,

@@ -7,7 +7,7 @@ import ast
 import importlib.util
 from types import ModuleType
 
-from foundation_support import REPO
+from support.foundation import REPO
 
 
 def _check_lock() -> ModuleType:

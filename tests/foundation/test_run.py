@@ -16,13 +16,10 @@ from typing import Any
 
 import pytest
 
-from foundation_support import PYTHON, REPO, base_config, clean_env, merge, to_toml
+from support.foundation import PYTHON, REPO, base_config, clean_env, merge, to_toml
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Daemon:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from foundation_support import PYTHON, base_config, gatewayd, to_toml
+from support.foundation import PYTHON, base_config, gatewayd, to_toml
 from gatewayd.store import (
     FINAL_STATES,
     MIGRATIONS,

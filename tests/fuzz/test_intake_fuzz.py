@@ -16,21 +16,14 @@ import io
 import quopri
 import re
 import socket
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-_HERE = Path(__file__).resolve().parent
-for _path in (_HERE.parent, _HERE.parent / "email_to_fax"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from e2f_support import config_data, load, run_gateway  # noqa: E402
+from support.e2f import config_data, load, run_gateway
 
 SPEC_REPLIES = [
     re.compile(r"^250 2\.0\.0 queued as \d+( \d+)*$"),

@@ -1,24 +1,18 @@
 """Fixtures for the IMAP intake tests: a real Dovecot on 127.0.0.1 and the
-configuration pointing at it. Helpers live in imap_support.py (pytest runs
-with --import-mode=importlib, so this directory is put on sys.path; the
-helpers are never imported as ``conftest``, a name every test directory has)."""
+configuration pointing at it. Helpers live in tests/support/imap.py."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
 
-from imap_support import Dovecot, config_data, load  # noqa: E402
+from support.imap import Dovecot, config_data, load
 
-from gatewayd.config import Config  # noqa: E402
+from gatewayd.config import Config
 
 
 @pytest.fixture

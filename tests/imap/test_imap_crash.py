@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imap_support import Dovecot, config_data, fax_message, free_port, to_toml, wait_for
+from support.imap import Dovecot, config_data, fax_message, free_port, to_toml, wait_for
 
 from gatewayd.provider.simulator import run_simulator
 from gatewayd.store import Store

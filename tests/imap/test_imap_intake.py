@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 import structlog.testing
 
-from imap_support import (
+from support.imap import (
     IMAP_PASSWORD,
     NUMBER,
     NUMBER_2,

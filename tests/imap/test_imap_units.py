@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import aioimaplib
 import pytest
-from imap_support import Dovecot, config_data, load
+from support.imap import Dovecot, config_data, load
 
 from gatewayd.config import NumbersConfig
 from gatewayd.daemon import Runtime, build_services

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from imap_support import TRUSTED_ID, Dovecot, fax_message, run_imap, wait_for
+from support.imap import TRUSTED_ID, Dovecot, fax_message, run_imap, wait_for
 
 from gatewayd.email_to_fax.authresults import verify_sender
 from gatewayd.email_to_fax import imap as imap_module

@@ -1,23 +1,20 @@
 """Fixtures for the fax-to-email tests: the provider simulator and the mail
 sink on 127.0.0.1, faxes made by ghostscript once per session, and a harness
-factory. Helpers live in inbound_support.py (pytest runs with
---import-mode=importlib, so this directory is put on sys.path)."""
+factory. Helpers live in tests/support/inbound.py."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inbound_support import FaxSample, Harness, RecordingSink, make_config, make_faxes  # noqa: E402
+from support.inbound import FaxSample, Harness, RecordingSink, make_config, make_faxes
 
-from gatewayd.config import Config  # noqa: E402
-from gatewayd.provider.simulator import ProviderSimulator, run_simulator  # noqa: E402
+from gatewayd.config import Config
+from gatewayd.provider.simulator import ProviderSimulator, run_simulator
 
 
 @pytest.fixture(scope="session")

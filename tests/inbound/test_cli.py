@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from inbound_support import REPO, config_data, to_toml
+from support.inbound import REPO, config_data, to_toml
 
 
 async def gatewayd(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ retried without holding up or repeating the delivery (docs/inbound.md,
 
 from __future__ import annotations
 
-from inbound_support import by_uuid
+from support.inbound import by_uuid
 
 
 def deletes(sim) -> int:

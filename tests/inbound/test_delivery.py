@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import pytest
-from inbound_support import attachments, body_text, by_uuid, is_a4, pdf_info
+from support.inbound import attachments, body_text, by_uuid, is_a4, pdf_info
 
 from gatewayd.fax_to_email.poller import HWM_KEY
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from inbound_support import attachments, body_text, by_uuid
+from support.inbound import attachments, body_text, by_uuid
 
 
 async def test_relay_451_then_recovery_delivers_each_fax_exactly_once(sim, sink, make_harness, faxes):

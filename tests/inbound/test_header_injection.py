@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from inbound_support import by_uuid
+from support.inbound import by_uuid
 
 CALLER = "=?utf-8?q?Invoice=0D=0ABcc:_victim@evil.example?="
 

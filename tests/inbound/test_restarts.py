@@ -15,16 +15,16 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from inbound_support import REPO, attachments, by_uuid, config_data, pdf_info, to_toml, wait_until
+from support.inbound import REPO, attachments, by_uuid, config_data, pdf_info, to_toml, wait_until
 
 from gatewayd.store import Store
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 ROUNDS = 8
 MAX_ROUNDS = 20  # more rounds while fewer than 2 kills have hit work in flight
@@ -45,10 +45,6 @@ def relay_commit_pending(state_dir: Path, sink) -> bool:
     return any(str(message_from_bytes(m.message)["Message-ID"]) in delivered for m in pending)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_daemon(cfg: Path, log: Path) -> asyncio.subprocess.Process:

@@ -81,6 +81,11 @@ def test_no_rule_or_no_limit_is_never_limited(tmp_path, clock) -> None:
     enqueue(store, None, 50)
     limiter.check(unlimited, new_jobs=1000)
     limiter.check(None, new_jobs=1000)
+    # The 50 jobs are counted under the rule's key: the same rule with a limit is over it.
+    limited = SenderRule(match=unlimited.match, max_per_hour=49, index=0)
+    assert limited.key == unlimited.key
+    with pytest.raises(RateLimitReached):
+        limiter.check(limited)
     store.close()
 
 
@@ -100,7 +105,10 @@ def test_a_rule_moved_in_the_file_gets_a_fresh_counter(tmp_path, clock, rule) ->
     limiter = RateLimiter(store, clock=clock)
     enqueue(store, rule, 3)
     moved = SenderRule(match=rule.match, max_per_hour=3, index=1)
-    limiter.check(moved, new_jobs=3)
+    assert moved.key != rule.key
+    with pytest.raises(RateLimitReached):
+        limiter.check(rule)  # the old position's counter is full
+    limiter.check(moved, new_jobs=3)  # the new position's is empty
     store.close()
 
 

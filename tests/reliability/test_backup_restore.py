@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rel_support import (
+from support.reliability import (
     DOMAIN,
     NUMBERS,
     REPO,

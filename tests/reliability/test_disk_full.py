@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rel_support import (
+from support.reliability import (
     SPEC_451,
     assert_documents_whole,
     config_data,

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 import pytest
-from rel_support import (
+from support.reliability import (
     DOMAIN,
     NUMBERS,
     assert_documents_whole,

@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from rel_support import (
+from support.reliability import (
     DOMAIN,
     NUMBERS,
     assert_exactly_once,

@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from rel_support import DOMAIN, NUMBERS, config_data, in_process, job_ids, load, message, pdf_bytes, smtp_send, wait_until
+from support.reliability import DOMAIN, NUMBERS, config_data, in_process, job_ids, load, message, pdf_bytes, smtp_send, wait_until
 
 from gatewayd.fax_to_email.poller import InboundPoller
 from gatewayd.mailsink import MailSink

@@ -10,7 +10,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from rel_support import (
+from support.reliability import (
     DOMAIN,
     NUMBERS,
     SENDER,

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from tomli_w import dumps as to_toml
-from rel_support import (
+from support.reliability import (
     DOMAIN,
     NUMBERS,
     REPO,

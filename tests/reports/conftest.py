@@ -1,23 +1,20 @@
 """Fixtures for the tracking/report/outbox tests. Helpers live in
-reports_support.py (pytest runs with --import-mode=importlib, so this
-directory is put on sys.path)."""
+tests/support/reports.py."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reports_support import Gateway, OffsetClock, make_config  # noqa: E402
+from support.reports import Gateway, OffsetClock, make_config
 
-from gatewayd.config import Config  # noqa: E402
-from gatewayd.mailsink import MailSink  # noqa: E402
-from gatewayd.provider.simulator import ProviderSimulator, SimClock, run_simulator  # noqa: E402
+from gatewayd.config import Config
+from gatewayd.mailsink import MailSink
+from gatewayd.provider.simulator import ProviderSimulator, SimClock, run_simulator
 
 
 @pytest.fixture

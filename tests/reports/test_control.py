@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from reports_support import Gateway, finished_job
+from support.reports import Gateway, finished_job
 
 from gatewayd.commands.common import CommandError
 from gatewayd.commands.control import cancel_job, retry_job

@@ -10,7 +10,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from reports_support import ADMIN, SENDER, Gateway, OffsetClock, finished_job, make_config
+from support.reports import ADMIN, SENDER, Gateway, OffsetClock, finished_job, make_config
 
 from gatewayd.email_to_fax.parse import parse_message
 from gatewayd.mail.compose import new_message, safe_header_text, to_bytes

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from reports_support import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, wait_for
+from support.reports import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, wait_for
 
 from gatewayd.mail.compose import new_message, to_bytes
 from gatewayd.mailsink import MailSink

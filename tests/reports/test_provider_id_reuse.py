@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from reports_support import DST, NUMBER, SENDER, Gateway, make_pdf, wait_for
+from support.reports import DST, NUMBER, SENDER, Gateway, make_pdf, wait_for
 
 from gatewayd.email_to_fax.sender import Sender, SenderTuning
 from gatewayd.mailsink import MailSink

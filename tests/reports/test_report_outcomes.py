@@ -10,7 +10,7 @@ import sys
 from email.message import EmailMessage
 from pathlib import Path
 
-from reports_support import ADMIN, DST, NUMBER, SENDER, Gateway
+from support.reports import ADMIN, DST, NUMBER, SENDER, Gateway
 
 from gatewayd.commands.control import retry_job
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from reports_support import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, finished_job, make_config, outbox_messages
+from support.reports import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, finished_job, make_config, outbox_messages
 
 from gatewayd.email_to_fax.report import Reporter, report_recipient
 from gatewayd.store import Store

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from reports_support import Gateway, wait_for
+from support.reports import Gateway, wait_for
 
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, Tracker, plan_change
 from gatewayd.provider.simulator import ProviderSimulator, SimSentFax

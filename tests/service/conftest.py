@@ -1,19 +1,16 @@
 """Fixtures for the service tests (systemd integration, reload, health,
-metrics, the demo). Helpers live in service_support.py (pytest runs with
---import-mode=importlib, so this directory is put on sys.path)."""
+metrics, the demo). Helpers live in tests/support/service.py."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_support import Gateway, NotifySocket, clean_env  # noqa: E402
+from support.service import Gateway, NotifySocket, clean_env
 
 
 @pytest.fixture(scope="session")

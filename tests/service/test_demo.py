@@ -9,7 +9,7 @@ import time
 from email import policy
 from pathlib import Path
 
-from service_support import PYTHON, REPO, clean_env
+from support.service import PYTHON, REPO, clean_env
 
 
 def _run_demo(workdir: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import DOMAIN, NUMBER, NotifySocket, Ports, fax_email, gateway_config, http_get, send_fax, write_config
+from support.service import DOMAIN, NUMBER, NotifySocket, Ports, fax_email, gateway_config, http_get, send_fax, write_config
 
 from gatewayd.config import load_config
 from gatewayd.daemon import Runtime

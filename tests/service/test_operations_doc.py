@@ -7,7 +7,7 @@ import argparse
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import REPO
+from support.service import REPO
 
 from gatewayd.cli import build_parser
 from gatewayd.daemon import RESTART_ONLY
@@ -55,7 +55,7 @@ def test_the_swaks_line_of_the_demo_and_the_docs_works(tmp_path) -> None:
     import subprocess
     import time
 
-    from service_support import PYTHON, clean_env
+    from support.service import PYTHON, clean_env
 
     from gatewayd.demo import sample_pdf
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import DOMAIN, NUMBER, NotifySocket, Ports, clean_env, fax_email, gateway_config, http_get, send_fax, write_config
+from support.service import DOMAIN, NUMBER, NotifySocket, Ports, clean_env, fax_email, gateway_config, http_get, send_fax, write_config
 
 from gatewayd.demo import sample_tiff
 from gatewayd.mailsink import MailSink

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_support import DOMAIN, NUMBER, NotifySocket, Ports, fax_email, gateway_config, http_get, send_fax, to_toml, write_config
+from support.service import DOMAIN, NUMBER, NotifySocket, Ports, fax_email, gateway_config, http_get, send_fax, to_toml, write_config
 
 from gatewayd.config import load_config
 from gatewayd.daemon import Daemon, Runtime, restart_only_changes

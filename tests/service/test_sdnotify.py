@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_support import DOMAIN, NUMBER, NotifySocket, Ports, fax_email, gateway_config, send_fax, tcp_connect_once, write_config
+from support.service import DOMAIN, NUMBER, NotifySocket, Ports, fax_email, gateway_config, send_fax, tcp_connect_once, write_config
 
 from gatewayd.config import load_config_data
 from gatewayd.daemon import Daemon, Runtime

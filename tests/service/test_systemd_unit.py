@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service_support import REPO
+from support.service import REPO
 
 UNIT = REPO / "systemd" / "gatewayd.service"
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 POSTFIX = "/usr/sbin/postfix"
 POSTMAP = "/usr/sbin/postmap"
@@ -36,7 +37,7 @@ DOVECOT = "/usr/sbin/dovecot"
 # Every service a relay-only instance uses, chroot off (the private queue is
 # not laid out for one), no listener but one smtpd on 127.0.0.1.
 MASTER_CF = """\
-# written by tests/deploy/postfix_support.py
+# written by tests/support/postfix.py
 {listen} inet  n       -       n       -       -       smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -61,7 +62,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 # The instance's own settings; the doc's snippet is appended after them.
 BASE_MAIN_CF = """\
-# written by tests/deploy/postfix_support.py: a private instance
+# written by tests/support/postfix.py: a private instance
 compatibility_level = 3.6
 queue_directory = {queue}
 data_directory = {data}
@@ -101,10 +102,6 @@ def need_root(what: str) -> None:
         pytest.fail(f"{what} needs root (a private Postfix instance is started with `postfix -c DIR start`)", pytrace=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float, what: str, log: Path | None = None) -> None:
@@ -225,7 +222,7 @@ class AuthDovecot:
     def start(self, listener_block: str, socket_path: Path, timeout: float = 15.0) -> None:
         listener = "\n".join("  " + line for line in listener_block.strip().splitlines())
         conf = self.base / "dovecot.conf"
-        conf.write_text(f"""# written by tests/deploy/postfix_support.py
+        conf.write_text(f"""# written by tests/support/postfix.py
 protocols = none
 listen = 127.0.0.1
 base_dir = {self.base}/run

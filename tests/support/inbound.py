@@ -23,12 +23,11 @@ from tomli_w import dumps as to_toml
 from gatewayd.config import Config, load_config_data
 from gatewayd.daemon import Runtime
 from gatewayd.fax_to_email.poller import InboundPoller
-from gatewayd.health import Health
 from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.mailsink import MailSink, SunkMail
-from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store
+from support.gateway import build_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 A4 = (595.28, 841.89)
@@ -236,11 +235,24 @@ class Harness:
     def __init__(self, config: Config, *, first_lookback: float | None = None) -> None:
         self.clock = OffsetClock()
         self.monotonic = Monotonic()
-        self.store = Store(config.state_dir)
-        self.provider = ProviderClient.from_config(config.provider, backoff_base=0.01, backoff_cap=0.05)
-        self.rt = Runtime(config=config, store=self.store, provider=self.provider, metrics=Metrics(), health=Health(), clock=self.clock)
-        self.poller = InboundPoller(self.rt, first_lookback=first_lookback, monotonic=self.monotonic)
-        self.outbox = OutboxWorker(self.rt, poll_interval=0.2)
+
+        def provider(config: Config, metrics: Any) -> ProviderClient:
+            return ProviderClient.from_config(config.provider, on_request=metrics.observe_provider_request, backoff_base=0.01, backoff_cap=0.05)
+
+        # The one in-process gateway (support.gateway): the poller and the outbox, driven step by step.
+        self.gw = build_gateway(
+            config, only={"inbound", "outbox"}, clock=self.clock, provider=provider, port_zero=False,
+            replace={"inbound": lambda rt: InboundPoller(rt, first_lookback=first_lookback, monotonic=self.monotonic),
+                     "outbox": lambda rt: OutboxWorker(rt, poll_interval=0.2)},
+        )
+        self.rt = self.gw.rt
+        self.store = self.rt.store
+        self.poller: InboundPoller = self.gw.service("inbound")
+        self.outbox: OutboxWorker = self.gw.service("outbox")
+
+    @property
+    def provider(self) -> Any:
+        return self.rt.provider
 
     async def start(self) -> "Harness":
         await self.poller.start()
@@ -259,18 +271,14 @@ class Harness:
             pass
 
     def reload(self, config: Config) -> None:
-        """What Daemon.reload does with a new valid configuration."""
-        self.rt.config = config
-        for hook in self.rt.reload_hooks:
-            hook(config)
+        """A SIGHUP with a valid file: the daemon's own Daemon._apply."""
+        assert self.gw.reload(config), "reload rejected"
 
     def ledger(self) -> dict[str, Any]:
         return {r.uuid: r for r in self.store.list_received(limit=10_000)}
 
     async def close(self) -> None:
-        self.rt.stopping.set()
-        await self.provider.aclose()
-        self.store.close()
+        await self.gw.stop()
 
 
 async def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> None:

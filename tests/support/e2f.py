@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import dataclasses
 import datetime as dt
 import ipaddress
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,16 +21,16 @@ from typing import Any
 
 from tomli_w import dumps as to_toml
 
-from gatewayd.config import Config, HostPort, load_config
+from gatewayd.config import Config, load_config
 from gatewayd.daemon import build_smtp_listener
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.sender import Sender, SenderTuning
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
-from gatewayd.health import Health
-from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
-from gatewayd.store import Store
+from gatewayd.store import NewJob, Store
+from support.gateway import InProcessGateway, in_process, with_port_zero  # noqa: F401 (with_port_zero: public name)
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -56,10 +54,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ config
@@ -106,21 +100,22 @@ def load(tmp_path: Path, data: dict[str, Any], name: str = "config.toml") -> Con
     return load_config(write_config(tmp_path / name, data), env={})
 
 
-def with_port_zero(config: Config) -> Config:
-    """The config loader refuses port 0; tests bind any free port."""
-    return dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, listen=(HostPort("127.0.0.1", 0),)))
 
 
 # ----------------------------------------------------------------- gateway
 
 
-@dataclasses.dataclass
 class Gateway:
-    rt: Runtime
-    listener: SmtpListener
-    intake: Intake
-    sender: Sender | None
-    tasks: list[asyncio.Task[Any]]
+    """The email-to-fax parts of a gateway run by support.gateway (store, intake,
+    SMTP listener, and the sender when asked for)."""
+
+    def __init__(self, gw: InProcessGateway) -> None:
+        self.gw = gw
+        self.rt: Runtime = gw.rt
+        self.listener: SmtpListener = gw.service("smtp")
+        self.intake: Intake = self.listener.intake
+        self.sender: Sender | None = gw.service("sender") if gw.has("sender") else None
+        self.tasks = gw.tasks
 
     @property
     def store(self) -> Store:
@@ -128,7 +123,7 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        return self.listener.addresses[0][1]
+        return self.gw.port
 
     def jobs(self) -> list[Any]:
         return sorted(self.store.list_jobs(limit=10_000), key=lambda j: j.id)
@@ -143,35 +138,19 @@ FAST_SENDER = SenderTuning(idle_poll=0.2, backoff_base=0.2, backoff_cap=1.0, aut
 @contextlib.asynccontextmanager
 async def run_gateway(config: Config, *, sim: Any = None, sender: bool = False, smtp_tuning: SmtpTuning | None = None,
                       sender_tuning: SenderTuning | None = None, tls_context: Any = None) -> AsyncIterator[Gateway]:
-    """Store, intake and SMTP listener (and the sender, with a simulator) in this loop."""
-    config = with_port_zero(config)
-    store = Store(config.state_dir)
+    """Store, intake and SMTP listener (and the sender, with a simulator) in this
+    loop: support.gateway.in_process with only those services."""
+    only = {"smtp", "sender"} if sender else {"smtp"}
+    replace = {
+        "smtp": lambda rt: build_smtp_listener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0), tls_context=tls_context),
+        "sender": lambda rt: Sender(rt, sender_tuning or FAST_SENDER),
+    }
     provider = None
     if sim is not None:
-        provider = ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0)
-    rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health())
-    intake = Intake(rt)
-    listener = build_smtp_listener(rt, intake, tuning=smtp_tuning or SmtpTuning(stop_grace=1.0), tls_context=tls_context)
-    the_sender = Sender(rt, sender_tuning or FAST_SENDER) if sender else None
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        if the_sender is not None:
-            await the_sender.start()
-            tasks.append(asyncio.create_task(the_sender.run()))
-        await listener.start()
-        tasks.append(asyncio.create_task(listener.run()))
-        yield Gateway(rt, listener, intake, the_sender, tasks)
-    finally:
-        rt.stopping.set()
-        await listener.stop()
-        if the_sender is not None:
-            await the_sender.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if provider is not None:
-            await provider.aclose()
-        store.close()
+        def provider(config: Config, metrics: Any) -> ProviderClient:
+            return ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0, on_request=metrics.observe_provider_request)
+    async with in_process(config, only=only, replace=replace, provider=provider, check=False) as gw:
+        yield Gateway(gw)
 
 
 async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> None:
@@ -186,6 +165,17 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def enqueue(store: Store, numbers: tuple[str, ...] = (NUMBER_1,), pages: int = 1) -> list[int]:
+    """Jobs queued directly in the store, as `gatewayd send` leaves them."""
+    from support.corpus import make_pdf
+
+    pdf = make_pdf(pages)
+    sha = store.save_document(pdf)
+    jobs = [NewJob(number=n, dst_num=n.lstrip("+"), extension=122, report_to=SENDER, source="cli") for n in numbers]
+    return store.enqueue_jobs(sha, pages, len(pdf), jobs)
+
 
 
 # ------------------------------------------------------------- raw client

@@ -12,30 +12,29 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2f_support import to_toml
+from support.e2f import to_toml
 
-from gatewayd.config import Config, HostPort, load_config_data
+from gatewayd.config import Config, load_config_data
 from gatewayd.daemon import build_smtp_listener
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.sender import Sender, SenderTuning
-from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
+from gatewayd.email_to_fax.smtp import SmtpTuning
 from gatewayd.email_to_fax.tracker import Tracker
-from gatewayd.health import Health
 from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.email_to_fax.report import Reporter
-from gatewayd.metrics import Metrics
-from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store
+from support.gateway import InProcessGateway
+from support.gateway import in_process as gateway_in_process
+from support.ports import ATTEMPTS, PortClash, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "fax.example.com"
@@ -47,10 +46,6 @@ FAST_SENDER = SenderTuning(idle_poll=0.2, backoff_base=0.2, backoff_cap=1.0, aut
                            reconcile_delay=0.1, stop_grace=2.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_data(state_dir: Path, *, sim: Any, smtp_port: int, relay: str = "127.0.0.1:9", **sections: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +270,20 @@ class DaemonProcess:
 
 
 async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gatewayd") -> DaemonProcess:
-    """``gatewayd run -c FILE`` as a subprocess."""
+    """``gatewayd run -c FILE`` as a subprocess. Its SMTP port was picked by
+    support.ports.free_port (the loader refuses port 0); when another process
+    took it first, the start is retried on a new port (``data`` is updated)."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return await _start_daemon(workdir, data, name=name)
+        except PortClash:
+            if attempt == ATTEMPTS - 1:
+                raise
+            data["smtp"]["listen"] = f"127.0.0.1:{free_port()}"
+    raise AssertionError("unreachable")
+
+
+async def _start_daemon(workdir: Path, data: dict[str, Any], *, name: str) -> DaemonProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.toml"
     config.write_text(to_toml(data), encoding="utf-8")
@@ -295,6 +303,8 @@ async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gate
         daemon.kill()  # never left running behind a failed start
         with contextlib.suppress(Exception):
             await asyncio.wait_for(proc.wait(), 10)
+        if "address already in use" in daemon.log_tail(20000).lower():
+            raise PortClash(f"port {port} taken before gatewayd bound it") from None
         raise
     return daemon
 
@@ -315,14 +325,16 @@ class OffsetClock:
         self.offset += seconds
 
 
-@dataclass
 class InProcess:
-    """The daemon's components on one Runtime in the test's loop, with short timings."""
+    """The daemon's components on one Runtime in the test's loop, with short
+    timings: support.gateway.in_process with the test tunings below."""
 
-    rt: Runtime
-    clock: OffsetClock
-    services: list[Any]
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    def __init__(self, gw: InProcessGateway, clock: OffsetClock) -> None:
+        self.gw = gw
+        self.rt = gw.rt
+        self.clock = clock
+        self.services: list[Any] = gw.services
+        self.tasks = gw.tasks
 
     @property
     def store(self) -> Store:
@@ -330,62 +342,28 @@ class InProcess:
 
     @property
     def port(self) -> int:
-        listener = next(s for s in self.services if isinstance(s, SmtpListener))
-        return listener.addresses[0][1]
+        return self.gw.port
 
     def wake_all(self) -> None:
-        for name in ("sender", "tracker", "reports", "outbox", "inbound"):
-            self.rt.wake(name)
+        self.gw.wake_all()
 
 
 @contextlib.asynccontextmanager
 async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | None = None, store: Store | None = None,
                      smtp_tuning: SmtpTuning | None = None) -> AsyncIterator[InProcess]:
-    config = _port_zero(config)
+    """Sender, tracker, reports, outbox, SMTP listener (and ``extra``); a crashed
+    run() is restarted like the daemon's supervisor does (the crash kept in ``gw.crashes``)."""
     clock = OffsetClock()
-    store = store or Store(config.state_dir, clock=clock)
-    provider = ProviderClient.from_config(config.provider, backoff_base=0.01, backoff_cap=0.05)
-    rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health(), clock=clock)
-    services: list[Any] = [Sender(rt, FAST_SENDER), Tracker(rt, max_backoff=1.0), Reporter(rt, poll_interval=0.2),
-                           OutboxWorker(rt, poll_interval=0.2)]
-    if extra is not None:
-        services += extra(rt)
-    services.append(build_smtp_listener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0)))
-    h = InProcess(rt, clock, services)
-    try:
-        for s in services:
-            await s.start()
-        h.tasks = [asyncio.create_task(_keep(s)) for s in services]
-        yield h
-    finally:
-        rt.stopping.set()
-        for s in reversed(services):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(s.stop(), 5)
-        for t in h.tasks:
-            t.cancel()
-        await asyncio.gather(*h.tasks, return_exceptions=True)
-        await provider.aclose()
-        store.close()
-
-
-async def _keep(service: Any) -> None:
-    """Like the daemon's supervisor: a crashed run() is restarted (and the crash kept for the test)."""
-    while True:
-        try:
-            await service.run()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            service.crashes = getattr(service, "crashes", []) + [repr(exc)]
-            await asyncio.sleep(0.2)
-
-
-def _port_zero(config: Config) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, listen=(HostPort("127.0.0.1", 0),)))
+    replace = {
+        "sender": lambda rt: Sender(rt, FAST_SENDER),
+        "tracker": lambda rt: Tracker(rt, max_backoff=1.0),
+        "reports": lambda rt: Reporter(rt, poll_interval=0.2),
+        "outbox": lambda rt: OutboxWorker(rt, poll_interval=0.2),
+        "smtp": lambda rt: build_smtp_listener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0)),
+    }
+    async with gateway_in_process(config, only=set(replace), replace=replace, extra=extra, store=store, clock=clock,
+                                  restart=True, check=False) as gw:
+        yield InProcess(gw, clock)
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> None:

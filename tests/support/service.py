@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tomli_w import dumps as to_toml
+from support.ports import free_port  # noqa: F401 (also a public name here)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -42,10 +43,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ config

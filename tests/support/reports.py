@@ -25,14 +25,13 @@ import pikepdf
 from gatewayd.config import Config, HostPort, HttpConfig, MailConfig, ProviderConfig, StorageConfig
 from gatewayd.daemon import Runtime
 from gatewayd.email_to_fax.tracker import Tracker
-from gatewayd.health import Health
 from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.email_to_fax.report import Reporter
 from gatewayd.mailsink import MailSink
-from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.provider.simulator import ProviderSimulator
 from gatewayd.store import SUBMITTED, Job, NewJob, Store
+from support.gateway import InProcessGateway, build_gateway
 
 SENDER = "alice@example.test"
 ADMIN = "admin@example.test"
@@ -99,32 +98,35 @@ class Gateway:
     reporter: Reporter = field(init=False)
     outbox: OutboxWorker = field(init=False)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    gw: InProcessGateway = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = Store(self.config.state_dir, clock=self.clock)
-        metrics = Metrics()
-        # backoff_base: the client's own retries of a 5xx sleep for real; keep them short.
-        self.provider = ProviderClient.from_config(self.config.provider, on_request=metrics.observe_provider_request, backoff_base=0.01)
-        self.rt = Runtime(config=self.config, store=self.store, provider=self.provider, metrics=metrics, health=Health(), clock=self.clock)
-        self.tracker = Tracker(self.rt)
-        self.reporter = Reporter(self.rt, poll_interval=0.05)
-        self.outbox = OutboxWorker(self.rt, poll_interval=0.05)
+        # The one in-process gateway (support.gateway), with only these services and short polls.
+        def provider(config: Config, metrics: Any) -> ProviderClient:
+            # backoff_base: the client's own retries of a 5xx sleep for real; keep them short.
+            return ProviderClient.from_config(config.provider, on_request=metrics.observe_provider_request, backoff_base=0.01)
+
+        self.gw = build_gateway(
+            self.config, only={"tracker", "reports", "outbox"}, clock=self.clock, provider=provider, port_zero=False,
+            replace={"reports": lambda rt: Reporter(rt, poll_interval=0.05), "outbox": lambda rt: OutboxWorker(rt, poll_interval=0.05)},
+        )
+        self.rt = self.gw.rt
+        self.store = self.rt.store
+        self.provider = self.rt.provider  # type: ignore[assignment]
+        self.tracker = self.gw.service("tracker")
+        self.reporter = self.gw.service("reports")
+        self.outbox = self.gw.service("outbox")
 
     def start(self, *services: str) -> "Gateway":
         chosen = [s for s in (self.tracker, self.reporter, self.outbox) if not services or s.name in services]
         for service in chosen:
             self.tasks.append(asyncio.create_task(service.run(), name=service.name))
+        self.gw.tasks = self.tasks
         return self
 
     async def stop(self) -> None:
-        self.rt.stopping.set()
-        if self.tasks:
-            done, pending = await asyncio.wait(self.tasks, timeout=5)
-            for task in done:
-                task.result()  # a crashed service fails the test loudly
-            assert not pending, f"services did not stop: {pending}"
-        await self.provider.aclose()
-        self.store.close()
+        """Stop as the daemon does; a crashed service fails the test loudly."""
+        await self.gw.stop(timeout=5)
 
     def set_config(self, **provider: Any) -> None:
         self.config = replace(self.config, provider=replace(self.config.provider, **provider))
