@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from corpus import good_message, make_pdf
-from e2f_support import DOMAIN, NUMBER_1, NUMBER_2, SENDER, RawSMTP, load, merge, run_gateway
+from support.corpus import good_message, make_pdf
+from support.e2f import DOMAIN, NUMBER_1, NUMBER_2, SENDER, RawSMTP, load, merge, run_gateway
 
 PDF = make_pdf(1, text="Scanned")
 

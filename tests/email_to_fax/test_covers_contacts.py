@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from corpus import good_message, make_pdf, pdftotext
-from e2f_support import DOMAIN, NUMBER_1, NUMBER_2, RawSMTP, load, merge, pdfinfo, run_gateway, wait_for
+from support.corpus import good_message, make_pdf, pdftotext
+from support.e2f import DOMAIN, NUMBER_1, NUMBER_2, RawSMTP, load, merge, pdfinfo, run_gateway, wait_for
 from PIL import Image
 
 from gatewayd.config import ConfigError

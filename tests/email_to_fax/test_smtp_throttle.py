@@ -11,7 +11,7 @@ import concurrent.futures
 from pathlib import Path
 
 import pytest
-from e2f_support import RawSMTP, load, merge, run_gateway, wait_for
+from support.e2f import RawSMTP, load, merge, run_gateway, wait_for
 
 from gatewayd.email_to_fax.smtp import SmtpTuning
 from gatewayd.email_to_fax.throttle import ClientThrottle
@@ -162,8 +162,8 @@ async def test_scrypt_runs_on_its_own_executor(tmp_path: Path, data: dict, passw
 async def test_an_account_has_its_own_hourly_limit(tmp_path: Path, data: dict, password_hash: str) -> None:
     # issue 14, item 9: the envelope sender matches no [[senders]] rule, so
     # only the account's own max_per_hour limits it.
-    from corpus import good_message, make_pdf
-    from e2f_support import DOMAIN, NUMBER_1, NUMBER_2
+    from support.corpus import good_message, make_pdf
+    from support.e2f import DOMAIN, NUMBER_1, NUMBER_2
 
     data = merge(data, {"smtp": {"users": [{"name": "scanner", "password_hash": password_hash, "max_per_hour": 2}]}})
     raw = good_message([("scan.pdf", "application/pdf", make_pdf(1))])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from foundation_support import gatewayd
+from support.foundation import gatewayd
 from gatewayd.commands.terminal import safe_text
 from gatewayd.config import load_config
 from gatewayd.store import NewJob, ReceivedFax, Store

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from foundation_support import base_config, merge
+from support.foundation import base_config, merge
 from gatewayd.config import ConfigError, Contact, load_config_data
 from gatewayd.email_to_fax.policy import contact_problems
 
@@ -82,7 +82,7 @@ def test_contacts_inline_and_from_a_file(tmp_path: Path) -> None:
 
 def test_contacts_file_relative_to_the_configuration(tmp_path: Path) -> None:
     from gatewayd.config import load_config
-    from foundation_support import to_toml
+    from support.foundation import to_toml
 
     (tmp_path / "contacts.csv").write_text("alias,name,number\nlab,City Lab,+78123090001\n", encoding="utf-8")
     path = tmp_path / "config.toml"

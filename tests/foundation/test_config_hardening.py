@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from foundation_support import gatewayd
+from support.foundation import gatewayd
 from gatewayd.config import ConfigError, config_warnings, load_config
 
 FAKE_HASH = "$scrypt$n=16384,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation_support import base_config, gatewayd, merge, to_toml
+from support.foundation import base_config, gatewayd, merge, to_toml
 from gatewayd.config import INBOUND_WINDOW_SLACK, load_config_data
 from gatewayd.fax_to_email import poller
 from gatewayd.store import NewJob, ReceivedFax, Store

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from foundation_support import base_config, merge
+from support.foundation import base_config, merge
 from gatewayd.config import load_config_data
 from gatewayd.health import Health
 from gatewayd.metrics import Metrics

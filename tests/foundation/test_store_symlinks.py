@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation_support import gatewayd
+from support.foundation import gatewayd
 from gatewayd.store import Store, StoreError
 
 DAEMON_UID = DAEMON_GID = 65534  # nobody: the state directory's owner

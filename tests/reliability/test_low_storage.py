@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2f_support import to_toml
-from rel_support import REPO, config_data, in_process, job_ids, load, message, pdf_bytes, smtp_send, stored_jobs
+from support.e2f import to_toml
+from support.reliability import REPO, config_data, in_process, job_ids, load, message, pdf_bytes, smtp_send, stored_jobs
 
 from gatewayd.http import gather_health
 from gatewayd.provider.simulator import run_simulator

@@ -243,7 +243,7 @@ async def test_the_attached_copy_has_the_recipients_own_cover(offline, tmp_path:
     # What was faxed: this recipient's cover, then the shared attachments.
     import subprocess
 
-    from reports_support import DST
+    from support.reports import DST
 
     from gatewayd.documents.cover import CoverPage, render_cover
     from gatewayd.store import NewJob

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service_support import DOMAIN, NotifySocket, Ports, fax_email, gateway_config, send_fax, to_toml
+from support.service import DOMAIN, NotifySocket, Ports, fax_email, gateway_config, send_fax, to_toml
 
 ALICE = "alice@allowed.test"
 

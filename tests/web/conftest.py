@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from web_support import CHROMIUM, CHROMIUM_ARGS, EXTENSION, PASSWORDS  # noqa: E402
+from support.web import CHROMIUM, CHROMIUM_ARGS, EXTENSION, PASSWORDS
 
 from gatewayd.config import load_config_data
 from gatewayd.daemon import Daemon

@@ -15,7 +15,7 @@ import httpx
 from gatewayd.demo import sample_pdf, sample_tiff
 from gatewayd.store import NewJob
 
-from web_support import EXTENSION, PASSWORDS  # type: ignore[import-not-found]
+from support.web import EXTENSION, PASSWORDS  # type: ignore[import-not-found]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "web"
 
