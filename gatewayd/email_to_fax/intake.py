@@ -15,6 +15,7 @@ again, which is always safe because nothing was committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,10 @@ from types import MappingProxyType
 
 from gatewayd.documents.builder import DocumentBuilder, FaxDocument
 from gatewayd.documents.cover import CoverPage, wants_cover
+from gatewayd.documents.errors import DocumentTooLarge
+from gatewayd.documents.officekinds import OFFICE_KINDS
 from gatewayd.email_to_fax.errors import AttachmentRejected, IntakeRefused, NoFaxDocument, TemporaryFailure
-from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
+from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, office_as_unsupported, parse_message, safe_filename
 from gatewayd.filekinds import sniff_kind
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.logs import get_logger
@@ -46,10 +49,13 @@ _MAX_NOTE = 2000
 class Intake:
     """Turns an authorised message into durable jobs (docs/architecture.md, Email to fax, step by step)."""
 
-    def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
+    def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES,
+                 office: bool = False) -> None:
+        """``office``: LibreOffice is there (the daemon checked at start); ``documents.office`` may still turn it off."""
         self.rt = rt
         self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes)
         self.inline_bytes = inline_bytes
+        self.office = office
 
     async def accept(
         self,
@@ -118,6 +124,8 @@ class Intake:
             await store.run(limiter.check, authorisation.rule, len(destinations))
 
         docs = config.documents
+        if any(a.kind in OFFICE_KINDS for a in parsed.attachments) and not (self.office and docs.office):
+            parsed = office_as_unsupported(parsed)
         cover = None
         if wants_cover(docs.cover_page, parsed.body_text):
             cover = CoverPage(
@@ -127,13 +135,16 @@ class Intake:
                 subject=parsed.subject,
                 body=parsed.body_text,
             )
-        document: FaxDocument = await self.builder.build(
-            parsed.attachments,
-            cover=cover,
-            page_size=docs.page_size,
-            max_pages=min(authorisation.max_pages, docs.max_pages),
-            unsupported=parsed.unsupported,
-        )
+        max_pages = min(authorisation.max_pages, docs.max_pages)
+        office = any(a.kind in OFFICE_KINDS for a in parsed.attachments)
+        if not office:
+            document: FaxDocument = await self.builder.build(
+                parsed.attachments,
+                cover=cover,
+                page_size=docs.page_size,
+                max_pages=max_pages,
+                unsupported=parsed.unsupported,
+            )
         note = _note(parsed)
         jobs = [
             NewJob(
@@ -149,6 +160,8 @@ class Intake:
             )
             for d in destinations
         ]
+        if office:
+            return await self._accept_for_conversion(parsed, cover, docs.page_size, max_pages, jobs, intake_key, source)
         ids = await store.run(store.save_and_enqueue, document.pdf, document.sha256, document.pages, jobs, intake_key=intake_key)
         rt.wake("sender")
         log.info(
@@ -157,6 +170,38 @@ class Intake:
             user=authorisation.user, rule=jobs[0].rule_key or None, message_id=parsed.message_id,
         )
         return list(ids)
+
+
+    async def _accept_for_conversion(self, parsed: ParsedMessage, cover: CoverPage | None, page_size: str, max_pages: int,
+                                     jobs: list[NewJob], intake_key: str | None, source: str) -> list[int]:
+        """Store the parts for the converter (docs/documents.md, Office documents); jobs start ``converting``.
+
+        PDFs and images are checked and made into PDFs now, so they keep
+        their answer at DATA time; office originals are stored as they came.
+        """
+        parts: list[tuple[str, str, bytes]] = []
+        pages = 0
+        for att in parsed.attachments:
+            if att.kind in OFFICE_KINDS:
+                parts.append((att.filename, att.kind, att.data))
+                continue
+            # One part at a time; its size is judged on the whole fax, after conversion.
+            made = await self.builder.build([att], cover=None, page_size=page_size, max_pages=max_pages, max_bytes=_NO_SIZE_LIMIT)
+            pages += made.pages
+            if pages > max_pages:
+                raise DocumentTooLarge(f"more than {max_pages} pages")
+            parts.append((att.filename, "pdf", made.pdf))
+        spec = {"cover": dataclasses.asdict(cover) if cover is not None else None, "page_size": page_size, "max_pages": max_pages}
+        store = self.rt.store
+        ids = await store.run(store.save_conversion, parts, spec, jobs, intake_key=intake_key)
+        self.rt.wake("converter")
+        log.info("intake_accepted", source=source, job_ids=ids, numbers=[j.number for j in jobs], converting=True,
+                 documents=[name for name, kind, _ in parts if kind != "pdf"], message_id=parsed.message_id)
+        return list(ids)
+
+
+# Parts are checked one by one at DATA time; the size limit applies to the whole fax, later.
+_NO_SIZE_LIMIT = 1 << 62
 
 
 def _sender_line(parsed: ParsedMessage, report_to: str) -> str:
@@ -189,6 +234,7 @@ def attachment_from_bytes(filename: str, data: bytes) -> Attachment:
     name = safe_filename(filename, "document")
     kind = sniff_kind(data)
     if kind is None:
+        # Office documents only come by email for now: the converter runs in the daemon.
         raise AttachmentRejected(name, "not a PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP file")
     return Attachment(filename=name, kind=kind, data=data, declared_type=_KIND_TYPES[kind])
 

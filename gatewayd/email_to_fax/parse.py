@@ -25,6 +25,7 @@ and for the fall-back to the plain parse whenever that cannot be shown.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import email.policy
 import mimetypes
 import re
@@ -50,12 +51,14 @@ from gatewayd.email_to_fax.errors import (
     IntakeRefused,
     MalformedMessage,
 )
+from gatewayd.documents.officekinds import OFFICE_KINDS, OfficeKind, sniff_office
 from gatewayd.filekinds import FileKind, sniff_kind
 
 __all__ = [
     "Attachment",
     "ParsedMessage",
     "UnsupportedPart",
+    "office_as_unsupported",
     "parse_message",
     "safe_filename",
 ]
@@ -110,10 +113,15 @@ _SIGNATURE_TYPES = frozenset({
 
 @dataclass(frozen=True)
 class Attachment:
-    """A faxable attachment; ``kind`` comes from its bytes, not its labels."""
+    """A faxable attachment; ``kind`` comes from its bytes, not its labels.
+
+    An office kind (``gatewayd/documents/officekinds.py``) becomes pages
+    through LibreOffice after the 250, or is refused as unsupported where
+    that is off (``Intake``).
+    """
 
     filename: str
-    kind: FileKind
+    kind: FileKind | OfficeKind
     data: bytes = field(repr=False)
     declared_type: str
 
@@ -337,6 +345,14 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         if kind is not None:
             attachments.append(Attachment(name, kind, data, ctype))
             continue
+        office = sniff_office(data, ctype, raw_name or "")
+        if office is not None:
+            if raw_name is None:
+                name = safe_filename(None, f"attachment-{index}.{office}")
+            if office == "txt":
+                data = _utf8_text(data, part.get_content_charset())
+            attachments.append(Attachment(name, office, data, ctype))
+            continue
         claimed = _CLAIMED_TYPES.get(ctype) or _CLAIMED_EXTENSIONS.get(_extension(raw_name))
         if claimed == "pdf":
             raise AttachmentRejected(name, "corrupt PDF")
@@ -368,6 +384,19 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         authentication_results=tuple(
             _clean_line(_unescape_8bit(str(v))) for v in (msg.get_all("authentication-results") or ())
         ),
+    )
+
+
+def office_as_unsupported(parsed: ParsedMessage) -> ParsedMessage:
+    """The message as where LibreOffice is off or missing: office attachments unsupported, as any unknown type."""
+    office = [a for a in parsed.attachments if a.kind in OFFICE_KINDS]
+    if not office:
+        return parsed
+    return dataclasses.replace(
+        parsed,
+        attachments=tuple(a for a in parsed.attachments if a.kind not in OFFICE_KINDS),
+        unsupported=parsed.unsupported + tuple(
+            UnsupportedPart(a.filename, a.declared_type, f"unsupported type {a.declared_type}") for a in office),
     )
 
 
@@ -489,6 +518,15 @@ def _decode_text(part: Message, label: str, body: bytes | None = None) -> str:
         # us-ascii declared with 8-bit bytes is common; UTF-8 is the likely truth.
         text = data.decode("utf-8" if charset in ("us-ascii", "ascii") else charset, "replace")
     return text.replace("\r\n", "\n").replace("\r", "\n")[:MAX_BODY_CHARS]
+
+
+def _utf8_text(data: bytes, charset: str | None) -> bytes:
+    """A text attachment as UTF-8 with a byte order mark, which LibreOffice's text import reads as such."""
+    try:
+        text = data.decode(charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        text = data.decode("utf-8", "replace")
+    return b"\xef\xbb\xbf" + text.lstrip("\ufeff").encode("utf-8")
 
 
 # ------------------------------------------------------------------ content

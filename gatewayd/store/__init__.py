@@ -15,6 +15,7 @@ tables stays one commit:
 - ``documents``: the document files;
 - ``jobs``: jobs, their history, intake keys, the job side of reports;
 - ``outbox``: every email gatewayd sends;
+- ``conversions``: office documents waiting for LibreOffice (state ``converting``);
 - ``received``: the ledger of received faxes;
 - ``usage``: the hourly sender counters;
 - ``markers``: metadata and the IMAP reply markers.
@@ -37,6 +38,7 @@ from gatewayd.jobstates import (
     ACTIVE_STATES,
     AT_PROVIDER,
     CANCELED,
+    CONVERTING,
     ERROR,
     FAILED,
     FINAL_STATES,
@@ -49,6 +51,7 @@ from gatewayd.jobstates import (
     SUBMITTING,
     UNKNOWN,
 )
+from gatewayd.store.conversions import Conversion, ConversionPart, ConversionTable
 from gatewayd.store.database import Database, StoreError
 from gatewayd.store.documents import DocumentFiles, adopt, foreign_owner
 from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
@@ -59,15 +62,15 @@ from gatewayd.store.received import ReceivedFax, ReceivedLedger
 from gatewayd.store.usage import SenderUsage
 
 __all__ = [
-    "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
+    "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "CONVERTING", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
     "QUEUED", "REJECTED", "SENDING", "SENT", "SUBMITTED", "SUBMITTING", "UNKNOWN",
-    "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "ReceivedFax", "Store", "StoreError",
+    "Conversion", "ConversionPart", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "ReceivedFax", "Store", "StoreError",
 ]
 
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, OutboxTable, ReceivedLedger, SenderUsage, Markers):
+class Store(DocumentFiles, JobTable, ConversionTable, OutboxTable, ReceivedLedger, SenderUsage, Markers):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:

@@ -99,4 +99,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN reported_at REAL;
     CREATE INDEX jobs_unreported ON jobs(finished_at) WHERE finished_at IS NOT NULL AND reported_at IS NULL;
     """,
+    # 3: office documents converted after the 250 (docs/documents.md, Office documents)
+    """
+    CREATE TABLE conversions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        parts TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        job_ids TEXT NOT NULL DEFAULT '[]',
+        finished_at REAL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX conversions_state ON conversions(state);
+    """,
 ]
