@@ -204,10 +204,13 @@ class OfficeConverter:
         self._busy: set[_Converter] = set()
 
     async def warm(self) -> None:
-        """Start one converter now, so the first document does not wait for LibreOffice to start."""
-        async with self._slots:
-            if not self._idle:
+        """Start every converter now, so the first documents do not wait for LibreOffice to start."""
+        async def one() -> None:
+            async with self._slots:
                 self._idle.append(await self._new())
+
+        missing = self.settings.concurrency - len(self._idle) - len(self._busy)
+        await asyncio.gather(*(one() for _ in range(max(0, missing))))
 
     async def _new(self) -> _Converter:
         self._started += 1

@@ -51,6 +51,7 @@ class ConverterService:
         self.unavailable = unavailable or "LibreOffice is not available on this gateway"
         self.builder = DocumentBuilder(max_concurrent=2)
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._warmed = False
 
     async def start(self) -> None:
         pass
@@ -58,6 +59,13 @@ class ConverterService:
     async def run(self) -> None:
         rt = self.rt
         limit = 2 * (self.office.settings.concurrency if self.office is not None else 1)
+        if self.office is not None and not self._warmed:
+            # LibreOffice takes seconds to start: not while the first document waits.
+            self._warmed = True
+            try:
+                await self.office.warm()
+            except Exception as exc:  # noqa: BLE001 - the first document will try again, and say why
+                log.warning("office_converter_not_started", error=f"{type(exc).__name__}: {exc}")
         while True:
             free = limit - len(self._running)
             if free > 0:
