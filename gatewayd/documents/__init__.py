@@ -10,7 +10,11 @@ imports nothing, so importing ``gatewayd.documents.errors`` stays cheap):
 - ``tiff``: the TIFF IFD reader and the direct CCITT G4 PDF writer;
 - ``images``: image checks from headers, flattening, img2pdf, ``tiff_to_pdf``;
 - ``cover``: the cover page and its font subset (fpdf2, fontTools);
-- ``builder``: ``build_document`` and the async ``DocumentBuilder``.
+- ``builder``: ``build_document`` and the async ``DocumentBuilder``;
+- ``faxres``: a document too large re-rendered at fax resolution (Ghostscript);
+- ``officekinds``: office and text documents recognised by their bytes;
+- ``office``: the warm, sandboxed LibreOffice converter pool (``uno_worker``
+  is its LibreOffice side, run by the Python that has ``uno``).
 
 Nothing here imports a flow (``gatewayd.email_to_fax``,
 ``gatewayd.fax_to_email``): the flows import this package.

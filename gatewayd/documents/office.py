@@ -107,6 +107,7 @@ class _Converter:
         self.dir = Path(tempfile.mkdtemp(prefix=f"office{number}-", dir=root))
         self.proc: asyncio.subprocess.Process | None = None
         self.conversions = 0
+        self.dead = False  # killed (or being killed): never used again
 
     async def start(self) -> None:
         profile = self.dir / "profile"
@@ -139,6 +140,9 @@ class _Converter:
             self.proc.stdin.write(json.dumps({"in": str(src), "out": str(dst)}).encode() + b"\n")
             await self.proc.stdin.drain()
             answer = await self._answer(self.settings.timeout, f"conversion took longer than {self.settings.timeout:g} seconds")
+            if answer.get("dead"):
+                await self.kill()
+                raise OfficeFailed("the converter stopped (out of memory or crashed)")
             if not answer.get("ok"):
                 raise OfficeFailed(f"LibreOffice cannot convert it ({answer.get('error') or 'no reason given'})")
             return dst.read_bytes()
@@ -173,9 +177,10 @@ class _Converter:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return not self.dead and self.proc is not None and self.proc.returncode is None
 
     def _signal_group(self) -> None:
+        self.dead = True
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

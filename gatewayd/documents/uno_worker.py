@@ -6,7 +6,8 @@ profile, no network, a memory limit); it imports nothing from gatewayd.
 Protocol on stdin/stdout, one JSON object a line: it prints
 ``{"ready": true}`` once soffice answers, then for each request
 ``{"in": path, "out": path}`` prints ``{"ok": true, "pages": n}`` or
-``{"ok": false, "error": words}``. It ends when stdin closes.
+``{"ok": false, "error": words}`` (with ``"dead": true``, and exits, when
+soffice itself has died). It ends when stdin closes.
 The load properties follow what unoserver (PyPI) does, plus the sandbox
 ones: macros never run, links are never updated (docs/documents.md).
 """
@@ -78,6 +79,10 @@ def main() -> int:
         try:
             pages = convert(desktop, request["in"], request["out"])
         except Exception as exc:  # noqa: BLE001 - every failure is an answer; gatewayd words it
+            if office.poll() is not None:
+                # soffice itself is gone (crashed, out of memory): so are we.
+                _reply({"ok": False, "dead": True, "error": _words(exc)})
+                return 1
             _reply({"ok": False, "error": _words(exc)})
         else:
             _reply({"ok": True, "pages": pages})
