@@ -23,6 +23,7 @@ import time
 import uno  # type: ignore[import-not-found]
 from com.sun.star.beans import PropertyValue  # type: ignore[import-not-found]
 from com.sun.star.connection import NoConnectException  # type: ignore[import-not-found]
+from com.sun.star.lang import DisposedException  # type: ignore[import-not-found]
 
 # com.sun.star.document.MacroExecMode.NEVER_EXECUTE, UpdateDocMode.NO_UPDATE
 NEVER_EXECUTE = 0
@@ -79,8 +80,9 @@ def main() -> int:
         try:
             pages = convert(desktop, request["in"], request["out"])
         except Exception as exc:  # noqa: BLE001 - every failure is an answer; gatewayd words it
-            if office.poll() is not None:
-                # soffice itself is gone (crashed, out of memory): so are we.
+            if isinstance(exc, DisposedException) or office.poll() is not None:
+                # soffice itself is gone (crashed, out of memory; the bridge
+                # to it is disposed before its process is reaped): so are we.
                 _reply({"ok": False, "dead": True, "error": _words(exc)})
                 return 1
             _reply({"ok": False, "error": _words(exc)})
