@@ -207,23 +207,30 @@ class OfficeConverter:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._started = 0
         self._busy: set[_Converter] = set()
+        self._all: set[_Converter] = set()  # every converter not yet killed, starting ones too
+        self._closed = False
 
     async def warm(self) -> None:
-        """Start every converter now, so the first documents do not wait for LibreOffice to start."""
-        async def one() -> None:
-            async with self._slots:
-                self._idle.append(await self._new())
+        """Start one converter now, so the first document does not wait for LibreOffice to start.
 
-        missing = self.settings.concurrency - len(self._idle) - len(self._busy)
-        await asyncio.gather(*(one() for _ in range(max(0, missing))))
+        One, not ``concurrency``: a gateway that seldom gets office documents
+        keeps one soffice, not several; more start when documents come together.
+        """
+        async with self._slots:
+            if not self._idle and not self._busy:
+                self._idle.append(await self._new())
 
     async def _new(self) -> _Converter:
         self._started += 1
         number = self._started
+        if self._closed:
+            raise OfficeFailed("the converter is shutting down")
         converter = _Converter(self.settings, self._root, number)
+        self._all.add(converter)
         try:
             await converter.start()
         except BaseException:
+            self._all.discard(converter)
             await converter.kill()
             raise
         log.info("office_converter_started", number=number)
@@ -242,10 +249,15 @@ class OfficeConverter:
                     self._idle.append(converter)
                 else:
                     log.warning("office_converter_replaced")
+                    self._all.discard(converter)
                     await converter.kill()
 
     async def aclose(self) -> None:
-        for converter in [*self._idle, *self._busy]:
+        self._closed = True
+        for converter in list(self._all):
+            converter._signal_group()  # at once, even one still starting
+        for converter in list(self._all):
             await converter.kill()
+        self._all.clear()
         self._idle.clear()
         await asyncio.to_thread(shutil.rmtree, self._root, True)

@@ -14,8 +14,10 @@ ones: macros never run, links are never updated (docs/documents.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,19 +63,35 @@ def main() -> int:
          f"--accept=pipe,name={pipe};urp;StarOffice.ComponentContext"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    local = uno.getComponentContext()
-    resolver = local.ServiceManager.createInstanceWithContext("com.sun.star.bridge.UnoUrlResolver", local)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            ctx = resolver.resolve(f"uno:pipe,name={pipe};urp;StarOffice.ComponentContext")
-            break
-        except NoConnectException:
-            if office.poll() is not None or time.monotonic() > deadline:
-                _reply({"ready": False, "error": "LibreOffice did not start"})
-                return 1
-            time.sleep(0.1)
-    desktop = ctx.ServiceManager.createInstanceWithContext("com.sun.star.frame.Desktop", ctx)
+    parent = os.getppid()
+    try:
+        local = uno.getComponentContext()
+        resolver = local.ServiceManager.createInstanceWithContext("com.sun.star.bridge.UnoUrlResolver", local)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ctx = resolver.resolve(f"uno:pipe,name={pipe};urp;StarOffice.ComponentContext")
+                break
+            except NoConnectException:
+                if os.getppid() != parent:
+                    return 1  # gatewayd is gone
+                if office.poll() is not None or time.monotonic() > deadline:
+                    _reply({"ready": False, "error": "LibreOffice did not start"})
+                    return 1
+                time.sleep(0.1)
+        desktop = ctx.ServiceManager.createInstanceWithContext("com.sun.star.frame.Desktop", ctx)
+        return _serve(desktop, office)
+    finally:
+        # However this ends (stdin closed because gatewayd is gone, a broken
+        # pipe, a failed start), soffice must not outlive it. It is
+        # oosplash's child, not ours: the process group (this worker leads
+        # it) goes, with us.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def _serve(desktop: object, office: subprocess.Popen[bytes]) -> int:
     _reply({"ready": True})
     for line in sys.stdin:
         request = json.loads(line)
@@ -89,10 +107,13 @@ def main() -> int:
         else:
             _reply({"ok": True, "pages": pages})
     try:
-        desktop.terminate()
-    except Exception:  # noqa: BLE001 - the process group is killed anyway
+        desktop.terminate()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - killed below anyway
         pass
-    office.wait(timeout=10)
+    try:
+        office.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
     return 0
 
 

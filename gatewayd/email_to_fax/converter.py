@@ -60,7 +60,7 @@ class ConverterService:
         rt = self.rt
         limit = 2 * (self.office.settings.concurrency if self.office is not None else 1)
         if self.office is not None and not self._warmed:
-            # LibreOffice takes seconds to start: not while the first document waits.
+            # LibreOffice takes seconds to start: one is started now, not when the first document waits.
             self._warmed = True
             try:
                 await self.office.warm()
