@@ -7,8 +7,9 @@ sandboxed converter (``gatewayd/documents/office.py``, one converter) and
 N times with a cold ``soffice --headless --convert-to pdf`` (profile
 already made, so its best case). Target: warm at least 5x faster (median).
 
-(2) ``gatewayd run`` as shipped (office_concurrency 2, one converter
-started with the daemon, provider held with 429 so nothing is uploaded): 20 DOCX
+(2) ``gatewayd run`` as shipped (office_concurrency 2, no converter
+until the first office document arrives, so the first ones' start-up falls
+inside the load; provider held with 429 so nothing is uploaded): 20 DOCX
 messages are sent at once (each answered 250 and converted after it), and
 for as long as any of those 20 is still converting, 4 sessions send
 small-PDF messages; their end of DATA -> 250 times (p50, p99) are compared
