@@ -130,10 +130,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load(args)
     print(summarise_config(config))
+    print(office_line(config))
     # Valid but open: said on stderr, the exit code stays 0 (docs/operations.md).
     for warning in config_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def office_line(c: Config) -> str:
+    """Whether office documents can be converted here (docs/documents.md, Office documents)."""
+    from gatewayd.documents.office import office_problem, office_settings  # LibreOffice is only looked for here
+
+    if not c.documents.office:
+        return "  office      off: office and text attachments are refused as unsupported"
+    problem = office_problem(office_settings(c.documents))
+    if problem:
+        return f"  office      NOT AVAILABLE: {problem}; office and text attachments are refused as unsupported"
+    return (f"  office      LibreOffice, {c.documents.office_concurrency} at once, "
+            f"{c.documents.convert_timeout:g}s and {c.documents.convert_memory // (1024 * 1024)} MiB a document")
 
 
 def summarise_config(c: Config) -> str:

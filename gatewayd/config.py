@@ -155,6 +155,11 @@ class DocumentsConfig:
     cover_page: str = "auto"
     max_pages: int = 100
     header: str = ""  # the page header line's format, "" for none (docs/documents.md, Page header line)
+    # Office and text documents through LibreOffice (docs/documents.md, Office documents).
+    office: bool = True
+    convert_timeout: float = 60.0
+    office_concurrency: int = 2
+    convert_memory: int = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -1021,8 +1026,16 @@ class _Loader:
             cover_page=s.choice("cover_page", "auto", ("auto", "always", "never")),
             max_pages=s.get("max_pages", 100, _positive_int),
             header=s.get("header", "", _header_format),
+            office=s.get("office", True, kind=bool),
+            convert_timeout=s.get("convert_timeout", 60.0, parse_duration),
+            office_concurrency=s.get("office_concurrency", 2, _positive_int),
+            convert_memory=s.get("convert_memory", 2 * 1024 * 1024 * 1024, parse_size),
         )
         s.finish()
+        if cfg.convert_timeout <= 0:
+            self.problem("documents.convert_timeout", "must be more than 0 seconds")
+        if cfg.convert_memory < 256 * 1024 * 1024:
+            self.problem("documents.convert_memory", "must be at least 256MiB (LibreOffice does not start with less)")
         return cfg
 
     def cover(self, s: _Section) -> CoverConfig:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gatewayd.config import Config, ConfigError, load_config
+from gatewayd.documents.office import OfficeConverter, office_problem, office_settings
+from gatewayd.email_to_fax.converter import ConverterService
 from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.policy import contact_problems
@@ -62,7 +64,22 @@ def build_smtp_listener(
     tuning = tuning or SmtpTuning()
     more = rt.config.smtp.processes - 1
     processes = ListenerProcesses(rt, more, tuning) if more > 0 else None
+    if processes is not None:
+        processes.office = intake.office
     return SmtpListener(rt, intake, tuning=tuning, tls_context=tls_context, processes=processes)
+
+
+def build_office(rt: Runtime) -> tuple[OfficeConverter | None, str]:
+    """The LibreOffice converter pool, or None and why (docs/documents.md, Office documents)."""
+    docs = rt.config.documents
+    if not docs.office:
+        return None, "office documents are not converted on this gateway (documents.office = false)"
+    settings = office_settings(docs)
+    problem = office_problem(settings)
+    if problem:
+        log.warning("office_documents_unavailable", reason=problem)
+        return None, problem
+    return OfficeConverter(settings), ""
 
 
 def build_services(rt: Runtime) -> list[Service]:
@@ -72,7 +89,10 @@ def build_services(rt: Runtime) -> list[Service]:
     # workers are running before the first message is accepted.
     # --- wiring: email to fax
     services.append(Sender(rt))
-    services.append(build_smtp_listener(rt, Intake(rt)))
+    office, unavailable = build_office(rt)
+    # Always there: conversions stored before a restart are finished (or refused) after it.
+    services.append(ConverterService(rt, office, unavailable=unavailable))
+    services.append(build_smtp_listener(rt, Intake(rt, office=office is not None)))
     # --- wiring: status tracking and outbox
     services.extend([Tracker(rt), Reporter(rt), OutboxWorker(rt)])
     # --- wiring: fax to email
@@ -82,7 +102,7 @@ def build_services(rt: Runtime) -> list[Service]:
     if rt.config.imap.enabled:
         # Its own Intake (same code path as SMTP, own document-build slots):
         # a slow mailbox never holds up an SMTP client waiting for its 250.
-        services.append(ImapIntake(rt, Intake(rt)))
+        services.append(ImapIntake(rt, Intake(rt, office=office is not None)))
     # --- wiring: retention (purge rounds every retention.interval)
     services.append(Purger(rt))
     # --- wiring: http

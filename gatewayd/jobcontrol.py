@@ -28,6 +28,7 @@ from typing import Any
 from gatewayd.provider.client import NotFound, ProviderError, RateLimited, Rejected, SentFax
 from gatewayd.store import (
     CANCELED,
+    CONVERTING,
     ERROR,
     FAILED,
     QUEUED,
@@ -59,8 +60,9 @@ async def cancel_job(store: Store, job_id: int, provider_factory: ProviderFactor
     """Cancel one job; returns the line to print. Raises ControlRefused when refused."""
     for _ in range(_ROUNDS):
         job = await _get(store, job_id)
-        if job.state == QUEUED:
-            if await store.run(store.transition, job_id, CANCELED, f"canceled {by} before it was submitted", expect=(QUEUED,)):
+        if job.state in (CONVERTING, QUEUED):
+            if await store.run(store.transition, job_id, CANCELED, f"canceled {by} before it was submitted",
+                               expect=(CONVERTING, QUEUED)):
                 return await _done(store, job_id, "it had not reached the provider")
             continue  # the sender picked it up meanwhile: look again
         if job.state == SUBMITTING:
@@ -123,7 +125,7 @@ async def retry_job(store: Store, job_id: int, provider_factory: ProviderFactory
 
 def _cannot_retry(job: Job) -> str:
     head = f"job {job.id} is {job.state}"
-    if job.state in (QUEUED, SUBMITTING, SUBMITTED, SENDING):
+    if job.state in (CONVERTING, QUEUED, SUBMITTING, SUBMITTED, SENDING):
         return f"{head}: only a failed job can be retried, and this one has not failed"
     if job.state == SENT:
         return f"{head}: it was sent; there is nothing to retry (send a new fax to send it again)"

@@ -24,7 +24,7 @@ KIND_WORDS = {
     "documents": "fax documents (files)",
     "jobs": "finished jobs with their history",
     "emails": "email records",
-    "counters": "sender counters, intake keys",
+    "counters": "sender counters, intake keys, conversion records",
 }
 
 

@@ -13,6 +13,10 @@ imports nothing, so importing ``gatewayd.documents.errors`` stays cheap):
 - ``builder``: ``build_document``, ``build_parts`` (attachments once, a cover
   per recipient) and the async ``DocumentBuilder``;
 - ``assemble``: a recipient's cover joined to the attachments, the page header line.
+- ``faxres``: a document too large re-rendered at fax resolution (Ghostscript);
+- ``officekinds``: office and text documents recognised by their bytes;
+- ``office``: the warm, sandboxed LibreOffice converter pool (``uno_worker``
+  is its LibreOffice side, run by the Python that has ``uno``).
 
 Nothing here imports a flow (``gatewayd.email_to_fax``,
 ``gatewayd.fax_to_email``): the flows import this package.

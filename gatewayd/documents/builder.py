@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import pikepdf
 
 from gatewayd.documents.cover import CoverPage, render_cover
-from gatewayd.documents.errors import AttachmentRejected, BadImage, DocumentTooLarge, NoFaxDocument, TooManyPages
+from gatewayd.documents.errors import AttachmentRejected, BadImage, ConversionError, DocumentTooLarge, NoFaxDocument, TooManyPages
+from gatewayd.documents.faxres import render_at_fax_resolution
 from gatewayd.documents.geometry import fit_layout, page_dimensions
 from gatewayd.documents.images import MAX_FRAMES, ImagePlan, image_pdf, inspect_image
 from gatewayd.documents.pdf import damaged, open_pdf, save_pdf
@@ -164,7 +165,14 @@ def build_document(
             pdf.close()
 
     if len(data) > max_bytes:
-        raise DocumentTooLarge(f"{len(data)} bytes, limit {max_bytes}")
+        # Over the provider's limit: at fax resolution it may well fit (docs/documents.md, Too large).
+        try:
+            smaller, _ = render_at_fax_resolution(data, page_size)
+        except ConversionError as exc:
+            raise DocumentTooLarge(f"{len(data)} bytes, limit {max_bytes} ({exc})") from None
+        if len(smaller) > max_bytes:
+            raise DocumentTooLarge(f"{len(data)} bytes, {len(smaller)} at fax resolution, limit {max_bytes}")
+        data = smaller
     return FaxDocument(pdf=data, pages=total, sha256=hashlib.sha256(data).hexdigest())
 
 

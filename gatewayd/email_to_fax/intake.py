@@ -17,16 +17,20 @@ again, which is always safe because nothing was committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import cast
 
 from gatewayd.config import Config
-from gatewayd.documents.builder import DocumentBuilder, FaxParts
+from gatewayd.documents.builder import DocumentBuilder, DocumentPart, FaxDocument, FaxParts
 from gatewayd.documents.cover import CoverLook, CoverPage, wants_cover
+from gatewayd.documents.errors import DocumentTooLarge
+from gatewayd.documents.officekinds import OFFICE_KINDS
 from gatewayd.email_to_fax.errors import AttachmentRejected, InsufficientStorage, IntakeRefused, NoFaxDocument, TemporaryFailure
-from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, parse_message, safe_filename
+from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, office_as_unsupported, parse_message, safe_filename
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.filekinds import sniff_kind
 from gatewayd.logs import get_logger
@@ -49,10 +53,13 @@ _MAX_NOTE = 2000
 class Intake:
     """Turns an authorised message into durable jobs (docs/architecture.md, Email to fax, step by step)."""
 
-    def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
+    def __init__(self, rt: Runtime, builder: DocumentBuilder | None = None, *, inline_bytes: int = INLINE_BYTES,
+                 office: bool = False) -> None:
+        """``office``: LibreOffice is there (the daemon checked at start); ``documents.office`` may still turn it off."""
         self.rt = rt
         self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes)
         self.inline_bytes = inline_bytes
+        self.office = office
 
     async def accept(
         self,
@@ -127,6 +134,8 @@ class Intake:
             await store.run(limiter.check_all, authorisation, len(destinations))
 
         docs = config.documents
+        if any(a.kind in OFFICE_KINDS for a in parsed.attachments) and not (self.office and docs.office):
+            parsed = office_as_unsupported(parsed)
         covers: list[CoverPage] = []
         if wants_cover(docs.cover_page, parsed.body_text):
             # One cover per recipient, naming that recipient only (docs/documents.md, Cover page).
@@ -138,17 +147,39 @@ class Intake:
                           recipient_name=d.name or parsed.display_names.get(d.address, ""), look=look)
                 for d in destinations
             ]
+        max_pages = min(authorisation.max_pages, docs.max_pages)
+        if any(a.kind in OFFICE_KINDS for a in parsed.attachments):
+            # Converted after the 250; the covers are made then, once the
+            # attachments' page count is known (docs/documents.md, Office documents).
+            jobs = self._jobs(parsed, authorisation, destinations, source, report_to, [None] * len(destinations), None)
+            return await self._accept_for_conversion(parsed, covers, docs.page_size, max_pages, jobs, intake_key, source)
         parts: FaxParts = await self.builder.build_parts(
-            parsed.attachments,
+            _faxable(parsed.attachments),
             covers=covers,
             page_size=docs.page_size,
-            max_pages=min(authorisation.max_pages, docs.max_pages),
+            max_pages=max_pages,
             unsupported=parsed.unsupported,
         )
-        note = _note(parsed)
         body = parts.body
         own = list(parts.covers) if parts.covers else [None] * len(destinations)
-        jobs = [
+        jobs = self._jobs(parsed, authorisation, destinations, source, report_to, own, body)
+        shared = (body.pdf, body.sha256, body.pages) if body is not None else None
+        ids = await store.run(store.save_parts_and_enqueue, shared,
+                              [(c.pdf, c.sha256) if c is not None else None for c in own], jobs, intake_key=intake_key)
+        rt.wake("sender")
+        log.info(
+            "intake_accepted", source=source, job_ids=ids, numbers=[d.number for d in destinations],
+            pages=(body.pages if body is not None else 0) + (parts.covers[0].pages if parts.covers else 0),
+            doc_bytes=len(body.pdf) if body is not None else 0, covers=len(parts.covers), extension=authorisation.extension,
+            user=authorisation.user, rule=jobs[0].rule_key or None, message_id=parsed.message_id,
+        )
+        return list(ids)
+
+    def _jobs(self, parsed: ParsedMessage, authorisation: Authorisation, destinations: Sequence[Destination], source: str,
+              report_to: str, own: Sequence[FaxDocument | None], body: FaxDocument | None) -> list[NewJob]:
+        """One ``NewJob`` per destination; ``own``: each one's cover (its whole fax when ``body`` is None)."""
+        note = _note(parsed)
+        return [
             NewJob(
                 number=d.number,
                 dst_num=d.dst_num,
@@ -169,23 +200,52 @@ class Intake:
             )
             for d, mine in zip(destinations, own, strict=True)
         ]
-        shared = (body.pdf, body.sha256, body.pages) if body is not None else None
-        ids = await store.run(store.save_parts_and_enqueue, shared,
-                              [(c.pdf, c.sha256) if c is not None else None for c in own], jobs, intake_key=intake_key)
-        rt.wake("sender")
-        log.info(
-            "intake_accepted", source=source, job_ids=ids, numbers=[d.number for d in destinations],
-            pages=(body.pages if body is not None else 0) + (parts.covers[0].pages if parts.covers else 0),
-            doc_bytes=len(body.pdf) if body is not None else 0, covers=len(parts.covers), extension=authorisation.extension,
-            user=authorisation.user, rule=jobs[0].rule_key or None, message_id=parsed.message_id,
-        )
+
+    async def _accept_for_conversion(self, parsed: ParsedMessage, covers: Sequence[CoverPage], page_size: str, max_pages: int,
+                                     jobs: list[NewJob], intake_key: str | None, source: str) -> list[int]:
+        """Store the parts for the converter (docs/documents.md, Office documents); jobs start ``converting``.
+
+        PDFs and images are checked and made into PDFs now, so they keep
+        their answer at DATA time; office originals are stored as they came.
+        """
+        parts: list[tuple[str, str, bytes]] = []
+        pages = 0
+        for att in parsed.attachments:
+            if att.kind in OFFICE_KINDS:
+                parts.append((att.filename, att.kind, att.data))
+                continue
+            # One part at a time; its size is judged on the whole fax, after conversion.
+            made = await self.builder.build(_faxable([att]), cover=None, page_size=page_size, max_pages=max_pages, max_bytes=_NO_SIZE_LIMIT)
+            pages += made.pages
+            if pages + (1 if covers else 0) > max_pages:
+                raise DocumentTooLarge(f"more than {max_pages} pages")
+            parts.append((att.filename, "pdf", made.pdf))
+        # Each recipient's cover, in the jobs' order, made by the converter
+        # once the attachments' pages are known (gatewayd/email_to_fax/converter.py).
+        spec = {"covers": [dataclasses.asdict(c) for c in covers], "page_size": page_size, "max_pages": max_pages}
+        store = self.rt.store
+        ids = await store.run(store.save_conversion, parts, spec, jobs, intake_key=intake_key)
+        self.rt.wake("converter")
+        log.info("intake_accepted", source=source, job_ids=ids, numbers=[j.number for j in jobs], converting=True,
+                 documents=[name for name, kind, _ in parts if kind != "pdf"], message_id=parsed.message_id)
         return list(ids)
+
+
+def _faxable(attachments: Sequence[Attachment]) -> Sequence[DocumentPart]:
+    """``attachments`` as the builder takes them: no office kind is left (those go to the converter)."""
+    if any(a.kind in OFFICE_KINDS for a in attachments):
+        raise ValueError("office documents are converted before they are built")
+    return cast("Sequence[DocumentPart]", attachments)
 
 
 def cover_look(config: Config) -> CoverLook:
     """The office's ``[cover]`` settings, as the cover page draws them."""
     c = config.cover
     return CoverLook(organisation=c.organisation, phone=c.phone, notice=c.notice, logo=c.logo)
+
+
+# Parts are checked one by one at DATA time; the size limit applies to the whole fax, later.
+_NO_SIZE_LIMIT = 1 << 62
 
 
 def _sender_line(parsed: ParsedMessage, report_to: str) -> str:
@@ -218,6 +278,7 @@ def attachment_from_bytes(filename: str, data: bytes) -> Attachment:
     name = safe_filename(filename, "document")
     kind = sniff_kind(data)
     if kind is None:
+        # Office documents only come by email for now: the converter runs in the daemon.
         raise AttachmentRejected(name, "not a PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP file")
     return Attachment(filename=name, kind=kind, data=data, declared_type=_KIND_TYPES[kind])
 

@@ -25,6 +25,7 @@ and for the fall-back to the plain parse whenever that cannot be shown.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import email.policy
 import mimetypes
 import re
@@ -41,7 +42,9 @@ from types import MappingProxyType
 from typing import Any
 
 import pybase64
+from tnefparse.tnef import TNEF
 
+from gatewayd.documents.officekinds import OFFICE_KINDS, OfficeKind, sniff_office
 from gatewayd.email_to_fax import skeleton
 from gatewayd.email_to_fax.bodytext import clean_plain, html_to_text, squeeze_blank_lines
 from gatewayd.email_to_fax.errors import (
@@ -58,6 +61,7 @@ __all__ = [
     "Attachment",
     "ParsedMessage",
     "UnsupportedPart",
+    "office_as_unsupported",
     "parse_message",
     "safe_filename",
 ]
@@ -112,10 +116,15 @@ _SIGNATURE_TYPES = frozenset({
 
 @dataclass(frozen=True)
 class Attachment:
-    """A faxable attachment; ``kind`` comes from its bytes, not its labels."""
+    """A faxable attachment; ``kind`` comes from its bytes, not its labels.
+
+    An office kind (``gatewayd/documents/officekinds.py``) becomes pages
+    through LibreOffice after the 250, or is refused as unsupported where
+    that is off (``Intake``).
+    """
 
     filename: str
-    kind: FileKind
+    kind: FileKind | OfficeKind
     data: bytes = field(repr=False)
     declared_type: str
 
@@ -317,39 +326,78 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
     unsupported: list[UnsupportedPart] = []
     skipped: list[str] = []
     index = 0
-    for part, section, is_signature in entities:
-        if part.is_multipart() and not _is_message_type(part):
-            continue
-        if is_signature:
-            continue
-        ctype = part.get_content_type()
-        disposition = part.get_content_disposition()
-        raw_name = part.get_filename()
-        if raw_name is not None:
-            raw_name = _unescape_8bit(raw_name)
-        label = _label(section)
-        if ctype in ("text/plain", "text/html") and disposition != "attachment" and raw_name is None:
-            (plain if ctype == "text/plain" else htmls).append(_decode_text(part, label, _slice(raw, bodies, part)))
-            continue
-        if disposition != "attachment" and part.get("content-id") is not None:
-            # An image the HTML body shows (a signature logo): not faxed.
-            cid = str(part.get("content-id")).strip().strip("<>")
-            skipped.append(safe_filename(raw_name, cid or f"inline-{section}"))
-            continue
-        index += 1
-        if _is_message_type(part):
-            name = safe_filename(raw_name, f"attachment-{index}.eml")
-            unsupported.append(UnsupportedPart(name, ctype, f"unsupported type {ctype}"))
-            continue
-        data = _decode_payload(part, label, _slice(raw, bodies, part))
+    counted = len(entities)
+
+    def visit(walked: list[tuple[Message, str, bool]], *, forwarded: bool) -> None:
+        nonlocal index, counted
+        for part, section, is_signature in walked:
+            if part.is_multipart() and not _is_message_type(part):
+                continue
+            if is_signature:
+                continue
+            ctype = part.get_content_type()
+            disposition = part.get_content_disposition()
+            raw_name = part.get_filename()
+            if raw_name is not None:
+                raw_name = _unescape_8bit(raw_name)
+            label = _label(section)
+            if ctype in ("text/plain", "text/html") and disposition != "attachment" and raw_name is None:
+                if not forwarded:  # a forwarded message's own text is not this message's body
+                    (plain if ctype == "text/plain" else htmls).append(_decode_text(part, label, _slice(raw, bodies, part)))
+                continue
+            if disposition != "attachment" and part.get("content-id") is not None:
+                # An image the HTML body shows (a signature logo): not faxed.
+                cid = str(part.get("content-id")).strip().strip("<>")
+                skipped.append(safe_filename(raw_name, cid or f"inline-{section}"))
+                continue
+            index += 1
+            if _is_message_type(part):
+                name = safe_filename(raw_name, f"attachment-{index}.eml")
+                inner = part.get_payload()
+                if not forwarded and ctype == "message/rfc822" and isinstance(inner, list) and len(inner) == 1 \
+                        and isinstance(inner[0], Message):
+                    # A forwarded message: its attachments are faxed in order,
+                    # one level deep (docs/documents.md, Reading the message).
+                    found = len(attachments) + len(unsupported)
+                    nested = list(_walk(inner[0], f"{section}.1", 0, max_depth))
+                    counted += len(nested)
+                    if counted > max_parts:
+                        raise MalformedMessage("too many parts")
+                    for child, child_section, _ in nested:
+                        _check_entity(child, child_section)
+                    visit(nested, forwarded=True)
+                    if len(attachments) + len(unsupported) > found:
+                        continue
+                unsupported.append(UnsupportedPart(name, ctype, f"unsupported type {ctype}"))
+                continue
+            data = _decode_payload(part, label, _slice(raw, bodies, part))
+            if ctype in _TNEF_TYPES or (raw_name or "").lower() == "winmail.dat":
+                name = safe_filename(raw_name, f"attachment-{index}.dat")
+                for inner_name, inner_data in _tnef_files(name, data):
+                    counted += 1
+                    if counted > max_parts:
+                        raise MalformedMessage("too many parts")
+                    take(inner_name, inner_data, "application/octet-stream", None, index)
+                continue
+            take(raw_name, data, ctype, part, index)
+
+    def take(raw_name: str | None, data: bytes, ctype: str, part: Message | None, number: int) -> None:
         kind = sniff_kind(data)
         fallback_ext = _KIND_EXTENSION[kind] if kind else _guess_extension(ctype)
-        name = safe_filename(raw_name, f"attachment-{index}.{fallback_ext}")
+        name = safe_filename(raw_name, f"attachment-{number}.{fallback_ext}")
         if not data:
             raise AttachmentRejected(name, "empty file")
         if kind is not None:
             attachments.append(Attachment(name, kind, data, ctype))
-            continue
+            return
+        office = sniff_office(data, ctype, raw_name or "")
+        if office is not None:
+            if raw_name is None:
+                name = safe_filename(None, f"attachment-{number}.{office}")
+            if office == "txt":
+                data = _utf8_text(data, part.get_content_charset() if part is not None else None)
+            attachments.append(Attachment(name, office, data, ctype))
+            return
         claimed = _CLAIMED_TYPES.get(ctype) or _CLAIMED_EXTENSIONS.get(_extension(raw_name))
         if claimed == "pdf":
             raise AttachmentRejected(name, "corrupt PDF")
@@ -358,6 +406,8 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         if claimed is not None:
             raise AttachmentRejected(name, "corrupt image")
         unsupported.append(UnsupportedPart(name, ctype, f"unsupported type {ctype}"))
+
+    visit(entities, forwarded=False)
 
     if plain:
         body = "\n\n".join(clean_plain(t) for t in plain)
@@ -398,14 +448,42 @@ def _bounded(texts: list[str], limit: int) -> list[str]:
     return out
 
 
+def office_as_unsupported(parsed: ParsedMessage) -> ParsedMessage:
+    """The message as where LibreOffice is off or missing: office attachments unsupported, as any unknown type."""
+    office = [a for a in parsed.attachments if a.kind in OFFICE_KINDS]
+    if not office:
+        return parsed
+    return dataclasses.replace(
+        parsed,
+        attachments=tuple(a for a in parsed.attachments if a.kind not in OFFICE_KINDS),
+        unsupported=parsed.unsupported + tuple(
+            UnsupportedPart(a.filename, a.declared_type, f"unsupported type {a.declared_type}") for a in office),
+    )
+
+
+_TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+
+
+def _tnef_files(name: str, data: bytes) -> list[tuple[str, bytes]]:
+    """The files inside Outlook's winmail.dat, in order; its RTF body is not one (docs/documents.md)."""
+    try:
+        tnef = TNEF(data, do_checksum=False)
+        files = [(att.long_filename() or att.name or None, att.data) for att in tnef.attachments]
+    except Exception:
+        raise AttachmentRejected(name, "unreadable winmail.dat") from None
+    if not files:
+        raise AttachmentRejected(name, "winmail.dat without attachments")
+    return [(n if isinstance(n, str) else None, bytes(d)) for n, d in files]  # type: ignore[misc]
+
+
 # ------------------------------------------------------------ structure walk
 
 
 def _walk(part: Message, section: str, depth: int, max_depth: int) -> Iterator[tuple[Message, str, bool]]:
     """Yield (entity, IMAP-style section number, is-signature) in message order.
 
-    message/* parts are leaves here: an attached email is reported as an
-    unsupported attachment, its insides are not ours to judge.
+    message/* parts are leaves here: ``_parse`` walks a forwarded message's
+    insides itself, one level deep, or reports it as unsupported.
     """
     if depth > max_depth:
         raise MalformedMessage("too deeply nested")
@@ -516,6 +594,15 @@ def _decode_text(part: Message, label: str, body: bytes | None = None) -> str:
         # us-ascii declared with 8-bit bytes is common; UTF-8 is the likely truth.
         text = data.decode("utf-8" if charset in ("us-ascii", "ascii") else charset, "replace")
     return text.replace("\r\n", "\n").replace("\r", "\n")[:MAX_BODY_CHARS]
+
+
+def _utf8_text(data: bytes, charset: str | None) -> bytes:
+    """A text attachment as UTF-8 with a byte order mark, which LibreOffice's text import reads as such."""
+    try:
+        text = data.decode(charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        text = data.decode("utf-8", "replace")
+    return b"\xef\xbb\xbf" + text.lstrip("\ufeff").encode("utf-8")
 
 
 # ------------------------------------------------------------------ content

@@ -182,7 +182,8 @@ def plan_reports(job: Job, events: Sequence[JobEvent], mail_cfg: MailConfig, rea
         return []
     document: bytes | None = None
     missing = False
-    if mail_cfg.attach_document == "always" or (mail_cfg.attach_document == "failures" and failure):
+    # No document (""): an office document that could not be converted was never made into one.
+    if job.document and (mail_cfg.attach_document == "always" or (mail_cfg.attach_document == "failures" and failure)):
         try:
             document = read_document(job.document)
         except StoreError:

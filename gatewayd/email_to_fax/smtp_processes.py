@@ -144,6 +144,7 @@ class ListenerProcesses:
     max_backoff: float = 30.0
     workers: list[_Worker] = field(default_factory=list)
     stopping: bool = False
+    office: bool = False  # LibreOffice is there for the workers' intake (gatewayd/documents/office.py)
 
     async def start(self, addresses: list[tuple[str, int]]) -> None:
         """Start every worker on ``addresses`` (the ones the main process's

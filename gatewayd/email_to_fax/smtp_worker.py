@@ -72,7 +72,7 @@ async def _worker_main(control_fd: int) -> int:
         # (with SIGTERM) when it stops, not before. It also sends every reload.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        listener = SmtpListener(rt, Intake(rt), tuning=start["tuning"], sockets=sockets)
+        listener = SmtpListener(rt, Intake(rt, office=bool(start.get("office"))), tuning=start["tuning"], sockets=sockets)
         try:
             await listener.start()
         except Exception as exc:

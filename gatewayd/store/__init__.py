@@ -17,6 +17,7 @@ tables stays one commit:
 - ``provider_ids``: which job holds a provider fax id (an id the provider
   hands out again moves to the new job);
 - ``outbox``: every email gatewayd sends;
+- ``conversions``: office documents waiting for LibreOffice (state ``converting``);
 - ``received``: the ledger of received faxes;
 - ``provider_deletes``: received faxes due for deletion at the provider;
 - ``usage``: the hourly sender counters;
@@ -45,6 +46,7 @@ from gatewayd.jobstates import (
     ACTIVE_STATES,
     AT_PROVIDER,
     CANCELED,
+    CONVERTING,
     ERROR,
     FAILED,
     FINAL_STATES,
@@ -57,6 +59,7 @@ from gatewayd.jobstates import (
     SUBMITTING,
     UNKNOWN,
 )
+from gatewayd.store.conversions import Conversion, ConversionPart, ConversionTable
 from gatewayd.store.database import DB_NAME, Database, StoreError
 from gatewayd.store.documents import DocumentFiles, adopt, foreign_owner, refuse_link
 from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
@@ -72,15 +75,15 @@ from gatewayd.store.usage import SenderUsage
 from gatewayd.store.web import WebTables
 
 __all__ = [
-    "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
+    "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "CONVERTING", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
     "QUEUED", "REJECTED", "SENDING", "SENT", "SUBMITTED", "SUBMITTING", "UNKNOWN",
-    "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "PendingDelete", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
+    "Conversion", "ConversionPart", "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "PendingDelete", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
 ]
 
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables, RetentionPart):
+class Store(DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables, RetentionPart):
     """SQLite state and document files under one state directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:

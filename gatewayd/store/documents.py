@@ -106,17 +106,18 @@ class DocumentFiles(StorePart):
     _owner: tuple[int, int] | None  # see foreign_owner
     _durable_subdirs: set[str]  # documents/xx whose entry this process has fsynced
 
-    def document_path(self, sha256: str) -> Path:
-        return self.documents_dir / sha256[:2] / f"{sha256}.pdf"
+    def document_path(self, sha256: str, suffix: str = ".pdf") -> Path:
+        """A fax document (``.pdf``) or an original waiting for conversion (``.part``)."""
+        return self.documents_dir / sha256[:2] / f"{sha256}{suffix}"
 
-    def save_document(self, data: bytes, sha256: str | None = None) -> str:
+    def save_document(self, data: bytes, sha256: str | None = None, *, suffix: str = ".pdf") -> str:
         """Write a document durably; returns its sha256. Idempotent.
 
         ``sha256``: the digest of ``data`` when the caller has it already
         (``FaxDocument.sha256``), so it is not computed twice.
         """
         sha = sha256 or hashlib.sha256(data).hexdigest()
-        final = self.document_path(sha)
+        final = self.document_path(sha, suffix)
         try:
             if final.stat().st_size == len(data):
                 # Already durable. Refresh its age so clean_documents, which
@@ -167,9 +168,9 @@ class DocumentFiles(StorePart):
                 os.close(dir_fd)
         return sha
 
-    def read_document(self, sha256: str) -> bytes:
+    def read_document(self, sha256: str, suffix: str = ".pdf") -> bytes:
         try:
-            return self.document_path(sha256).read_bytes()
+            return self.document_path(sha256, suffix).read_bytes()
         except OSError as exc:
             raise StoreError(f"cannot read document {sha256}: {exc}") from exc
 
@@ -188,6 +189,10 @@ class DocumentFiles(StorePart):
         referenced = {row[0] for row in self._db.query(
             "SELECT DISTINCT document FROM jobs WHERE document_purged_at IS NULL "
             "UNION SELECT cover FROM jobs WHERE cover != '' AND document_purged_at IS NULL")}
+        # Originals of office documents are kept only while their conversion is pending.
+        pending_parts = {row[0] for row in self._db.query(
+            "SELECT DISTINCT json_extract(p.value, '$.sha256') FROM conversions, json_each(conversions.parts) AS p "
+            "WHERE conversions.state = 'pending'")}
         for sub in self.documents_dir.iterdir():
             if sub.is_symlink() or not sub.is_dir():
                 continue  # never walk into a planted link (docs/security.md, "Hardening")
@@ -200,6 +205,9 @@ class DocumentFiles(StorePart):
                         # command) may still be writing right now.
                         if _writer_alive(name) and now - path.stat().st_mtime < 3600:
                             continue
+                        path.unlink()
+                        removed += 1
+                    elif name.endswith(".part") and name[:-5] not in pending_parts and now - path.stat().st_mtime > orphan_age:
                         path.unlink()
                         removed += 1
                     elif name.endswith(".pdf") and name[:-4] not in referenced and now - path.stat().st_mtime > orphan_age:

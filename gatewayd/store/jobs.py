@@ -113,11 +113,15 @@ JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at",
 class JobTable(StorePart):
     """The ``Store``'s jobs."""
 
-    def enqueue_jobs(self, document_sha: str, pages: int, doc_bytes: int, jobs: Sequence[NewJob], *, intake_key: str | None = None) -> list[int]:
+    def enqueue_jobs(self, document_sha: str, pages: int, doc_bytes: int, jobs: Sequence[NewJob], *, intake_key: str | None = None,
+                     state: str = QUEUED) -> list[int]:
         """Store one job per recipient sharing one saved document; one commit.
 
         A job's ``cover`` (and its pages and bytes) is its own; a job's
         ``document``, when set, replaces the shared one.
+
+        ``state``: ``converting`` for jobs whose document is still being made
+        (``document_sha`` is then ""; gatewayd/store/conversions.py).
 
         With ``intake_key`` (IMAP: Message-ID + content hash) a second call
         for the same message returns the first call's ids and stores nothing.
@@ -135,14 +139,14 @@ class JobTable(StorePart):
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
                         "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover, account) "
                         "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (now, now, QUEUED, job.number, job.dst_num, job.extension, job.report_to, job.source,
+                        (now, now, state, job.number, job.dst_num, job.extension, job.report_to, job.source,
                          job.message_id, job.subject, job.document or document_sha, pages + job.cover_pages,
                          doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover, job.account),
                     )
                     job_id = inserted_id(cur)
                     ids.append(job_id)
                     conn.execute("INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?, ?, '', ?, ?)",
-                                 (job_id, now, QUEUED, f"accepted from {job.source}"))
+                                 (job_id, now, state, f"accepted from {job.source}"))
                     for key in dict.fromkeys(k for k in (job.rule_key, *job.usage_keys) if k):
                         conn.execute("INSERT INTO sender_usage (rule_key, at, count) VALUES (?, ?, 1)", (key, now))
                 if intake_key:

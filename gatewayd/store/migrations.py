@@ -145,4 +145,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX intake_keys_at ON intake_keys(at);
     CREATE INDEX sender_usage_at ON sender_usage(at);
     """,
+    # 7: office documents converted after the 250 (docs/documents.md, Office documents)
+    """
+    CREATE TABLE conversions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        parts TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        job_ids TEXT NOT NULL DEFAULT '[]',
+        finished_at REAL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX conversions_state ON conversions(state);
+    """,
 ]

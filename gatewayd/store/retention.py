@@ -19,7 +19,7 @@ docs/operations.md, "Retention and privacy", says what goes when. In short
   at the provider (its window start, from the store's meta table);
 - ``counters``: hourly sender counters older than ``USAGE_KEEP`` (only the
   last hour counts, gatewayd/email_to_fax/policy.py) and intake keys older
-  than ``retention.jobs``.
+  than ``retention.jobs``; finished office conversions' records after ``retention.jobs``.
 
 Nothing unfinished is ever purged: pending mail, unfinished or unreported
 jobs, received faxes not yet relayed, documents a live job still needs.
@@ -440,8 +440,16 @@ class RetentionPart(StorePart):
             keys = conn.execute(
                 "DELETE FROM intake_keys WHERE key IN (SELECT key FROM intake_keys WHERE at < ? LIMIT ?)", (cutoff, limit - usage)
             ).rowcount
-        done = usage + keys < limit
-        return _Step(usage + keys, 24 * usage + 64 * keys, None, done)
+        ended = 0
+        if cutoff is not None and usage + keys < limit:
+            # Finished office conversions (their originals are gone already:
+            # gatewayd/store/documents.py): the record, after retention.jobs.
+            ended = conn.execute(
+                "DELETE FROM conversions WHERE id IN (SELECT id FROM conversions WHERE state != 'pending' "
+                "AND finished_at IS NOT NULL AND finished_at < ? LIMIT ?)", (cutoff, limit - usage - keys)
+            ).rowcount
+        done = usage + keys + ended < limit
+        return _Step(usage + keys + ended, 24 * usage + 64 * keys + 256 * ended, None, done)
 
     # ------------------------------------------------------------ dry run
 

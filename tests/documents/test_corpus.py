@@ -12,13 +12,14 @@ import pytest
 from gatewayd.documents.builder import build_document
 from gatewayd.documents.cover import CoverPage, wants_cover
 from gatewayd.email_to_fax.errors import IntakeRefused
-from gatewayd.email_to_fax.parse import parse_message
+from gatewayd.email_to_fax.parse import office_as_unsupported, parse_message
 from support.corpus import ACCEPTED, CorpusCase
 
 
 def reply_for(raw: bytes) -> str:
     try:
-        msg = parse_message(raw)
+        # As the listener does where LibreOffice is off (tests/office runs it on).
+        msg = office_as_unsupported(parse_message(raw))
         cover = None
         if wants_cover("auto", msg.body_text):
             cover = CoverPage(msg.from_addr or "", "+78123092631", msg.date or "", msg.subject, msg.body_text)

@@ -17,6 +17,8 @@ from gatewayd.email_to_fax.errors import (
 from gatewayd.email_to_fax.bodytext import html_to_text
 from gatewayd.email_to_fax.parse import (
     MAX_FILENAME_CHARS,
+    UnsupportedPart,
+    office_as_unsupported,
     parse_message,
     safe_filename,
 )
@@ -223,14 +225,17 @@ def test_which_parts_are_candidates() -> None:
         part(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "text/calendar", disposition=None),
     ])
     msg = parse_message(raw)
-    assert [a.filename for a in msg.attachments] == ["inline.pdf", "photo.jpg", "chart.png"]
+    # letter.doc is a Word document by its bytes: LibreOffice's to convert (tests/office).
+    assert [(a.filename, a.kind) for a in msg.attachments] == [
+        ("inline.pdf", "pdf"), ("photo.jpg", "jpeg"), ("chart.png", "png"), ("letter.doc", "docx")]
     assert msg.skipped_inline == ("image001.png",)
     assert [(u.filename, u.declared_type, u.reason) for u in msg.unsupported] == [
-        ("letter.doc", "application/msword", "unsupported type application/msword"),
         ("attachment-5.eml", "message/rfc822", "unsupported type message/rfc822"),
         ("attachment-6.ics", "text/calendar", "unsupported type text/calendar"),
     ]
     assert msg.body_text == "Plain body."
+    # Where LibreOffice is off, it is unsupported as before.
+    assert office_as_unsupported(msg).unsupported[-1] == UnsupportedPart("letter.doc", "application/msword", "unsupported type application/msword")
 
 
 def test_signature_of_a_signed_message_is_not_an_attachment() -> None:
@@ -268,8 +273,18 @@ def test_declared_document_that_is_not_one_is_refused(content_type: str, filenam
     assert (caught.value.filename, caught.value.why) == (filename, why)
 
 
+def _plain_zip() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("notes/readme.txt", "just a zip")
+    return buf.getvalue()
+
+
 def test_undeclared_unknown_content_is_unsupported() -> None:
-    raw = multipart("zip", [part(make_docx_like(), "application/zip", filename="a.zip")])
+    raw = multipart("zip", [part(_plain_zip(), "application/zip", filename="a.zip")])
     msg = parse_message(raw)
     assert msg.attachments == ()
     assert msg.unsupported[0].reason == "unsupported type application/zip"

@@ -325,3 +325,22 @@ def test_purge_dry_run_lists_counts_and_bytes_and_changes_nothing(tmp_path: Path
     finally:
         s.close()
     assert before  # the dry run ran against a real, non-empty database
+
+
+def test_finished_office_conversions_go_after_retention_jobs_and_pending_ones_stay(tmp_path: Path) -> None:
+    clock = Clock()
+    s = Store(tmp_path / "state", clock=clock)
+    try:
+        conn = s._db.conn
+        for state, finished in (("done", START), ("rejected", START), ("pending", None)):
+            conn.execute("INSERT INTO conversions (created_at, state, parts, spec, finished_at) VALUES (?, ?, '[]', '{}', ?)",
+                         (START, state, finished))
+        conn.commit()
+        clock.t = START + 30 * DAY  # younger than retention.jobs: all kept
+        asyncio.run(purge(s, POLICY))
+        assert conn.execute("SELECT COUNT(*) FROM conversions").fetchone()[0] == 3
+        clock.t = START + 61 * DAY
+        asyncio.run(purge(s, POLICY))
+        assert [r[0] for r in conn.execute("SELECT state FROM conversions")] == ["pending"]
+    finally:
+        s.close()

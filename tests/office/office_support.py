@@ -1,0 +1,133 @@
+"""Helpers for the office-document tests: documents made at test time, a gateway with the converter service, MIME messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from e2f_support import DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
+
+from gatewayd.config import Config
+from gatewayd.daemon import build_office, build_smtp_listener
+from gatewayd.email_to_fax.converter import ConverterService
+from gatewayd.email_to_fax.intake import Intake
+from gatewayd.email_to_fax.sender import Sender
+from gatewayd.email_to_fax.smtp import SmtpTuning
+from gatewayd.health import Health
+from gatewayd.metrics import Metrics
+from gatewayd.provider.client import ProviderClient
+from gatewayd.runtime import Runtime
+from gatewayd.store import Store
+
+# The words each document carries; pdftotext of the fax must show them.
+WORDS = {
+    "docx": "Docx quarterly zebra report",
+    "odt": "Odt lighthouse keeper notes",
+    "xlsx": "Xlsx walrus inventory",
+    "rtf": "Rtf pelican agreement",
+    "txt": "Plain quokka memo",
+    "html": "Html narwhal bulletin",
+}
+
+_FODT = """<?xml version="1.0" encoding="UTF-8"?>
+<office:document xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0"
+ xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" office:version="1.2"
+ office:mimetype="application/vnd.oasis.opendocument.text">
+<office:body><office:text><text:p>{words}</text:p></office:text></office:body></office:document>
+"""
+
+
+def soffice_convert(src: Path, target: str, outdir: Path) -> Path:
+    """A cold ``soffice --convert-to`` (the documents' own maker, not the code under test)."""
+    soffice = require_tool("soffice")
+    profile = outdir / "profile"
+    subprocess.run([soffice, "--headless", "--norestore", f"-env:UserInstallation=file://{profile}",
+                    "--convert-to", target, "--outdir", str(outdir), str(src)],
+                   check=True, capture_output=True, timeout=180)
+    out = outdir / f"{src.stem}.{target.split(':')[0]}"
+    assert out.exists(), f"soffice made no {out.name}"
+    return out
+
+
+def make_documents(directory: Path) -> dict[str, bytes]:
+    docs: dict[str, bytes] = {}
+    for kind in ("docx", "odt"):
+        src = directory / f"{kind}-source.fodt"
+        src.write_text(_FODT.format(words=WORDS[kind]), encoding="utf-8")
+        docs[kind] = soffice_convert(src, kind, directory).read_bytes()
+    csv = directory / "sheet.csv"
+    csv.write_text(f"item,count\n{WORDS['xlsx']},7\n", encoding="utf-8")
+    docs["xlsx"] = soffice_convert(csv, "xlsx", directory).read_bytes()
+    docs["rtf"] = ("{\\rtf1\\ansi\\deff0{\\fonttbl{\\f0 Times New Roman;}}\\f0\\fs24 " + WORDS["rtf"] + "\\par}").encode("ascii")
+    docs["txt"] = (WORDS["txt"] + "\nsecond line\n").encode("utf-8")
+    docs["html"] = f"<!DOCTYPE html><html><head><title>t</title></head><body><h1>{WORDS['html']}</h1></body></html>".encode()
+    return docs
+
+
+_TYPES = {
+    "docx": ("application", "vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    "xlsx": ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+    "odt": ("application", "vnd.oasis.opendocument.text"),
+    "rtf": ("application", "rtf"),
+    "txt": ("text", "plain"),
+    "html": ("text", "html"),
+    "pdf": ("application", "pdf"),
+}
+
+
+def message(attachments: list[tuple[str, bytes]], *, subject: str = "documents", body: str = "") -> bytes:
+    """A message with ``attachments`` (file name, bytes), in order; CRLF line endings."""
+    msg = EmailMessage()
+    msg["From"] = SENDER
+    msg["To"] = f"{NUMBER_1}@{DOMAIN}"
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+    msg.set_content(body or "\n")
+    for name, data in attachments:
+        maintype, subtype = _TYPES.get(name.rsplit(".", 1)[-1], ("application", "octet-stream"))
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def pdftotext(pdf: bytes, tmp_path: Path, name: str = "fax.pdf") -> str:
+    path = tmp_path / name
+    path.write_bytes(pdf)
+    out = subprocess.run([require_tool("pdftotext"), "-layout", str(path), "-"], check=True, capture_output=True, timeout=60)
+    return out.stdout.decode("utf-8", "replace")
+
+
+@contextlib.asynccontextmanager
+async def run_office_gateway(config: Config, *, sim: Any) -> AsyncIterator[tuple[Gateway, ConverterService]]:
+    """Store, intake, SMTP listener, converter service and sender, wired as the daemon does (build_office)."""
+    config = with_port_zero(config)
+    store = Store(config.state_dir)
+    provider = ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0)
+    rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health())
+    office, unavailable = build_office(rt)
+    converter = ConverterService(rt, office, unavailable=unavailable)
+    intake = Intake(rt, office=office is not None)
+    listener = build_smtp_listener(rt, intake, tuning=SmtpTuning(stop_grace=1.0))
+    sender = Sender(rt, FAST_SENDER)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await sender.start()
+        tasks.append(asyncio.create_task(sender.run()))
+        tasks.append(asyncio.create_task(converter.run()))
+        await listener.start()
+        tasks.append(asyncio.create_task(listener.run()))
+        yield Gateway(rt, listener, intake, sender, tasks), converter
+    finally:
+        rt.stopping.set()
+        await listener.stop()
+        await sender.stop()
+        await converter.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await provider.aclose()
+        store.close()
