@@ -16,6 +16,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,11 +65,26 @@ class Database:
             # small steps (gatewayd/store/retention.py). An older one is
             # switched by one VACUUM at the daemon's start (ensure_incremental_vacuum).
             self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = self._switch_to_wal(busy_timeout_ms / 1000)
         if mode.lower() != "wal":
             raise StoreError(f"cannot use WAL journal mode on {self.path} (got {mode})")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
+
+    def _switch_to_wal(self, timeout: float) -> str:
+        """``PRAGMA journal_mode=WAL``, retried while another process creates
+        the same new database: SQLite answers "database is locked" at once
+        there, without calling the busy handler (it would deadlock)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                return str(self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(0.1, delay * 2)
 
     def files(self) -> tuple[Path, Path, Path]:
         """The database file and the -wal and -shm files SQLite keeps beside it."""

@@ -15,7 +15,7 @@ for _path in (_HERE, _HERE.parent / "email_to_fax", _HERE.parent):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from e2f_support import config_data  # noqa: E402
+from support.e2f import config_data  # noqa: E402
 from office_support import make_documents  # noqa: E402
 
 from gatewayd.provider.simulator import ProviderSimulator, run_simulator  # noqa: E402

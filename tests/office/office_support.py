@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from e2f_support import DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
+from support.e2f import DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
 
 from gatewayd.config import Config
 from gatewayd.daemon import build_office, build_smtp_listener

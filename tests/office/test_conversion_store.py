@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2f_support import NUMBER_1, load
+from support.e2f import NUMBER_1, load
 from office_support import WORDS, pdftotext, run_office_gateway
 from test_office import _sent
 

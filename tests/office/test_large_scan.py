@@ -8,7 +8,7 @@ from pathlib import Path
 import img2pdf
 import pikepdf
 import pytest
-from e2f_support import RawSMTP, load
+from support.e2f import RawSMTP, load
 from office_support import message, run_office_gateway
 
 from gatewayd.documents.builder import MAX_FAX_BYTES, build_document

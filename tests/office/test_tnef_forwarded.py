@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pikepdf
 import pytest
-from e2f_support import DOMAIN, NUMBER_1, SENDER, RawSMTP, load
+from support.e2f import DOMAIN, NUMBER_1, SENDER, RawSMTP, load
 from office_support import WORDS, pdftotext, run_office_gateway
 from test_office import _sent
 
