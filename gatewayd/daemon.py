@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gatewayd.config import Config, ConfigError, load_config
+from gatewayd.documents.preview import Previews
 from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.policy import contact_problems
@@ -84,7 +85,7 @@ def build_services(rt: Runtime) -> list[Service]:
         # a slow mailbox never holds up an SMTP client waiting for its 250.
         services.append(ImapIntake(rt, Intake(rt)))
     # --- wiring: retention (purge rounds every retention.interval)
-    services.append(Purger(rt))
+    services.append(Purger(rt, previews=Previews(rt.config.state_dir)))  # the console's preview cache follows the documents
     # --- wiring: http
     if rt.config.http.listen is not None:
         services.append(HttpServer(rt))
