@@ -60,6 +60,8 @@ def render_first_page(pdf: bytes, width: int, max_height: int | None = None) -> 
                 scale = min(scale, max_height / (page.get_height() or 1))
             bitmap = page.render(scale=scale, grayscale=True)
             image = bitmap.to_pil()
+            if image.width > width:  # pdfium rounds the scaled size up: exactly ``width`` wide
+                image = image.resize((width, max(1, round(image.height * width / image.width))))
         finally:
             doc.close()
     out = io.BytesIO()
