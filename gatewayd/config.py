@@ -231,6 +231,7 @@ class MailConfig:
     admin: tuple[str, ...] = ()
     reports: str = "all"
     attach_document: str = "failures"
+    preview: bool = True  # a picture of the first page inline in reports and received-fax emails
 
 
 @dataclass(frozen=True)
@@ -1219,6 +1220,7 @@ class _Loader:
             admin=s.get_list("admin", (), parse_email),
             reports=s.choice("reports", "all", ("all", "failures", "none")),
             attach_document=s.choice("attach_document", "failures", ("always", "failures", "never")),
+            preview=s.get("preview", d.preview, kind=bool),
         )
         s.finish()
         if cfg.username and not cfg.password and "password_file" not in s.table:

@@ -23,6 +23,7 @@ from typing import Any
 
 from gatewayd.config import Config, ConfigError, load_config
 from gatewayd.documents.office import OfficeConverter, office_problem, office_settings
+from gatewayd.documents.preview import Previews
 from gatewayd.email_to_fax.converter import ConverterService
 from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.intake import Intake
@@ -104,7 +105,7 @@ def build_services(rt: Runtime) -> list[Service]:
         # a slow mailbox never holds up an SMTP client waiting for its 250.
         services.append(ImapIntake(rt, Intake(rt, office=office is not None)))
     # --- wiring: retention (purge rounds every retention.interval)
-    services.append(Purger(rt))
+    services.append(Purger(rt, previews=Previews(rt.config.state_dir)))  # the console's preview cache follows the documents
     # --- wiring: http
     if rt.config.http.listen is not None:
         services.append(HttpServer(rt))

@@ -6,16 +6,19 @@ describes it for administrators. This service only times the rounds, counts
 what went (``gatewayd_purged_rows``) and logs one line per round that purged
 anything. ``retention.*`` is read at each round, so a reload applies at the
 next one; ``retention.interval = "0"`` leaves purging to ``gatewayd purge``.
+After each round the web console's cached previews of documents that are
+gone go too (``prune_previews``; docs/web.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from gatewayd.config import INBOUND_WINDOW_SLACK, Config
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
-from gatewayd.store import StoreError
+from gatewayd.store import Store, StoreError
 from gatewayd.store.retention import PurgeResult, RetentionPolicy, document_bytes, purge
 
 log = get_logger(__name__)
@@ -24,14 +27,30 @@ FIRST_ROUND_DELAY = 60.0  # after start: the queues first, then the clean-up
 IDLE_RECHECK = 600.0  # interval "0": look again this often whether a reload turned it on
 
 
+class PreviewCache(Protocol):
+    """The console's preview cache (gatewayd/documents/preview.py, ``Previews``)."""
+
+    def prune(self, keep: set[str]) -> int: ...
+
+
+async def prune_previews(store: Store, previews: PreviewCache) -> int:
+    """Remove the previews whose document is gone (a purged job document, a received fax whose email body went)."""
+    keep = await store.run(store.preview_keys)
+    removed = await asyncio.to_thread(previews.prune, keep)
+    if removed:
+        log.info("previews_pruned", removed=removed)
+    return removed
+
+
 class Purger:
     """Service "purge"."""
 
     name = "purge"
 
-    def __init__(self, rt: Runtime, *, first_delay: float = FIRST_ROUND_DELAY) -> None:
+    def __init__(self, rt: Runtime, *, first_delay: float = FIRST_ROUND_DELAY, previews: PreviewCache | None = None) -> None:
         self.rt = rt
         self.first_delay = first_delay
+        self.previews = previews
         self.rounds = 0  # completed rounds (tests wait on it)
         self.last: PurgeResult | None = None
 
@@ -71,6 +90,11 @@ class Purger:
                 vacuumed_pages=result.vacuumed_pages, seconds=round(result.seconds, 3),
                 longest_step_ms=round(result.longest_step * 1000, 1),
             )
+        if self.previews is not None:
+            try:
+                await prune_previews(rt.store, self.previews)
+            except (StoreError, OSError) as exc:
+                log.error("preview_prune_failed", error=str(exc))
         size = await asyncio.to_thread(document_bytes, rt.store.documents_dir)
         rt.metrics.document_bytes.set(size)
         self.rounds += 1

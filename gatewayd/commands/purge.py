@@ -13,7 +13,8 @@ import asyncio
 import sys
 
 from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
-from gatewayd.purger import retention_policy
+from gatewayd.documents.preview import Previews
+from gatewayd.purger import prune_previews, retention_policy
 from gatewayd.store import StoreError
 from gatewayd.store.retention import KINDS, PurgeResult, RetentionPolicy, purge
 
@@ -73,6 +74,8 @@ def main(args: argparse.Namespace) -> int:
                 print(f"note: the database is not in incremental vacuum mode yet ({exc}); "
                       "it is switched at the daemon's next start", file=sys.stderr)
         result = asyncio.run(purge(store, policy, dry_run=args.dry_run))
+        if not args.dry_run:  # and the console's previews of what went (docs/web.md)
+            asyncio.run(prune_previews(store, Previews(config.state_dir)))
     except StoreError as exc:
         raise CommandError(str(exc)) from None
     finally:

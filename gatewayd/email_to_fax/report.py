@@ -13,20 +13,27 @@ delivers it (``OutboxWorker``). See docs/reports.md for the policy:
 * a copy of every failed, error, unknown and rejected outcome to
   ``[mail].admin`` (whatever ``[mail].reports`` says: the administrators asked
   for them by setting ``admin``);
-* the faxed PDF attached per ``[mail].attach_document``.
+* the faxed PDF attached per ``[mail].attach_document``;
+* with ``[mail].preview``, a picture of the fax's first page inline (the
+  attached PDF, else the job's stored document; none when neither can be
+  read or drawn), drawn off the event loop (gatewayd/documents/preview.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 
 from gatewayd.config import MailConfig, is_email_address
 from gatewayd.documents.assemble import assemble_fax
+from gatewayd.documents.preview import email_preview
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, attempts_text
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, new_message, safe_header_text, to_bytes
+from gatewayd.mail.inline_preview import set_body
 from gatewayd.runtime import Runtime, Worker
 from gatewayd.store import CANCELED, ERROR, FAILED, REJECTED, SENT, UNKNOWN, Job, JobEvent, StoreError
 
@@ -156,8 +163,9 @@ def build_report(
     document: bytes | None,
     document_missing: bool = False,
     copy_note: str | None = None,
+    preview: bytes | None = None,
 ) -> EmailMessage:
-    """One report email; ``document`` is the PDF to attach (or None)."""
+    """One report email; ``document`` is the PDF to attach (or None), ``preview`` the first page's PNG (or None)."""
     filename = f"fax-{job.id}.pdf" if document is not None else None
     msg = new_message(
         mail_from=mail_cfg.from_,
@@ -166,20 +174,35 @@ def build_report(
         in_reply_to=job.message_id or None,
         extra_headers=[("X-Fax-Job-ID", str(job.id)), ("X-Fax-Status", job.state)],
     )
-    msg.set_content(report_body(job, events, attachment=filename, attachment_missing=document_missing, copy_note=copy_note))
+    body = report_body(job, events, attachment=filename, attachment_missing=document_missing, copy_note=copy_note)
+    set_body(msg, body, preview, alt=f"First page of the fax to {job.number}")
     if document is not None:
         msg.add_attachment(document, maintype="application", subtype="pdf", filename=filename)
     return msg
 
 
-def plan_reports(job: Job, events: Sequence[JobEvent], mail_cfg: MailConfig, read_document: Callable[[str], bytes]) -> list[ReportMail]:
-    """The outbox rows one finished job calls for (possibly none)."""
+@dataclass(frozen=True)
+class ReportInputs:
+    """What one finished job's reports are made from, read from the store (``gather_report``)."""
+
+    job: Job
+    events: Sequence[JobEvent]
+    sender: str | None
+    to_sender: bool
+    admins: list[str]
+    document: bytes | None  # to attach
+    missing: bool  # attach_document wanted it, but it is no longer stored
+    preview_pdf: bytes | None  # to draw the first page of ([mail].preview)
+
+
+def gather_report(job: Job, events: Sequence[JobEvent], mail_cfg: MailConfig, read_document: Callable[[str], bytes]) -> ReportInputs | None:
+    """Who gets a report and the documents it needs; None when nobody does."""
     failure = is_failure(job.state)
     sender = report_recipient(job.report_to)
     to_sender = sender is not None and (mail_cfg.reports == "all" or (mail_cfg.reports == "failures" and failure))
     admins = list(mail_cfg.admin) if job.state in ADMIN_COPY_STATES else []
     if not to_sender and not admins:
-        return []
+        return None
     document: bytes | None = None
     missing = False
     # No document (""): an office document that could not be converted was never made into one.
@@ -188,10 +211,25 @@ def plan_reports(job: Job, events: Sequence[JobEvent], mail_cfg: MailConfig, rea
             document = read_document(job.document)
         except StoreError:
             missing = True
+    preview_pdf = document
+    if mail_cfg.preview and document is None and not missing:
+        try:  # not attached: the job's stored document, if it still is
+            preview_pdf = read_document(job.document)
+        except StoreError:
+            preview_pdf = None
+    return ReportInputs(job, events, sender, to_sender, admins, document, missing, preview_pdf if mail_cfg.preview else None)
+
+
+def compose_reports(inputs: ReportInputs | None, mail_cfg: MailConfig, preview: bytes | None = None) -> list[ReportMail]:
+    """The outbox rows for ``inputs``; ``preview`` is the first page's PNG (or None)."""
+    if inputs is None:
+        return []
+    job, events, sender, to_sender, admins = inputs.job, inputs.events, inputs.sender, inputs.to_sender, inputs.admins
+    document, missing = inputs.document, inputs.missing
     envelope_from = bare_address(mail_cfg.from_)
     mails: list[ReportMail] = []
     if to_sender and sender is not None:
-        msg = build_report(job, events, mail_cfg, to=[sender], document=document, document_missing=missing)
+        msg = build_report(job, events, mail_cfg, to=[sender], document=document, document_missing=missing, preview=preview)
         mails.append(("report", envelope_from, [sender], to_bytes(msg), f"job:{job.id}"))
     if admins:
         if to_sender:
@@ -200,7 +238,7 @@ def plan_reports(job: Job, events: Sequence[JobEvent], mail_cfg: MailConfig, rea
             note = f"Copy for the fax gateway's administrators; the sender ({_one_line(job.report_to, 200) or 'none'}) gets no report."
         else:
             note = f"Copy for the fax gateway's administrators; [mail].reports = \"{mail_cfg.reports}\" sends {sender} no report."
-        msg = build_report(job, events, mail_cfg, to=admins, document=document, document_missing=missing, copy_note=note)
+        msg = build_report(job, events, mail_cfg, to=admins, document=document, document_missing=missing, copy_note=note, preview=preview)
         mails.append(("report", envelope_from, admins, to_bytes(msg), f"job:{job.id}:admin"))
     return mails
 
@@ -229,7 +267,10 @@ class Reporter(Worker):
         for job in jobs:
             with bind_context(job_id=job.id):
                 try:
-                    mails = await store.run(self._plan, job)
+                    inputs = await store.run(self._plan, job)
+                    # pdfium in a thread of its own: neither the loop nor the store's thread waits for it.
+                    png = await asyncio.to_thread(email_preview, inputs.preview_pdf) if inputs and inputs.preview_pdf else None
+                    mails = compose_reports(inputs, self.rt.config.mail, png)
                 except Exception:
                     # One job whose report cannot be built must not hold up the others.
                     log.exception("report_build_failed", state=job.state)
@@ -247,7 +288,7 @@ class Reporter(Worker):
             self.rt.wake("outbox")
         return settled
 
-    def _plan(self, job: Job) -> list[ReportMail]:
+    def _plan(self, job: Job) -> ReportInputs | None:
         # Runs on the store thread: reads the history and the document.
         store = self.rt.store
 
@@ -261,10 +302,11 @@ class Reporter(Worker):
                     raise StoreError(f"cannot join the cover and document {sha}: {type(exc).__name__}") from exc
             return store.read_document(sha)
 
-        return plan_reports(job, store.job_events(job.id), self.rt.config.mail, read_document)
+        return gather_report(job, store.job_events(job.id), self.rt.config.mail, read_document)
 
 
 __all__ = [
-    "ADMIN_COPY_STATES", "Reporter", "SUBJECT_WORDS", "build_report", "is_failure", "plan_reports",
+    "ADMIN_COPY_STATES", "ReportInputs", "Reporter", "SUBJECT_WORDS", "build_report", "compose_reports", "gather_report",
+    "is_failure",
     "report_body", "report_recipient", "report_subject", "status_meaning",
 ]

@@ -4,7 +4,9 @@ Everything about the fax comes from the provider (caller id, destination)
 and is therefore untrusted: header values go through ``compose``'s
 ``safe_header_text`` (via ``extra_headers``/``subject``), file names are
 reduced to a small safe alphabet, and the body is plain text with control
-characters removed.
+characters removed. With ``[mail].preview`` a picture of the first page
+goes inline beside the text (gatewayd/mail/inline_preview.py; the text is the
+same either way).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 
+from gatewayd.documents.images import tiff_to_pdf
+from gatewayd.documents.preview import email_preview
 from gatewayd.mail.compose import new_message
+from gatewayd.mail.inline_preview import set_body
 
 # C0/C1 controls and Unicode line separators (str.splitlines() breaks on them).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -85,8 +90,9 @@ def build_received_email(
     facts: FaxFacts,
     attachments: Sequence[FaxAttachment],
     notes: Sequence[str] = (),
+    preview: bytes | None = None,
 ) -> EmailMessage:
-    """The email to the fax's recipients: short text body plus the fax file(s)."""
+    """The email to the fax's recipients: short text body (with ``preview``, the first page's PNG, inline) plus the fax file(s)."""
     msg = new_message(
         mail_from=mail_from,
         to=list(to),
@@ -102,11 +108,26 @@ def build_received_email(
     body = ["A fax was received.", "", *_facts_lines(facts)]
     if notes:
         body += ["", *notes]
-    msg.set_content("\n".join(body) + "\n")
+    set_body(msg, "\n".join(body) + "\n", preview, alt="First page of the fax")
     for att in attachments:
         maintype, _, subtype = att.content_type.partition("/")
         msg.add_attachment(att.data, maintype=maintype, subtype=subtype, filename=att.filename)
     return msg
+
+
+def received_preview(attachments: Sequence[FaxAttachment], page_size: str) -> bytes | None:
+    """The first page's PNG from the fax as attached (its PDF, else its TIFF), or None; blocking (pdfium)."""
+    for att in attachments:
+        if att.content_type == "application/pdf":
+            return email_preview(att.data)
+    for att in attachments:
+        if att.content_type == "image/tiff":
+            try:
+                pdf = tiff_to_pdf(att.data, page_size)[0]
+            except Exception:  # a TIFF that cannot be converted was sent as it is: no picture then
+                return None
+            return email_preview(pdf)
+    return None
 
 
 def build_admin_notice(*, mail_from: str, to: Sequence[str], facts: FaxFacts, problem: str, recipients: Sequence[str]) -> EmailMessage:
@@ -135,5 +156,6 @@ __all__ = [
     "build_admin_notice",
     "build_received_email",
     "caller_for_filename",
+    "received_preview",
     "received_subject",
 ]

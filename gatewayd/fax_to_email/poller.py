@@ -47,7 +47,7 @@ from datetime import UTC, datetime, tzinfo
 from gatewayd.backoff import backoff_delay
 from gatewayd.config import Config, is_email_address
 from gatewayd.fax_to_email.convert import PreparedFax, prepare_fax
-from gatewayd.fax_to_email.message import FaxFacts, build_admin_notice, build_received_email
+from gatewayd.fax_to_email.message import FaxFacts, build_admin_notice, build_received_email, received_preview
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.mail.compose import bare_address, to_bytes
 from gatewayd.provider.client import (
@@ -351,9 +351,12 @@ class InboundPoller:
             admin_notified=bool(admin),
         )
         facts = FaxFacts(fax.uuid, fax.extension_id, fax.caller_id, fax.destination, received_at, prepared.pages)
+        preview = None
+        if cfg.mail.preview:  # drawn in a thread; None when the fax cannot be drawn (docs/inbound.md)
+            preview = await asyncio.to_thread(received_preview, prepared.attachments, cfg.documents.page_size)
         message = to_bytes(build_received_email(
             mail_from=cfg.mail.from_, to=rcpts.addresses, facts=facts,
-            attachments=prepared.attachments, notes=prepared.notes,
+            attachments=prepared.attachments, notes=prepared.notes, preview=preview,
         ))
         notice: bytes | None = None
         if prepared.problem:

@@ -451,6 +451,21 @@ class RetentionPart(StorePart):
         done = usage + keys + ended < limit
         return _Step(usage + keys + ended, 24 * usage + 64 * keys + 256 * ended, None, done)
 
+    def preview_keys(self) -> set[str]:
+        """The web console's preview names whose document is still here (gatewayd/documents/preview.py, ``prune``).
+
+        A job's document until the purge removed it; a received fax while
+        its record and its email's body (the local copy) are kept.
+        """
+        q = self._db.query
+        keys = {row[0] for row in q(
+            "SELECT document FROM jobs WHERE document_purged_at IS NULL "
+            "UNION SELECT cover FROM jobs WHERE cover != '' AND document_purged_at IS NULL")}
+        keys.update(row[0] for row in q(
+            "SELECT 'rx-' || r.uuid FROM received r LEFT JOIN outbox o ON o.id = r.outbox_id "
+            "WHERE r.outbox_id IS NULL OR o.purged_at IS NULL"))
+        return keys
+
     # ------------------------------------------------------------ dry run
 
     def purge_plan(self, policy: RetentionPolicy, now: float) -> dict[str, Tally]:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from gatewayd import jobcontrol
 from gatewayd.config import is_email_address
+from gatewayd.documents.preview import PreviewError, Previews, email_preview
 from gatewayd.email_to_fax.errors import IntakeRefused
 from gatewayd.email_to_fax.intake import Intake, attachment_from_bytes
 from gatewayd.email_to_fax.parse import ParsedMessage
@@ -42,7 +43,6 @@ from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
 from gatewayd.store import Job, ReceivedFax
 from gatewayd.web.accounts import Account, LoginThrottle, check_login, find_account
-from gatewayd.web.previews import PreviewError, Previews
 from gatewayd.web.received_files import ReceivedFileMissing, received_pdf
 
 log = get_logger(__name__)
@@ -452,10 +452,11 @@ class WebConsole:
         received_at = dt.datetime.fromtimestamp(fax.first_seen).astimezone()
         facts = FaxFacts(fax.uuid, fax.extension_id, fax.caller_id, fax.destination, received_at, None)
         cfg = self.rt.config.mail
+        preview = await asyncio.to_thread(email_preview, pdf) if cfg.preview else None
         msg = build_received_email(
             mail_from=cfg.from_, to=[address], facts=facts,
             attachments=[FaxAttachment(pdf, attachment_name(received_at, fax.caller_id), "application/pdf")],
-            notes=[f"Sent from the web console by {self._account(request).name}."],
+            notes=[f"Sent from the web console by {self._account(request).name}."], preview=preview,
         )
         store = self.rt.store
         await store.run(store.enqueue_mail, "forward", cfg.from_, [address], to_bytes(msg), ref=fax.uuid)

@@ -90,7 +90,7 @@ def test_report_recipient() -> None:
      ("failures", "canceled", True), ("never", "sent", False), ("never", "failed", False)],
 )
 async def test_attach_document(offline, attach: str, state: str, attached: bool) -> None:
-    gw = offline(attach_document=attach)
+    gw = offline(attach_document=attach, preview=False)  # the picture: test_report_preview.py
     job_id = await finished_job(gw, state)
     await gw.reporter.report_due()
     for _, msg in outbox_messages(gw):
