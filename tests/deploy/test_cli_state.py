@@ -3,7 +3,7 @@ finds the configuration and the state of a service installed the documented
 way: /etc/gatewayd/config.toml, secrets in /etc/gatewayd/credentials/, the
 state where the unit's StateDirectory= (with DynamicUser=) puts it.
 
-The system paths are moved into a temporary root through gatewayd.config's
+The system paths are moved into a temporary root through gatewayd/config/paths.py's
 SYSTEM_CONFIG_DIR and SYSTEM_STATE_DIR (internal, not a setting)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from support.deploy import REPO
 from gatewayd import cli
 from gatewayd import config as config_module
+from gatewayd.config import paths as config_paths
 from gatewayd.store import Store
 
 
@@ -38,8 +39,8 @@ def installed(root: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def system_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     etc, state = installed(tmp_path)
-    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_DIR", etc)
-    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", state)
+    monkeypatch.setattr(config_paths, "SYSTEM_CONFIG_DIR", etc)
+    monkeypatch.setattr(config_paths, "SYSTEM_STATE_DIR", state)
     for name in ("GATEWAYD_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "root"
