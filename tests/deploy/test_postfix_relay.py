@@ -13,19 +13,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.deploy import doc_block
+from support.deploy import REPO, doc_block
 from support.postfix import AuthDovecot, PrivatePostfix
 from support.service import DOMAIN, NUMBER, Gateway, NotifySocket, Ports, RawSmtp, clean_env, fax_email, gateway_config, write_config
 
 from gatewayd.provider.simulator import ProviderSimulator
 
 USER, PASSWORD = "alice", "s3cret-for-the-test"
+CONFIGURATION = REPO / "docs" / "configuration.md"
 SENDER = "alice@example.com"  # matches the doc's [[senders]] "*@example.com"
 
 
@@ -147,6 +149,39 @@ async def test_the_documented_postfix_refuses_strangers_and_relays_users(relay: 
     await asyncio.sleep(1)
     assert len(sim.sent) == 1, json.dumps([f.dst_num for f in sim.sent.values()])
     assert "status=sent" in postfix.maillog()
+
+
+def largest_gatewayd_message() -> int:
+    """smtp.max_message_size's default, as docs/configuration.md gives it (and the code has it)."""
+    from gatewayd.config import SmtpConfig, parse_size
+
+    row = re.search(r"^\| `max_message_size` \| [^|]+ \| `\"([^\"]+)\"` \|", CONFIGURATION.read_text(encoding="utf-8"), re.M)
+    assert row, "docs/configuration.md has no max_message_size row with a default"
+    documented = parse_size(row.group(1))
+    assert documented == SmtpConfig().max_message_size
+    return documented
+
+
+def test_the_documented_postfix_takes_gatewayds_largest_message() -> None:
+    # Postfix's default (10240000) capped faxes at ~7.5 MB of PDF once
+    # base64-encoded, while gatewayd takes 10 MB documents (issue 21, item 7).
+    limits = re.findall(r"^message_size_limit\s*=\s*(\d+)\s*$", doc_block("postfix-main.cf"), re.M)
+    assert len(limits) == 1, "the Postfix snippet sets no message_size_limit"
+    assert int(limits[0]) >= largest_gatewayd_message(), (limits, largest_gatewayd_message())
+
+
+async def test_a_9_mb_document_goes_through_postfix_and_is_faxed(relay: dict[str, Any]) -> None:
+    from support.reliability import pdf_bytes
+
+    sim, postfix = relay["sim"], relay["postfix"]
+    document = pdf_bytes(1, padding=9_000_000, seed=21)
+    message = fax_email(SENDER, f"{NUMBER}@{DOMAIN}", document, subject="nine megabytes")
+    assert len(message) > 12_000_000 > 10_240_000  # over Postfix's default limit
+    replies = await transaction(relay["port"], login=True, data=message)
+    assert replies[-1].startswith("250"), (replies, postfix.maillog()[-2000:])
+    await until(lambda: len(sim.sent) >= 1, 120, "the 9 MB fax at the provider simulator (maillog:\n" + postfix.maillog()[-2000:] + ")")
+    (fax,) = sim.sent.values()
+    assert fax.dst_num == NUMBER.lstrip("+"), fax  # (gatewayd rewrites the PDF: the unused filler is gone)
 
 
 async def test_a_wrong_password_is_refused(relay: dict[str, Any]) -> None:

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import signal
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.e2f import to_toml
 
 from gatewayd.config import Config, load_config_data
 from gatewayd.daemon import build_smtp_listener
@@ -34,7 +29,8 @@ from gatewayd.runtime import Runtime
 from gatewayd.store import Store
 from support.gateway import InProcessGateway
 from support.gateway import in_process as gateway_in_process
-from support.ports import ATTEMPTS, PortClash, free_port
+from support.ports import free_port  # noqa: F401 (also a public name here)
+from support.process import GatewayProcess, start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "fax.example.com"
@@ -224,89 +220,17 @@ def assert_documents_whole(state_dir: Path) -> None:
 # ------------------------------------------------------------- as subprocess
 
 
-@dataclass
-class DaemonProcess:
-    proc: asyncio.subprocess.Process
-    port: int
-    log_path: Path
-
-    async def wait_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.returncode is not None:
-                raise AssertionError(f"gatewayd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            return
-        raise AssertionError(f"gatewayd not listening after {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-n:]
-        return ""
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-
-    async def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took)."""
-        started = time.monotonic()
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout + 5)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            raise AssertionError(f"gatewayd did not stop {timeout + 5} s after SIGTERM:\n{self.log_tail()}") from None
-        return code, time.monotonic() - started
+# One subprocess helper for every suite (support/process.py); these names stay
+# for the reliability tests.
+DaemonProcess = GatewayProcess
 
 
 async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gatewayd") -> DaemonProcess:
-    """``gatewayd run -c FILE`` as a subprocess. Its SMTP port was picked by
-    support.ports.free_port (the loader refuses port 0); when another process
-    took it first, the start is retried on a new port (``data`` is updated)."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return await _start_daemon(workdir, data, name=name)
-        except PortClash:
-            if attempt == ATTEMPTS - 1:
-                raise
-            data["smtp"]["listen"] = f"127.0.0.1:{free_port()}"
-    raise AssertionError("unreachable")
-
-
-async def _start_daemon(workdir: Path, data: dict[str, Any], *, name: str) -> DaemonProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / f"{name}.toml"
-    config.write_text(to_toml(data), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAYD_CONFIG", "NOTIFY_SOCKET", "STATE_DIRECTORY", "WATCHDOG_USEC")}
-    env["PYTHONPATH"] = str(REPO)
-    log_path = workdir / f"{name}.log"
-    log = open(log_path, "ab")
-    try:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gatewayd", "run", "-c", str(config), stdout=log, stderr=log, cwd=REPO, env=env)
-    finally:
-        log.close()
-    port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
-    daemon = DaemonProcess(proc, port, log_path)
-    try:
-        await daemon.wait_listening()
-    except BaseException:
-        daemon.kill()  # never left running behind a failed start
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 10)
-        if "address already in use" in daemon.log_tail(20000).lower():
-            raise PortClash(f"port {port} taken before gatewayd bound it") from None
-        raise
-    return daemon
+    """``gatewayd run -c WORKDIR/NAME.toml`` as a subprocess, listening; its
+    SMTP port was picked by support.ports.free_port (the loader refuses port
+    0); when another process took it first, the start is retried on a new
+    port (``data`` is updated). Output in WORKDIR/NAME.log."""
+    return await start_gateway(workdir, data, name=name)
 
 
 # --------------------------------------------------------------- in-process

@@ -9,11 +9,9 @@ temporary directory / the abstract namespace.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -26,24 +24,13 @@ from typing import Any, Callable
 
 from tomli_w import dumps as to_toml
 from support.ports import free_port  # noqa: F401 (also a public name here)
+from support.process import GatewayProcess, clean_env  # noqa: F401 (clean_env: also a public name here)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 DOMAIN = "fax.example.com"
 NUMBER = "+78123092631"
 DISCARD_PROVIDER = "http://127.0.0.1:9/api/ver1.0"  # nothing answers: calls fail fast
-
-_GATEWAYD_ENV = ("GATEWAYD_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _GATEWAYD_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-
 
 # ------------------------------------------------------------------ config
 
@@ -181,76 +168,19 @@ class NotifySocket:
 # ------------------------------------------------------------ the process
 
 
-class Gateway:
-    """``python -m gatewayd run -c CONFIG`` as a subprocess; stderr (JSON lines) kept in a file."""
+class Gateway(GatewayProcess):
+    """``python -m gatewayd run -c CONFIG`` as a subprocess (support/process.py);
+    its output (JSON log lines) kept in a file in ``workdir``."""
 
     def __init__(self, config: Path, workdir: Path, env: dict[str, str]) -> None:
-        self.config = config
-        self.env = env
-        self.stderr_path = workdir / f"gatewayd-{secrets.token_hex(3)}.stderr"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> "Gateway":
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "gatewayd", "run", "-c", str(self.config),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,
-            env=self.env, cwd=str(REPO),
-        )
-        return self
+        super().__init__(config, workdir / f"gatewayd-{secrets.token_hex(3)}.stderr", env)
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout=timeout)
-
-    async def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it does not go; returns the exit code."""
-        if self.proc is None:
-            return None
-        code = self.proc.returncode
-        if code is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.wait_for(self.proc.wait(), timeout=12)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                code = await self.proc.wait()
-        self._stderr.close()
-        return code
+    def stderr_path(self) -> Path:
+        return self.log_path
 
     def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The JSON log events written so far (optionally only one event name)."""
-        out = []
-        for line in self.stderr().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                out.append(event)
-        return out
-
-    async def wait_event(self, name: str, *, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(name)
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no log event {name!r} within {timeout}s; stderr:\n{self.stderr()[-4000:]}")
-            await asyncio.sleep(0.05)
+        return self.log_text()
 
 
 # -------------------------------------------------------------------- SMTP
