@@ -1,24 +1,18 @@
 """Fixtures for the office-document tests: real LibreOffice (slow: each test
-is kept to a few small documents). Helpers in office_support.py; the
-email-to-fax helpers (e2f_support.py) are shared."""
+is kept to a few small documents). Helpers in tests/support/office.py; the
+email-to-fax helpers (tests/support/e2f.py) are shared."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).resolve().parent
-for _path in (_HERE, _HERE.parent / "email_to_fax", _HERE.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from support.e2f import config_data
+from support.office import make_documents
 
-from support.e2f import config_data  # noqa: E402
-from office_support import make_documents  # noqa: E402
-
-from gatewayd.provider.simulator import ProviderSimulator, run_simulator  # noqa: E402
+from gatewayd.provider.simulator import ProviderSimulator, run_simulator
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from support.e2f import NUMBER_1, load
-from office_support import WORDS, pdftotext, run_office_gateway
-from test_office import _sent
+from support.office import WORDS, pdftotext, run_office_gateway
+from support.office import _sent
 
 from gatewayd.store import CONVERTING, QUEUED, NewJob, Store
 

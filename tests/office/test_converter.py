@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from office_support import WORDS, pdftotext
+from support.office import WORDS, pdftotext
 
 from gatewayd.documents.office import OfficeConverter, OfficeFailed, OfficeSettings
 

@@ -9,7 +9,7 @@ import img2pdf
 import pikepdf
 import pytest
 from support.e2f import RawSMTP, load
-from office_support import message, run_office_gateway
+from support.office import message, run_office_gateway
 
 from gatewayd.documents.builder import MAX_FAX_BYTES, build_document
 from gatewayd.documents.errors import DocumentTooLarge

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.corpus import good_message, make_pdf
 from support.e2f import DOMAIN, NUMBER_1, NUMBER_2, PYTHON, REPO, RawSMTP, clean_env, config_data, free_port, load, merge, wait_for, write_config
-from office_support import WORDS, pdftotext, run_office_gateway
+from support.office import WORDS, pdftotext, run_office_gateway
 
 from gatewayd.store import CONVERTING, QUEUED, Store
 

@@ -15,25 +15,13 @@ from pathlib import Path
 
 import pytest
 from support.e2f import NUMBER_1, PYTHON, REPO, RawSMTP, clean_env, load, wait_for, write_config
-from office_support import WORDS, message, pdftotext, run_office_gateway
+from support.office import WORDS, _sent, message, pdftotext, run_office_gateway
 
 from gatewayd.email_to_fax.report import report_body
 from gatewayd.store import CONVERTING, QUEUED, REJECTED
 
 # LibreOffice starts per test, and the documents are made by a cold soffice once.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
-
-
-async def _sent(sim, gw, job_ids, timeout: float = 120.0):  # type: ignore[no-untyped-def]
-    """Wait until the simulator has a fax for each job; returns them in job order."""
-    await wait_for(lambda: len(_faxes_for(sim, gw, job_ids)) == len(job_ids), timeout=timeout, what=f"faxes of jobs {job_ids}")
-    by_name = {f.filename: f for f in _faxes_for(sim, gw, job_ids)}
-    return [by_name[f"fax-{i}.pdf"] for i in job_ids]
-
-
-def _faxes_for(sim, gw, job_ids):  # type: ignore[no-untyped-def]
-    names = {f"fax-{i}.pdf" for i in job_ids}
-    return [f for f in sim.sent_faxes() if f.filename in names]
 
 
 async def test_each_office_kind_arrives_as_a_pdf_with_its_text(tmp_path: Path, sim, sim_data, documents) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pikepdf
 import pytest
 from support.e2f import DOMAIN, NUMBER_1, SENDER, RawSMTP, load
-from office_support import WORDS, pdftotext, run_office_gateway
-from test_office import _sent
+from support.office import WORDS, pdftotext, run_office_gateway
+from support.office import _sent
 
 from gatewayd.documents.cover import CoverPage, render_cover
 from gatewayd.email_to_fax.errors import AttachmentRejected

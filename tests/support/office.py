@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from support.e2f import DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
+from support.e2f import wait_for, DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
 
 from gatewayd.config import Config
 from gatewayd.daemon import build_office, build_smtp_listener
@@ -131,3 +131,15 @@ async def run_office_gateway(config: Config, *, sim: Any) -> AsyncIterator[tuple
         await asyncio.gather(*tasks, return_exceptions=True)
         await provider.aclose()
         store.close()
+
+
+async def _sent(sim, gw, job_ids, timeout: float = 120.0):  # type: ignore[no-untyped-def]
+    """Wait until the simulator has a fax for each job; returns them in job order."""
+    await wait_for(lambda: len(_faxes_for(sim, gw, job_ids)) == len(job_ids), timeout=timeout, what=f"faxes of jobs {job_ids}")
+    by_name = {f.filename: f for f in _faxes_for(sim, gw, job_ids)}
+    return [by_name[f"fax-{i}.pdf"] for i in job_ids]
+
+
+def _faxes_for(sim, gw, job_ids):  # type: ignore[no-untyped-def]
+    names = {f"fax-{i}.pdf" for i in job_ids}
+    return [f for f in sim.sent_faxes() if f.filename in names]
