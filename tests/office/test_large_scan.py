@@ -50,7 +50,7 @@ async def test_a_20_mb_colour_scan_arrives_under_the_limit_with_every_page(tmp_p
             await client.close()
         assert reply.startswith("250 2.0.0 queued as"), reply
         job_id = int(reply.rsplit(" ", 1)[-1])
-        from test_office import _sent  # the same wait as the office tests
+        from support.office import _sent  # the same wait as the office tests
 
         (fax,) = await _sent(sim, gw, [job_id])
     assert len(fax.document) < MAX_FAX_BYTES, len(fax.document)

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from support.gateway import in_process
 from support.e2f import wait_for, DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
 
 from gatewayd.config import Config
@@ -103,34 +104,15 @@ def pdftotext(pdf: bytes, tmp_path: Path, name: str = "fax.pdf") -> str:
 
 @contextlib.asynccontextmanager
 async def run_office_gateway(config: Config, *, sim: Any) -> AsyncIterator[tuple[Gateway, ConverterService]]:
-    """Store, intake, SMTP listener, converter service and sender, wired as the daemon does (build_office)."""
-    config = with_port_zero(config)
-    store = Store(config.state_dir)
-    provider = ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0)
-    rt = Runtime(config=config, store=store, provider=provider, metrics=Metrics(), health=Health())
-    office, unavailable = build_office(rt)
-    converter = ConverterService(rt, office, unavailable=unavailable)
-    intake = Intake(rt, office=office is not None)
-    listener = build_smtp_listener(rt, intake, tuning=SmtpTuning(stop_grace=1.0))
-    sender = Sender(rt, FAST_SENDER)
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await sender.start()
-        tasks.append(asyncio.create_task(sender.run()))
-        tasks.append(asyncio.create_task(converter.run()))
-        await listener.start()
-        tasks.append(asyncio.create_task(listener.run()))
-        yield Gateway(rt, listener, intake, sender, tasks), converter
-    finally:
-        rt.stopping.set()
-        await listener.stop()
-        await sender.stop()
-        await converter.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await provider.aclose()
-        store.close()
+    """The SMTP listener, converter service and sender as build_services wires them
+    (support.gateway.in_process), with a sender that polls fast."""
+
+    def provider(config: Config, metrics: Any) -> ProviderClient:
+        return ProviderClient(sim.base_url, sim.token_url, "demo", "demo", timeout=5.0, on_request=metrics.observe_provider_request)
+
+    async with in_process(config, only={"smtp", "sender", "converter"}, replace={"sender": lambda rt: Sender(rt, FAST_SENDER)},
+                          provider=provider, check=False) as gw:
+        yield Gateway(gw), gw.service("converter")
 
 
 async def _sent(sim, gw, job_ids, timeout: float = 120.0):  # type: ignore[no-untyped-def]
