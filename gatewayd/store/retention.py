@@ -164,6 +164,11 @@ def _cutoff(now: float, keep: float) -> float | None:
     return None if keep <= 0 else now - keep
 
 
+def _next_cursor(rows: list[Any], cursor: Any) -> Any:
+    """Where a keyset step resumes: the (time, id) of its last row, or where it was."""
+    return (rows[-1][0], rows[-1][1]) if rows else cursor
+
+
 class RetentionPart(StorePart):
     """The ``Store``'s purge steps, dry-run plan, incremental vacuum and size facts."""
 
@@ -275,6 +280,11 @@ class RetentionPart(StorePart):
             starts.setdefault(ext, floor)
         return min(starts.values(), default=now) - overlap
 
+    def _page_after(self, sql: str, cutoff: float, cursor: Any, limit: int) -> list[Any]:
+        """One keyset batch: ``sql`` takes (cutoff, after time, after id, limit); ``cursor`` is the last row's (time, id)."""
+        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
+        return self._db.conn.execute(sql, (cutoff, after_t, after_id, limit)).fetchall()
+
     def _purge_received(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
         cutoff = _cutoff(now, policy.received)
         if cutoff is None:
@@ -327,12 +337,11 @@ class RetentionPart(StorePart):
         if cutoff is None:
             return _Step(0, 0, None, True)
         conn = self._db.conn
-        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        rows = conn.execute(
+        rows = self._page_after(
             "SELECT finished_at, id, document FROM jobs WHERE finished_at IS NOT NULL AND document_purged_at IS NULL "
             "AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
-            (cutoff, after_t, after_id, limit),
-        ).fetchall()
+            cutoff, cursor, limit,
+        )
         removed = size = 0
         unlink: list[Path] = []
         for sha in dict.fromkeys(r[2] for r in rows):
@@ -361,8 +370,7 @@ class RetentionPart(StorePart):
                         removed += 1
                         size += cover_gone
                         unlink.append(self.document_path(cover))
-        cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(removed, size, cursor, len(rows) < limit, tuple(unlink))
+        return _Step(removed, size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
     def _doomed_document(self, sha: str, now: float) -> int | None:
         """The size of a document file that may go (0 when already gone), or None when it was saved too recently."""
@@ -380,14 +388,13 @@ class RetentionPart(StorePart):
             return _Step(0, 0, None, True)
         conn = self._db.conn
         # Unreported jobs are still work for the reporter: kept, and skipped by the cursor.
-        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        rows = conn.execute(
+        rows = self._page_after(
             "SELECT finished_at, id, document, reported_at IS NOT NULL, "
             "LENGTH(reason) + LENGTH(number) + LENGTH(dst_num) + LENGTH(report_to) + LENGTH(message_id) + LENGTH(subject) "
             "+ LENGTH(document) + LENGTH(note) + LENGTH(provider_status) + LENGTH(rule_key) + 120 "
             "FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
-            (cutoff, after_t, after_id, limit),
-        ).fetchall()
+            cutoff, cursor, limit,
+        )
         doomed = [r for r in rows if r[3]]
         size = sum(r[4] for r in doomed)
         unlink: list[Path] = []
@@ -407,27 +414,24 @@ class RetentionPart(StorePart):
             for sha in dict.fromkeys([*(r[2] for r in doomed), *covers]):
                 if conn.execute("SELECT 1 FROM jobs WHERE document = ? OR cover = ? LIMIT 1", (sha, sha)).fetchone() is None:
                     unlink.append(self.document_path(sha))
-        cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(len(doomed), size, cursor, len(rows) < limit, tuple(unlink))
+        return _Step(len(doomed), size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
     def _purge_emails(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
         cutoff = _cutoff(now, policy.jobs)
         if cutoff is None:
             return _Step(0, 0, None, True)
         conn = self._db.conn
-        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        rows = conn.execute(
+        rows = self._page_after(
             "SELECT COALESCE(sent_at, next_attempt_at), id, LENGTH(message) + LENGTH(recipients) + LENGTH(mail_from) + LENGTH(last_error) + 80, "
             "EXISTS (SELECT 1 FROM received r WHERE r.outbox_id = outbox.id) "
             "FROM outbox WHERE state != 'pending' AND COALESCE(sent_at, next_attempt_at) < ? "
             "AND (COALESCE(sent_at, next_attempt_at), id) > (?, ?) ORDER BY COALESCE(sent_at, next_attempt_at), id LIMIT ?",
-            (cutoff, after_t, after_id, limit),
-        ).fetchall()
+            cutoff, cursor, limit,
+        )
         doomed = [r for r in rows if not r[3]]
         if doomed:
             conn.executemany("DELETE FROM outbox WHERE id = ? AND state != 'pending'", [(r[1],) for r in doomed])
-        cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(len(doomed), sum(r[2] for r in doomed), cursor, len(rows) < limit)
+        return _Step(len(doomed), sum(r[2] for r in doomed), _next_cursor(rows, cursor), len(rows) < limit)
 
     def _purge_counters(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
         conn = self._db.conn
