@@ -14,8 +14,8 @@ moves the job first wins, and the loser looks again.
 * retry: only a ``failed`` job, with the provider's ``action=retry``. A job
   that had failed for good is reopened: ``submitted`` again, ``finished_at``
   and ``reported_at`` cleared, so the tracker follows it and its sender gets
-  a new report for the new outcome. A manual retry does not use up an
-  automatic retry.
+  a new report for the new outcome (after the failure report they may
+  already have). A manual retry does not use up an automatic retry.
 
 Refusals raise ``ControlRefused`` with the reason in words.
 """

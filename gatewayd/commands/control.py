@@ -1,23 +1,9 @@
 """``gatewayd cancel ID`` and ``gatewayd retry ID`` (docs/operations.md; docs/reports.md, Cancel and retry from the command line).
 
-They work on the state directory while the daemon runs; the logic, shared
-with the web console, is in gatewayd/jobcontrol.py. Every change is a
-compare-and-set (``Store.transition(expect=...)``), so the command line and
-the daemon never undo each other: whoever moves the job first wins, and the
-loser looks again.
-
-* cancel: a ``queued`` job is canceled locally (nothing reached the
-  provider). A ``submitting`` job is refused: its upload may be in flight and
-  only the provider's answer tells whether a fax exists to cancel. A job at
-  the provider (``submitted``, or ``failed`` - also a failed job that is
-  already over) is canceled with the provider's ``action=cancel``, which the
-  provider allows only from ``ready_to_send`` and ``failed``; a fax that is
-  being sent cannot be canceled.
-* retry: only a ``failed`` job, with the provider's ``action=retry``. A job
-  that had failed for good is reopened: ``submitted`` again, ``finished_at``
-  and ``reported_at`` cleared, so the tracker follows it and its sender gets
-  a new report for the new outcome (after the failure report they may
-  already have). A manual retry does not use up an automatic retry.
+They work on the state directory while the daemon runs; the logic and its
+rules (which states allow cancel and retry, compare-and-set against the
+daemon, what a retry reopens) are shared with the web console and described
+once, in gatewayd/jobcontrol.py.
 
 Exit 0 with the new state on stdout; exit 1 with the reason on stderr when
 the job's status does not allow the action or the provider refuses it.

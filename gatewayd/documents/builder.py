@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pikepdf
 
@@ -37,6 +37,8 @@ __all__ = [
     "build_document",
     "build_parts",
 ]
+
+_T = TypeVar("_T")
 
 # The provider's "10 megabytes", read the safe way (docs/provider.md, Errors;
 # docs/documents.md, Making the fax document).
@@ -269,22 +271,8 @@ class DocumentBuilder:
             # (fpdf2 takes milliseconds) and no image (decoding may take much longer).
             return build_document(attachments, cover=None, page_size=page_size, max_pages=max_pages,
                                   max_bytes=max_bytes, unsupported=unsupported)
-        await self._slots.acquire()
-        try:
-            task = asyncio.ensure_future(asyncio.to_thread(
-                build_document,
-                attachments,
-                cover=cover,
-                page_size=page_size,
-                max_pages=max_pages,
-                max_bytes=max_bytes,
-                unsupported=unsupported,
-            ))
-        except BaseException:
-            self._slots.release()
-            raise
-        task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
+        return await self._bounded(build_document, attachments, cover=cover, page_size=page_size, max_pages=max_pages,
+                                   max_bytes=max_bytes, unsupported=unsupported)
 
     async def build_parts(
         self,
@@ -301,17 +289,14 @@ class DocumentBuilder:
             body = await self.build(attachments, cover=None, page_size=page_size, max_pages=max_pages,
                                     max_bytes=max_bytes, unsupported=unsupported)
             return FaxParts(body=body, covers=())
+        return await self._bounded(build_parts, attachments, covers=covers, page_size=page_size, max_pages=max_pages,
+                                   max_bytes=max_bytes, unsupported=unsupported)
+
+    async def _bounded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn`` in a worker thread once a slot is free; the slot is held until the thread ends, even if the caller is cancelled."""
         await self._slots.acquire()
         try:
-            task = asyncio.ensure_future(asyncio.to_thread(
-                build_parts,
-                attachments,
-                covers=covers,
-                page_size=page_size,
-                max_pages=max_pages,
-                max_bytes=max_bytes,
-                unsupported=unsupported,
-            ))
+            task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
         except BaseException:
             self._slots.release()
             raise

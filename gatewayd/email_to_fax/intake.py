@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import cast
+from typing import ParamSpec, cast
 
 from gatewayd.config import Config
 from gatewayd.documents.builder import DocumentBuilder, DocumentPart, FaxDocument, FaxParts
@@ -49,6 +50,26 @@ INLINE_BYTES = 2 * 1024 * 1024
 # A note longer than this is cut: it goes into a report's body, not a database dump.
 _MAX_NOTE = 2000
 
+_P = ParamSpec("_P")
+
+
+def _intake_edge(fn: Callable[_P, Awaitable[list[int]]]) -> Callable[_P, Awaitable[list[int]]]:
+    """The edge of intake: ``IntakeRefused`` and cancellation pass; anything else is logged and becomes 451."""
+
+    @functools.wraps(fn)
+    async def edge(*args: _P.args, **kwargs: _P.kwargs) -> list[int]:
+        try:
+            return await fn(*args, **kwargs)
+        except IntakeRefused:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the edge: everything else is "try again"
+            log.exception("intake_failed", source=kwargs.get("source"), error=f"{type(exc).__name__}: {exc}")
+            raise TemporaryFailure() from exc
+
+    return edge
+
 
 class Intake:
     """Turns an authorised message into durable jobs (docs/architecture.md, Email to fax, step by step)."""
@@ -61,6 +82,7 @@ class Intake:
         self.inline_bytes = inline_bytes
         self.office = office
 
+    @_intake_edge
     async def accept(
         self,
         raw: bytes,
@@ -81,27 +103,6 @@ class Intake:
         Raises an ``IntakeRefused`` subclass; never anything else (except
         cancellation): unexpected failures are logged and become 451.
         """
-        try:
-            return await self._accept(raw, authorisation, destinations, source, report_to, intake_key, parsed, crlf_checked)
-        except IntakeRefused:
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the edge: everything else is "try again"
-            log.exception("intake_failed", source=source, error=f"{type(exc).__name__}: {exc}")
-            raise TemporaryFailure() from exc
-
-    async def _accept(
-        self,
-        raw: bytes,
-        authorisation: Authorisation,
-        destinations: Sequence[Destination],
-        source: str,
-        report_to: str,
-        intake_key: str | None,
-        parsed: ParsedMessage | None,
-        crlf_checked: bool,
-    ) -> list[int]:
         rt = self.rt
         store = rt.store
         config = rt.config

@@ -20,7 +20,7 @@ from typing import Any
 
 from gatewayd.jobstates import CONVERTING, QUEUED, REJECTED
 from gatewayd.store.database import StoreError, StorePart
-from gatewayd.store.jobs import NewJob
+from gatewayd.store.jobs import NewJob, intake_ids
 
 __all__ = ["Conversion", "ConversionPart", "ConversionTable", "PART_SUFFIX"]
 
@@ -55,10 +55,9 @@ class ConversionTable(StorePart):
         now = self.clock()
         try:
             with self._db.transaction() as conn:
-                if intake_key:
-                    row = conn.execute("SELECT job_ids FROM intake_keys WHERE key = ?", (intake_key,)).fetchone()
-                    if row:
-                        return json.loads(row[0])
+                seen = intake_ids(conn, intake_key)
+                if seen is not None:
+                    return seen
                 ids = self.enqueue_jobs("", 0, 0, jobs, intake_key=intake_key, state=CONVERTING)  # type: ignore[attr-defined]
                 conn.execute(
                     "INSERT INTO conversions (created_at, state, parts, spec, job_ids) VALUES (?, 'pending', ?, ?, ?)",

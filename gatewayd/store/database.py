@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from gatewayd.store.migrations import MIGRATIONS
 
-__all__ = ["DB_NAME", "Database", "StoreError", "StorePart", "inserted_id"]
+__all__ = ["DB_NAME", "Database", "StoreError", "StorePart", "inserted_id", "where_terms"]
 
 T = TypeVar("T")
 
@@ -33,6 +33,12 @@ DB_NAME = "gatewayd.sqlite3"
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, corrupt, locked)."""
+
+
+def where_terms(*terms: tuple[bool, str, Any]) -> tuple[list[str], list[Any]]:
+    """The optional filters of a query: of each (applies, condition, value) that applies, the condition and its value, in order."""
+    kept = [(sql, value) for applies, sql, value in terms if applies]
+    return [sql for sql, _ in kept], [value for _, value in kept]
 
 
 def inserted_id(cur: sqlite3.Cursor) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from gatewayd.jobstates import ACTIVE_STATES, FINAL_STATES, JOB_STATES, QUEUED, SUBMITTING
 from gatewayd.store.database import StoreError, StorePart, inserted_id
 
-__all__ = ["JOB_COLUMNS", "Job", "JobEvent", "JobNotFound", "JobTable", "NewJob"]
+__all__ = ["JOB_COLUMNS", "Job", "JobEvent", "JobNotFound", "JobTable", "NewJob", "intake_ids"]
 
 
 class JobNotFound(StoreError):
@@ -110,6 +110,14 @@ JOB_COLUMNS = (
 JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at", "account"}
 
 
+def intake_ids(conn: sqlite3.Connection, intake_key: str | None) -> list[int] | None:
+    """The job ids stored once already for ``intake_key`` (a message seen before), or None."""
+    if not intake_key:
+        return None
+    row = conn.execute("SELECT job_ids FROM intake_keys WHERE key = ?", (intake_key,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
 class JobTable(StorePart):
     """The ``Store``'s jobs."""
 
@@ -130,10 +138,9 @@ class JobTable(StorePart):
         ids: list[int] = []
         try:
             with self._db.transaction() as conn:
-                if intake_key:
-                    row = conn.execute("SELECT job_ids FROM intake_keys WHERE key = ?", (intake_key,)).fetchone()
-                    if row:
-                        return json.loads(row[0])
+                seen = intake_ids(conn, intake_key)
+                if seen is not None:
+                    return seen
                 for job in jobs:
                     cur = conn.execute(
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatewayd.store.database import Database, StoreError, StorePart, inserted_id
+from gatewayd.store.database import Database, StoreError, StorePart, inserted_id, where_terms
 
 __all__ = ["OUTBOX_COLUMNS", "OutboxMail", "OutboxTable", "insert_mail", "outbox_mail"]
 
@@ -73,14 +73,7 @@ class OutboxTable(StorePart):
         return outbox_mail(rows[0])
 
     def list_mail(self, *, state: str | None = None, kind: str | None = None, limit: int = 1000) -> list[OutboxMail]:
-        where: list[str] = []
-        params: list[Any] = []
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        if kind:
-            where.append("kind = ?")
-            params.append(kind)
+        where, params = where_terms((bool(state), "state = ?", state), (bool(kind), "kind = ?", kind))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._db.query(f"SELECT {OUTBOX_COLUMNS} FROM outbox {clause} ORDER BY id LIMIT ?", (*params, limit))
         return [outbox_mail(r) for r in rows]

@@ -57,6 +57,11 @@ __all__ = [
 # Purged in this order: a received record goes before its email's record,
 # documents before the jobs that name them.
 KINDS = ("received", "mail", "documents", "jobs", "emails", "counters")
+
+# The retention setting each kind's cutoff comes from. A kind whose setting
+# keeps everything (0) has nothing to do, except the counters: the usage log
+# has its own horizon (USAGE_KEEP).
+_SETTING = {"received": "received", "mail": "mail", "documents": "documents", "jobs": "jobs", "emails": "jobs", "counters": "jobs"}
 USAGE_KEEP = 48 * 3600.0  # sender_usage rows: only the last hour is ever read
 # A document saved (or its age refreshed by a save of the same content)
 # this recently may be about to be named by a job another process is
@@ -164,6 +169,11 @@ def _cutoff(now: float, keep: float) -> float | None:
     return None if keep <= 0 else now - keep
 
 
+def _next_cursor(rows: list[Any], cursor: Any) -> Any:
+    """Where a keyset step resumes: the (time, id) of its last row, or where it was."""
+    return (rows[-1][0], rows[-1][1]) if rows else cursor
+
+
 class RetentionPart(StorePart):
     """The ``Store``'s purge steps, dry-run plan, incremental vacuum and size facts."""
 
@@ -248,9 +258,12 @@ class RetentionPart(StorePart):
     def purge_step(self, kind: str, policy: RetentionPolicy, now: float, cursor: Any = None, limit: int = BATCH) -> _Step:
         """Purge at most ``limit`` rows of one kind in one transaction; ``done`` when nothing of that kind is left to do."""
         step = getattr(self, f"_purge_{kind}")
+        cutoff = _cutoff(now, getattr(policy, _SETTING[kind]))
+        if cutoff is None and kind != "counters":
+            return _Step(0, 0, None, True)
         try:
             with self._db.transaction():
-                return step(policy, now, cursor, limit)
+                return step(policy, cutoff, now, cursor, limit)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot purge {kind}: {exc}") from exc
 
@@ -275,10 +288,12 @@ class RetentionPart(StorePart):
             starts.setdefault(ext, floor)
         return min(starts.values(), default=now) - overlap
 
-    def _purge_received(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
-        cutoff = _cutoff(now, policy.received)
-        if cutoff is None:
-            return _Step(0, 0, None, True)
+    def _page_after(self, sql: str, cutoff: float, cursor: Any, limit: int) -> list[Any]:
+        """One keyset batch: ``sql`` takes (cutoff, after time, after id, limit); ``cursor`` is the last row's (time, id)."""
+        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
+        return self._db.conn.execute(sql, (cutoff, after_t, after_id, limit)).fetchall()
+
+    def _purge_received(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         cutoff = min(cutoff, self.received_horizon(policy.inbound_overlap, now))
         conn = self._db.conn
         rows = conn.execute(
@@ -291,10 +306,7 @@ class RetentionPart(StorePart):
             conn.executemany("DELETE FROM received WHERE uuid = ? AND state = 'relayed'", [(r[0],) for r in rows])
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
-    def _purge_mail(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
-        cutoff = _cutoff(now, policy.mail)
-        if cutoff is None:
-            return _Step(0, 0, None, True)
+    def _purge_mail(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         conn = self._db.conn
         rows = conn.execute(
             "SELECT id, LENGTH(message) FROM outbox WHERE state != 'pending' AND purged_at IS NULL "
@@ -322,17 +334,13 @@ class RetentionPart(StorePart):
             )
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
-    def _purge_documents(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
-        cutoff = _cutoff(now, policy.documents)
-        if cutoff is None:
-            return _Step(0, 0, None, True)
+    def _purge_documents(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         conn = self._db.conn
-        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        rows = conn.execute(
+        rows = self._page_after(
             "SELECT finished_at, id, document FROM jobs WHERE finished_at IS NOT NULL AND document_purged_at IS NULL "
             "AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
-            (cutoff, after_t, after_id, limit),
-        ).fetchall()
+            cutoff, cursor, limit,
+        )
         removed = size = 0
         unlink: list[Path] = []
         for sha in dict.fromkeys(r[2] for r in rows):
@@ -361,8 +369,7 @@ class RetentionPart(StorePart):
                         removed += 1
                         size += cover_gone
                         unlink.append(self.document_path(cover))
-        cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(removed, size, cursor, len(rows) < limit, tuple(unlink))
+        return _Step(removed, size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
     def _doomed_document(self, sha: str, now: float) -> int | None:
         """The size of a document file that may go (0 when already gone), or None when it was saved too recently."""
@@ -374,20 +381,16 @@ class RetentionPart(StorePart):
             return None
         return int(st.st_size)
 
-    def _purge_jobs(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
-        cutoff = _cutoff(now, policy.jobs)
-        if cutoff is None:
-            return _Step(0, 0, None, True)
+    def _purge_jobs(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         conn = self._db.conn
         # Unreported jobs are still work for the reporter: kept, and skipped by the cursor.
-        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        rows = conn.execute(
+        rows = self._page_after(
             "SELECT finished_at, id, document, reported_at IS NOT NULL, "
             "LENGTH(reason) + LENGTH(number) + LENGTH(dst_num) + LENGTH(report_to) + LENGTH(message_id) + LENGTH(subject) "
             "+ LENGTH(document) + LENGTH(note) + LENGTH(provider_status) + LENGTH(rule_key) + 120 "
             "FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
-            (cutoff, after_t, after_id, limit),
-        ).fetchall()
+            cutoff, cursor, limit,
+        )
         doomed = [r for r in rows if r[3]]
         size = sum(r[4] for r in doomed)
         unlink: list[Path] = []
@@ -407,35 +410,28 @@ class RetentionPart(StorePart):
             for sha in dict.fromkeys([*(r[2] for r in doomed), *covers]):
                 if conn.execute("SELECT 1 FROM jobs WHERE document = ? OR cover = ? LIMIT 1", (sha, sha)).fetchone() is None:
                     unlink.append(self.document_path(sha))
-        cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(len(doomed), size, cursor, len(rows) < limit, tuple(unlink))
+        return _Step(len(doomed), size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
-    def _purge_emails(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
-        cutoff = _cutoff(now, policy.jobs)
-        if cutoff is None:
-            return _Step(0, 0, None, True)
+    def _purge_emails(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         conn = self._db.conn
-        after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        rows = conn.execute(
+        rows = self._page_after(
             "SELECT COALESCE(sent_at, next_attempt_at), id, LENGTH(message) + LENGTH(recipients) + LENGTH(mail_from) + LENGTH(last_error) + 80, "
             "EXISTS (SELECT 1 FROM received r WHERE r.outbox_id = outbox.id) "
             "FROM outbox WHERE state != 'pending' AND COALESCE(sent_at, next_attempt_at) < ? "
             "AND (COALESCE(sent_at, next_attempt_at), id) > (?, ?) ORDER BY COALESCE(sent_at, next_attempt_at), id LIMIT ?",
-            (cutoff, after_t, after_id, limit),
-        ).fetchall()
+            cutoff, cursor, limit,
+        )
         doomed = [r for r in rows if not r[3]]
         if doomed:
             conn.executemany("DELETE FROM outbox WHERE id = ? AND state != 'pending'", [(r[1],) for r in doomed])
-        cursor = (rows[-1][0], rows[-1][1]) if rows else cursor
-        return _Step(len(doomed), sum(r[2] for r in doomed), cursor, len(rows) < limit)
+        return _Step(len(doomed), sum(r[2] for r in doomed), _next_cursor(rows, cursor), len(rows) < limit)
 
-    def _purge_counters(self, policy: RetentionPolicy, now: float, cursor: Any, limit: int) -> _Step:
+    def _purge_counters(self, policy: RetentionPolicy, cutoff: float | None, now: float, cursor: Any, limit: int) -> _Step:
         conn = self._db.conn
         usage = conn.execute(
             "DELETE FROM sender_usage WHERE rowid IN (SELECT rowid FROM sender_usage WHERE at < ? LIMIT ?)", (now - USAGE_KEEP, limit)
         ).rowcount
         keys = 0
-        cutoff = _cutoff(now, policy.jobs)
         if cutoff is not None and usage < limit:
             keys = conn.execute(
                 "DELETE FROM intake_keys WHERE key IN (SELECT key FROM intake_keys WHERE at < ? LIMIT ?)", (cutoff, limit - usage)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd.store.database import StorePart
+from gatewayd.store.database import StorePart, where_terms
 from gatewayd.store.jobs import JOB_COLUMNS, Job
 from gatewayd.store.received import RECEIVED_COLUMNS, ReceivedFax, received_fax
 
@@ -94,17 +94,11 @@ class WebTables(StorePart):
 
     def web_jobs(self, scope: JobFilter, *, state: str = "", number: str = "", before: int | None = None, limit: int = 50) -> list[Job]:
         """One page of jobs, newest first (keyset paging on id: every page costs the same)."""
-        extra: list[str] = []
-        extra_params: list[Any] = []
-        if state:
-            extra.append("state = ?")
-            extra_params.append(state)
-        if number:
-            extra.append("instr(number, ?) > 0")
-            extra_params.append(number)
-        if before is not None:
-            extra.append("id < ?")
-            extra_params.append(before)
+        extra, extra_params = where_terms(
+            (bool(state), "state = ?", state),
+            (bool(number), "instr(number, ?) > 0", number),
+            (before is not None, "id < ?", before),
+        )
         branches: list[tuple[str, list[Any]]] = []
         if scope.everything:
             branches.append(("1", []))

@@ -344,3 +344,24 @@ def test_finished_office_conversions_go_after_retention_jobs_and_pending_ones_st
         assert [r[0] for r in conn.execute("SELECT state FROM conversions")] == ["pending"]
     finally:
         s.close()
+
+
+def test_a_purge_step_resumes_after_the_rows_it_kept(tmp_path: Path) -> None:
+    """Keyset paging: a kept row (an unreported job) is not read again by the next step."""
+    clock = Clock()
+    s = Store(tmp_path / "state", clock=clock)
+    try:
+        doc = s.save_document(pdf("paged"))
+        unreported, = s.enqueue_jobs(doc, 1, 2000, [job(1)])
+        finish(s, unreported, report=False)
+        clock.t += 1
+        done, = s.enqueue_jobs(doc, 1, 2000, [job(2)])
+        finish(s, done)
+        now = START + 91 * DAY
+        first = s.purge_step("jobs", POLICY, now, None, limit=1)
+        assert first.rows == 0 and not first.done
+        second = s.purge_step("jobs", POLICY, now, first.cursor, limit=1)
+        assert second.rows == 1
+        assert {j.id for j in s.list_jobs(limit=10)} == {unreported}
+    finally:
+        s.close()
