@@ -135,15 +135,16 @@ def pdf_of_size(target_bytes: int, seed: int = 1) -> bytes:
     return img2pdf.convert(io.BytesIO(jpeg), layout_fun=layout)
 
 
-def fax_message(pdf: bytes, *, subject: str = "bench", name: str = "scan.pdf", sender: str = SENDER, to: str = RCPT) -> bytes:
-    """An email with ``pdf`` attached and no body text (CRLF line ends)."""
+def fax_message(pdf: bytes, *, subject: str = "bench", name: str = "scan.pdf", sender: str = SENDER, to: str = RCPT,
+                body: str = "") -> bytes:
+    """An email with ``pdf`` attached and ``body`` as its text, none by default (CRLF line ends)."""
     msg = EmailMessage(policy=SMTP_POLICY)
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{time.time_ns()}.{random.getrandbits(32)}@bench.test>"
     msg["Date"] = "Mon, 01 Jan 2024 12:00:00 +0000"
-    msg.set_content("")
+    msg.set_content(body)
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=name)
     return msg.as_bytes()
 
