@@ -135,15 +135,16 @@ def pdf_of_size(target_bytes: int, seed: int = 1) -> bytes:
     return img2pdf.convert(io.BytesIO(jpeg), layout_fun=layout)
 
 
-def fax_message(pdf: bytes, *, subject: str = "bench", name: str = "scan.pdf", sender: str = SENDER, to: str = RCPT) -> bytes:
-    """An email with ``pdf`` attached and no body text (CRLF line ends)."""
+def fax_message(pdf: bytes, *, subject: str = "bench", name: str = "scan.pdf", sender: str = SENDER, to: str = RCPT,
+                body: str = "") -> bytes:
+    """An email with ``pdf`` attached and ``body`` as its text, none by default (CRLF line ends)."""
     msg = EmailMessage(policy=SMTP_POLICY)
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{time.time_ns()}.{random.getrandbits(32)}@bench.test>"
     msg["Date"] = "Mon, 01 Jan 2024 12:00:00 +0000"
-    msg.set_content("")
+    msg.set_content(body)
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=name)
     return msg.as_bytes()
 
@@ -198,6 +199,34 @@ biff = no
 smtputf8_enable = no
 """
 
+# The private instance's master.cf, written whole (issue 19): deriving it from
+# the system's /etc/postfix/master.cf broke on a machine whose `smtp inet` line
+# had been moved to another address (nothing ever listened on the bench port).
+# Only what a discard-everything instance uses; no chroot (column 5 "n"): the
+# instance's queue is not laid out for one.
+MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
 
 @dataclass
 class Postfix:
@@ -216,18 +245,7 @@ class Postfix:
             d.mkdir()
         shutil.chown(data, "postfix", "postfix")
         (conf / "main.cf").write_text(MAIN_CF.format(queue=queue, data=data))
-        master = Path("/etc/postfix/master.cf").read_text().splitlines()
-        lines = []
-        for line in master:
-            fields = line.split()
-            if fields and fields[0] == "smtp" and len(fields) > 1 and fields[1] == "inet":
-                line = f"127.0.0.1:{self.port} inet n - n - - smtpd"
-            elif fields and len(fields) >= 5 and not line[0].isspace() and not line.startswith("#"):
-                # no chroot: the instance's queue is not laid out for one
-                fields[4] = "n"
-                line = " ".join(fields[:8]) + (" " + " ".join(fields[8:]) if len(fields) > 8 else "")
-            lines.append(line)
-        (conf / "master.cf").write_text("\n".join(lines) + "\n")
+        (conf / "master.cf").write_text(MASTER_CF.format(port=self.port))
         self._postfix("check")
         self._postfix("start")
         try:

@@ -24,7 +24,7 @@ from gatewayd.documents.errors import AttachmentRejected, BadImage, ConversionEr
 from gatewayd.documents.faxres import render_at_fax_resolution
 from gatewayd.documents.geometry import fit_layout, page_dimensions
 from gatewayd.documents.images import MAX_FRAMES, ImagePlan, image_pdf, inspect_image
-from gatewayd.documents.pdf import damaged, open_pdf, save_pdf
+from gatewayd.documents.pdf import damaged, keep_as_it_is, open_pdf, save_pdf
 from gatewayd.filekinds import FileKind
 
 __all__ = [
@@ -96,6 +96,10 @@ def build_document(
     page = page_dimensions(page_size)
     if not attachments and (cover is None or unsupported):
         raise NoFaxDocument(_nothing_to_fax(unsupported))
+    if cover is None and len(attachments) == 1 and attachments[0].kind == "pdf":
+        kept = keep_as_it_is(attachments[0].data, attachments[0].filename, max_pages=max_pages, max_bytes=max_bytes)
+        if kept is not None:
+            return FaxDocument(pdf=attachments[0].data, pages=kept, sha256=hashlib.sha256(attachments[0].data).hexdigest())
 
     # First pass: open, check and count everything, converting nothing, so
     # that a bad attachment or a page limit fails before work is wasted.

@@ -194,6 +194,13 @@ def cover_fonts(pdf: Any, text: str) -> None:
         logging.getLogger("fontTools.subset").setLevel(logging.ERROR)
         pdf.add_font("Fallback", fname=str(CJK_FONT_PATH), collection_font_number=0)
         pdf.set_fallback_fonts(["Fallback"], exact_match=False)
+    for font in pdf.fonts.values():
+        # fontTools would recompute every kept glyph's bounding box when
+        # fpdf2 writes the subset (~15 % of a cover, docs/performance.md);
+        # the outlines are not changed, so the font's own boxes are right, and
+        # the font-wide maxima it keeps (head, hhea, maxp) still bound the subset.
+        if hasattr(font, "ttfont"):
+            font.ttfont.recalcBBoxes = False
 
 
 def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> bytes:

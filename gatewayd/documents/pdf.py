@@ -13,7 +13,7 @@ import pikepdf
 
 from gatewayd.documents.errors import AttachmentRejected, ConversionError
 
-__all__ = ["damaged", "open_pdf", "pdf_page_count", "save_pdf"]
+__all__ = ["damaged", "keep_as_it_is", "open_pdf", "pdf_page_count", "save_pdf"]
 
 
 def open_pdf(data: bytes, filename: str) -> pikepdf.Pdf:
@@ -45,6 +45,52 @@ def open_pdf(data: bytes, filename: str) -> pikepdf.Pdf:
         pdf.close()
         raise
     return pdf
+
+
+# What a document catalog may hold for the original bytes to be faxed as they
+# are (anything else, e.g. forms, embedded files, scripts, actions: rebuilt
+# from its pages, which drops it).
+_PLAIN_CATALOG_KEYS = frozenset({
+    "/Type", "/Pages", "/Metadata", "/PageLayout", "/PageMode", "/ViewerPreferences", "/Lang", "/MarkInfo",
+    "/Outlines", "/StructTreeRoot",
+})
+
+
+def keep_as_it_is(data: bytes, filename: str, *, max_pages: int, max_bytes: int) -> int | None:
+    """The page count when the attached PDF ``data`` can be faxed byte for byte, None when it must be rebuilt.
+
+    A message whose only document is one PDF and that needs no cover page
+    would otherwise be opened, copied page by page and written again (with
+    an MD5 for its deterministic /ID) for the same pages (docs/documents.md,
+    PDF attachments; docs/performance.md). The same refusals as the rebuild
+    (``open_pdf``: encrypted, corrupt or repaired, no pages) are raised
+    here. Kept only when it is plain: one revision (no incremental update,
+    whose earlier content would travel too; a linearized file's two sections are one revision), a catalog of ``_PLAIN_CATALOG_KEYS``
+    only, PDF 1.0-1.7 starting at its first byte, within ``max_pages`` and
+    ``max_bytes``, and every object in the file readable without a warning
+    (what writing a rebuilt copy would read, and more); anything else is
+    rebuilt, which decides as before.
+    """
+    if len(data) > max_bytes or not data.startswith(b"%PDF-1."):
+        return None
+    pdf = open_pdf(data, filename)
+    try:
+        pages = len(pdf.pages)
+        # One revision: each update appended to a PDF adds a cross-reference
+        # section and its "startxref"; a linearized file has two sections of
+        # its own. (The word inside stream data only costs a rebuild.)
+        sections = 2 if pdf.is_linearized else 1
+        if pages > max_pages or data.count(b"startxref") > sections or not set(pdf.Root.keys()) <= _PLAIN_CATALOG_KEYS:
+            return None
+        for _ in pdf.objects:  # parses every object: a damaged one warns
+            pass
+        if damaged(pdf):
+            return None
+        return pages
+    except (pikepdf.PdfError, RuntimeError, ValueError, TypeError):
+        return None  # the rebuild words the refusal
+    finally:
+        pdf.close()
 
 
 def damaged(pdf: pikepdf.Pdf) -> bool:

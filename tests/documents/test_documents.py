@@ -132,6 +132,98 @@ def test_pdf_page_count() -> None:
         pdf_page_count(b"not a pdf")
 
 
+# ------------------------------------------- one plain PDF: kept as it is
+
+
+def _with_revision(data: bytes) -> bytes:
+    """``data`` (a PDF with a classic cross-reference table) with one incremental update appended."""
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        size, root = int(pdf.trailer.Size), pdf.Root.objgen
+    previous = int(data.rsplit(b"startxref", 1)[1].split()[0])
+    body = data if data.endswith(b"\n") else data + b"\n"
+    obj = f"{size} 0 obj\n<< /Producer (second revision) >>\nendobj\n".encode()
+    xref_at = len(body) + len(obj)
+    tail = (f"xref\n{size} 1\n{len(body):010d} 00000 n \ntrailer\n<< /Size {size + 1} /Root {root[0]} {root[1]} R "
+            f"/Info {size} 0 R /Prev {previous} >>\nstartxref\n{xref_at}\n%%EOF\n").encode()
+    return body + obj + tail
+
+
+def _with_bad_stream_length(data: bytes) -> bytes:
+    """``data`` with its first stream's /Length wrong: qpdf opens it without a warning, reading the stream warns."""
+    at = data.index(b"/Length ") + len(b"/Length ")
+    end = at + len(data[at:].split(maxsplit=1)[0])
+    return data[:at] + b"3".ljust(end - at) + data[end:]  # the same length: offsets stay right
+
+
+def _with_catalog_entry(data: bytes) -> bytes:
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        pdf.Root.OpenAction = pikepdf.Array([pdf.pages[0].obj, pikepdf.Name.Fit])
+        out = io.BytesIO()
+        pdf.save(out)
+        return out.getvalue()
+
+
+def test_one_plain_pdf_without_cover_is_kept_byte_for_byte(tmp_path: Path, facts: Facts) -> None:
+    for data in (make_pdf(3), make_gs_pdf(tmp_path, 2)):
+        doc = build_document([att("a.pdf", data)], cover=None)
+        assert doc.pdf == data
+        assert doc.pages == facts(data).pages
+        assert doc.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_pdf_with_a_cover_or_beside_another_is_rebuilt() -> None:
+    data = make_pdf(2)
+    assert build_document([att("a.pdf", data)], cover=COVER).pdf != data
+    assert build_document([att("a.pdf", data), att("b.pdf", make_pdf(1))], cover=None).pages == 3
+
+
+@pytest.mark.parametrize("change", [_with_revision, _with_catalog_entry], ids=["incremental update", "catalog action"])
+def test_a_pdf_that_is_not_plain_is_rebuilt_from_its_pages(change: Callable[[bytes], bytes], facts: Facts) -> None:
+    with pikepdf.open(io.BytesIO(make_pdf(2))) as pdf:  # a classic cross-reference table, no object streams
+        out = io.BytesIO()
+        pdf.save(out, object_stream_mode=pikepdf.ObjectStreamMode.disable)
+    data = change(out.getvalue())
+    with pikepdf.open(io.BytesIO(data)) as opened:
+        assert not opened.get_warnings()  # a valid file: accepted, only not as it is
+    doc = build_document([att("a.pdf", data)], cover=None)
+    assert doc.pdf != data
+    assert doc.pages == facts(doc.pdf).pages == 2
+    with pikepdf.open(io.BytesIO(doc.pdf)) as rebuilt:
+        assert "/OpenAction" not in rebuilt.Root
+        assert b"second revision" not in doc.pdf
+
+
+def test_a_damaged_object_found_only_by_reading_it_is_still_refused() -> None:
+    data = _with_bad_stream_length(make_pdf(1))
+    with pikepdf.open(io.BytesIO(data)) as opened:
+        assert not opened.get_warnings()  # opening alone does not see it
+    with pytest.raises(AttachmentRejected) as caught:
+        build_document([att("x.pdf", data)], cover=None)
+    assert caught.value.reply == "554 5.6.0 x.pdf: corrupt PDF"
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda tmp: make_encrypted_pdf(tmp, user_password=""), "encrypted PDF"),
+        (lambda tmp: make_encrypted_pdf(tmp, user_password="s3cret"), "encrypted PDF"),
+        (lambda tmp: make_truncated_pdf(tmp), "corrupt PDF"),
+        (lambda tmp: make_pdf(3)[:-200], "corrupt PDF"),
+        (lambda tmp: make_pdf_without_pages(), "PDF has no pages"),
+    ],
+)
+def test_one_pdf_alone_gets_the_same_refusals(tmp_path: Path, make: Callable[[Path], bytes], why: str) -> None:
+    with pytest.raises(AttachmentRejected) as caught:
+        build_document([att("x.pdf", make(tmp_path))], cover=None)
+    assert (caught.value.filename, caught.value.why) == ("x.pdf", why)
+
+
+def test_one_pdf_alone_keeps_the_page_limit() -> None:
+    with pytest.raises(DocumentTooLarge) as caught:
+        build_document([att("a.pdf", make_pdf(11))], cover=None, max_pages=10)
+    assert caught.value.reply == "552 5.3.4 fax document too large: 11 pages, limit 10"
+
+
 # ------------------------------------------------------------------ images
 
 

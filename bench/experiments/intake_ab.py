@@ -1,0 +1,79 @@
+"""bench_intake's 100 KB case alone, for comparing two checkouts (or two settings) in one run.
+
+Run it from the root of the checkout to measure, with any venv that has
+gatewayd's dependencies: ``cd OTHER && /path/.venv/bin/python
+/path/bench/experiments/intake_ab.py``. It uses that checkout's
+``bench/_common.py`` and runs that checkout's gatewayd (PYTHONPATH), so
+alternating runs (A B A B) compare two versions on one machine under the
+same load. Each run: a private Postfix (smtp-source -s 20, then the bench's
+asyncio client for p50/p99), then gatewayd for each ``--variants`` entry
+("1" or "auto" processes, ":asyncio"/":NAME" sets GATEWAYD_EVENT_LOOP for
+experiments), with the CPU time of all its processes from /proc per message.
+``--body`` sends a one-line body with the default ``cover_page = "auto"``
+(a cover page each). Not product code; figures in docs/performance.md.
+"""
+import argparse, asyncio, os, sys, time
+from pathlib import Path
+tree = Path.cwd()
+sys.path.insert(0, str(tree / "bench"))
+from _common import (Gatewayd, Postfix, Simulator, fax_message, fmt_ms, hold_provider, machine, pdf_of_size,
+                     percentile, run_clients, smtp_source, workdir, write_lf_message)
+
+def cpu_ticks(gw):
+    pids = [gw.proc.pid]
+    for ch in Path(f"/proc/{gw.proc.pid}/task").glob("*/children"):
+        pids += [int(c) for c in ch.read_text().split()]
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=500)
+    ap.add_argument("--lat", type=int, default=150)
+    ap.add_argument("--body", action="store_true", help="message with a body, cover_page default (auto)")
+    ap.add_argument("--variants", default="1,auto")
+    a = ap.parse_args()
+    print(f"tree {tree}  {machine()}")
+    with workdir("ab") as root, Simulator() as sim:
+        hold_provider(sim)
+        pdf = pdf_of_size(100_000, seed=100_001)
+        raw = fax_message(pdf)
+        if a.body:
+            raw = raw.replace(b"Content-Transfer-Encoding: 7bit\r\n\r\n\r\n", b"Content-Transfer-Encoding: 7bit\r\n\r\nPlease fax the attached document.\r\n", 1)
+            assert b"Please fax" in raw
+        f = write_lf_message(raw, root / "m.eml")
+        with Postfix() as pf:
+            smtp_source(pf.port, f, sessions=20, messages=40)
+            el = smtp_source(pf.port, f, sessions=20, messages=a.count)
+            asyncio.run(run_clients(pf.port, raw, sessions=20, messages=40))
+            res, _ = asyncio.run(run_clients(pf.port, raw, sessions=20, messages=a.lat))
+        ref = a.count / el
+        lat = [r.latency for r in res]
+        print(f"  postfix            {ref:7.1f} msgs/s   p50 {fmt_ms(percentile(lat,50))} p99 {fmt_ms(percentile(lat,99))}")
+        for vv in a.variants.split(","):
+            v, _, loop = vv.partition(":")
+            if loop:
+                os.environ["GATEWAYD_EVENT_LOOP"] = loop
+            ov = {} if v == "1" else {"smtp": {"processes": "auto"}}
+            if a.body:
+                ov["documents"] = {"cover_page": "auto"}
+            with Gatewayd(root / f"gw-{vv}-{time.monotonic_ns()}", sim.base_url, overrides=ov) as gw:
+                smtp_source(gw.port, f, sessions=20, messages=40)
+                c0 = cpu_ticks(gw)
+                el = smtp_source(gw.port, f, sessions=20, messages=a.count)
+                c1 = cpu_ticks(gw)
+                asyncio.run(run_clients(gw.port, raw, sessions=20, messages=40))
+                res, _ = asyncio.run(run_clients(gw.port, raw, sessions=20, messages=a.lat))
+                jobs = gw.jobs()
+            bad = [r.reply for r in res if not r.reply.startswith("250")]
+            lat = [r.latency for r in res]
+            rate = a.count / el
+            print(f"  gatewayd {vv:12s} {rate:7.1f} msgs/s ({rate/ref:.2f}x)  p50 {fmt_ms(percentile(lat,50))} p99 {fmt_ms(percentile(lat,99))}"
+                  f"  cpu/msg {1000*(c1-c0)/a.count:.2f} ms  jobs {jobs} bad {len(bad)} {bad[:2]}")
+main()
