@@ -19,7 +19,8 @@ docs/operations.md, "Retention and privacy", says what goes when. In short
   at the provider (its window start, from the store's meta table);
 - ``counters``: hourly sender counters older than ``USAGE_KEEP`` (only the
   last hour counts, gatewayd/email_to_fax/policy.py) and intake keys older
-  than ``retention.jobs``; finished office conversions' records after ``retention.jobs``.
+  than ``retention.jobs``; finished office conversions' records after
+  ``retention.jobs``; expired web console sessions.
 
 Nothing unfinished is ever purged: pending mail, unfinished or unreported
 jobs, received faxes not yet relayed, documents a live job still needs.
@@ -444,8 +445,16 @@ class RetentionPart(StorePart):
                 "DELETE FROM conversions WHERE id IN (SELECT id FROM conversions WHERE state != 'pending' "
                 "AND finished_at IS NOT NULL AND finished_at < ? LIMIT ?)", (cutoff, limit - usage - keys)
             ).rowcount
-        done = usage + keys + ended < limit
-        return _Step(usage + keys + ended, 24 * usage + 64 * keys + 256 * ended, None, done)
+        expired = 0
+        if usage + keys + ended < limit:
+            # Web console sessions past their lifetime (docs/web.md): a login
+            # also removes them, but an unused console gets no logins.
+            expired = conn.execute(
+                "DELETE FROM web_sessions WHERE token_hash IN (SELECT token_hash FROM web_sessions WHERE expires_at <= ? LIMIT ?)",
+                (now, limit - usage - keys - ended),
+            ).rowcount
+        rows = usage + keys + ended + expired
+        return _Step(rows, 24 * usage + 64 * keys + 256 * ended + 160 * expired, None, rows < limit)
 
     def preview_keys(self) -> set[str]:
         """The web console's preview names whose document is still here (gatewayd/documents/preview.py, ``prune``).

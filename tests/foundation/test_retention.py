@@ -365,3 +365,18 @@ def test_a_purge_step_resumes_after_the_rows_it_kept(tmp_path: Path) -> None:
         assert {j.id for j in s.list_jobs(limit=10)} == {unreported}
     finally:
         s.close()
+
+
+def test_expired_web_sessions_go_in_a_round_and_live_ones_stay(tmp_path: Path) -> None:
+    clock = Clock()
+    s = Store(tmp_path / "state", clock=clock)
+    try:
+        conn = s._db.conn
+        for token, expires in (("old", START - 1), ("live", START + DAY)):
+            conn.execute("INSERT INTO web_sessions (token_hash, account, csrf, created_at, expires_at) VALUES (?, 'a', 'c', ?, ?)",
+                         (token, START - DAY, expires))
+        conn.commit()
+        asyncio.run(purge(s, POLICY))
+        assert [r[0] for r in conn.execute("SELECT token_hash FROM web_sessions")] == ["live"]
+    finally:
+        s.close()
