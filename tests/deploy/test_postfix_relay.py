@@ -6,6 +6,12 @@ written in front of a real ``gatewayd run`` and the provider simulator, with
 users logging in through a real Dovecot auth socket (docs/security.md; issue:
 the documented relay used to accept the fax domain from anyone). Only
 loopback addresses: every process listens on 127.0.0.1.
+
+gatewayd's own mail goes back out through the same Postfix, as the
+``gatewayd-behind-postfix`` block's ``[mail] relay`` says, and Postfix
+delivers the status report to the sender's domain (here a mail sink on
+127.0.0.1, through a transport map entry only the test adds): the
+walk-through's last step, "get its report" (docs/deployment.md, step 5).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import base64
 import json
 import re
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,14 +31,39 @@ from support.deploy import REPO, doc_block
 from support.postfix import AuthDovecot, PrivatePostfix
 from support.service import DOMAIN, NUMBER, Gateway, NotifySocket, Ports, RawSmtp, clean_env, fax_email, gateway_config, write_config
 
+from gatewayd.mailsink import MailSink
 from gatewayd.provider.simulator import ProviderSimulator
 
 USER, PASSWORD = "alice", "s3cret-for-the-test"
 CONFIGURATION = REPO / "docs" / "configuration.md"
 SENDER = "alice@example.com"  # matches the doc's [[senders]] "*@example.com"
+# gatewayd's login at Postfix for its reports (see documented_gatewayd).
+GATEWAY_USER, GATEWAY_PASSWORD = "gatewayd", "relay-password-for-the-test"
 
 
-def documented_postfix(postfix: PrivatePostfix, gateway_port: int) -> tuple[str, dict[str, str]]:
+def documented_gatewayd(smtp_port: int, postfix_port: int) -> dict[str, Any]:
+    """[smtp], [[senders]] and [mail] as docs/deployment.md's gatewayd-behind-postfix
+    block gives them, with only what a private instance must change (asserted)."""
+    doc = tomllib.loads(doc_block("gatewayd-behind-postfix"))
+    assert doc["smtp"]["listen"] == "127.0.0.1:2525" and doc["smtp"]["domains"] == [DOMAIN], doc
+    assert doc["mail"]["relay"] == "127.0.0.1:25", doc
+    return {
+        "senders": doc["senders"],
+        # gatewayd listens on a free port here, not the documented 2525.
+        "smtp": {**doc["smtp"], "listen": f"127.0.0.1:{smtp_port}"},
+        "mail": {
+            # The private Postfix listens on a free port, not 25. And its
+            # mynetworks (127.0.0.2/32) leaves out 127.0.0.1, where gatewayd
+            # connects from, so gatewayd logs in through Dovecot SASL as the
+            # doc says to when loopback is not in mynetworks.
+            "relay": doc["mail"]["relay"].replace(":25", f":{postfix_port}"),
+            "username": GATEWAY_USER,
+            "password": GATEWAY_PASSWORD,
+        },
+    }
+
+
+def documented_postfix(postfix: PrivatePostfix, gateway_port: int, sink_port: int) -> tuple[str, dict[str, str]]:
     """main.cf and the lookup tables as docs/deployment.md writes them, with
     only what a private instance must change (each substitution asserted)."""
     snippet = doc_block("postfix-main.cf")
@@ -43,6 +75,9 @@ def documented_postfix(postfix: PrivatePostfix, gateway_port: int) -> tuple[str,
     # gatewayd listens on a free port here, not the documented 2525.
     assert "smtp:[127.0.0.1]:2525" in transport
     transport = transport.replace("smtp:[127.0.0.1]:2525", f"smtp:[127.0.0.1]:{gateway_port}")
+    # Not in the doc: the senders' own domain, where a real Postfix would
+    # deliver locally or to its MX, goes to the test's mail sink on loopback.
+    transport += f"example.com    smtp:[127.0.0.1]:{sink_port}\n"
     # The snippet sets no mynetworks; the instance's base does: 127.0.0.2/32,
     # so the test's client on 127.0.0.1 is "outside mynetworks" (any Internet
     # host for a real Postfix) while staying on loopback.
@@ -61,36 +96,38 @@ def pdf() -> bytes:
 async def relay(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     sim = ProviderSimulator(send_delays=(0.2, 0.4))
     await sim.start()
+    sink = await MailSink().start()  # example.com's mailboxes
     postfix = PrivatePostfix.create()
-    dovecot = AuthDovecot.create(USER, PASSWORD)
+    dovecot = AuthDovecot.create(USER, PASSWORD, {GATEWAY_USER: GATEWAY_PASSWORD})
     notify_socket = NotifySocket(tmp_path)
     gateway: Gateway | None = None
     try:
         # gatewayd with the doc's matching settings (deployment.md, after the snippet).
         ports = Ports()
+        documented = documented_gatewayd(ports.smtp, postfix.port)
         data = gateway_config(
             tmp_path / "state", ports, provider_url=sim.base_url, token_url=sim.token_url,
-            senders=[{"match": ["*@example.com"]}],
-            smtp={"domains": [DOMAIN], "auth": "optional", "trusted_networks": ["127.0.0.1/32"]},
+            senders=documented["senders"], smtp=documented["smtp"], mail=documented["mail"],
         )
         gateway = Gateway(write_config(tmp_path / "config.toml", data), tmp_path, clean_env(NOTIFY_SOCKET=notify_socket.address))
         await gateway.start()
         await notify_socket.wait_for("READY=1", timeout=30)
 
-        main_cf, tables = documented_postfix(postfix, ports.smtp)
+        main_cf, tables = documented_postfix(postfix, ports.smtp, sink.port)
         postfix.configure(main_cf, tables)
         postfix.start()  # creates the queue's private/ directory, where Dovecot's socket goes
         listener = doc_block("dovecot-auth-listener")
         assert "/var/spool/postfix/private/auth" in listener
         socket_path = postfix.queue / "private" / "auth"  # smtpd_sasl_path = private/auth, relative to the queue
         dovecot.start(listener.replace("/var/spool/postfix/private/auth", str(socket_path)), socket_path)
-        yield {"sim": sim, "postfix": postfix, "dovecot": dovecot, "port": postfix.port, "gateway": gateway}
+        yield {"sim": sim, "postfix": postfix, "dovecot": dovecot, "port": postfix.port, "gateway": gateway, "sink": sink}
     finally:
         postfix.remove()
         dovecot.remove()
         if gateway is not None:
             await gateway.stop()
         notify_socket.close()
+        await sink.stop()
         await sim.stop()
 
 
@@ -149,6 +186,30 @@ async def test_the_documented_postfix_refuses_strangers_and_relays_users(relay: 
     await asyncio.sleep(1)
     assert len(sim.sent) == 1, json.dumps([f.dst_num for f in sim.sent.values()])
     assert "status=sent" in postfix.maillog()
+
+
+async def test_the_report_comes_back_through_postfix(relay: dict[str, Any], pdf: bytes) -> None:
+    # The walk-through's end (docs/deployment.md, step 5): a fax sent through
+    # Postfix, and its status report received through Postfix, the relay
+    # the doc's [mail] section names.
+    sim, postfix, sink = relay["sim"], relay["postfix"], relay["sink"]
+    message = fax_email(SENDER, f"{NUMBER}@{DOMAIN}", pdf, subject="first fax")
+    replies = await transaction(relay["port"], login=True, data=message)
+    assert replies[-1].startswith("250"), (replies, postfix.maillog()[-2000:])
+    await until(lambda: len(sim.sent) >= 1, 60, "the fax at the provider simulator (maillog:\n" + postfix.maillog()[-2000:] + ")")
+
+    def reported() -> bool:
+        return any(SENDER in m.rcpt_tos for m in sink.messages)
+
+    await until(reported, 90, "the report in the sink (maillog:\n" + postfix.maillog()[-3000:] + "\n" + relay["dovecot"].log_tail() + ")")
+    (report,) = [m for m in sink.messages if SENDER in m.rcpt_tos]
+    # docs/reports.md: "Fax to <number> <outcome>: <original subject>".
+    assert report.message["Subject"] == f"Fax to {NUMBER} sent: first fax", report.message["Subject"]
+    # It went through Postfix (its Received: line), after gatewayd logged in.
+    assert "mx.example.com" in str(report.message["Received"]), report.message["Received"]
+    log = postfix.maillog()
+    assert f"sasl_username={GATEWAY_USER}" in log, log[-3000:]
+    assert f"to=<{SENDER}>, relay=127.0.0.1[127.0.0.1]:{sink.port}" in log, log[-3000:]
 
 
 def largest_gatewayd_message() -> int:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import signal
 from pathlib import Path
 
 from support.corpus import good_message, make_pdf
-from support.e2f import DOMAIN, PYTHON, REPO, SENDER, RawSMTP, clean_env, config_data, free_port, merge, wait_for, write_config
+from support.e2f import DOMAIN, SENDER, RawSMTP, config_data, free_port, merge, wait_for, write_config
+from support.process import GatewayProcess
 
 from gatewayd.store import Store
 
@@ -22,40 +22,27 @@ NUMBERS = [f"+7495123{i:04d}" for i in range(5)]
 
 
 class DaemonProcess:
+    """The daemon restarted on the same config, port and log (support.process)."""
+
     def __init__(self, config: Path, log: Path, port: int) -> None:
-        self.config, self.log, self.port = config, log, port
-        self.proc: asyncio.subprocess.Process | None = None
+        self.log = log
+        self.process = GatewayProcess(config, log, port=port)
         self.starts = 0
 
     async def start(self) -> None:
         self.starts += 1
         with self.log.open("ab") as out:
             out.write(f"--- start {self.starts}\n".encode())
-            self.proc = await asyncio.create_subprocess_exec(
-                PYTHON, "-m", "gatewayd", "run", "-c", str(self.config), cwd=REPO, env=clean_env(),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            )
-
-        async def greets() -> bool:
-            assert self.proc is not None and self.proc.returncode is None, self.log.read_text()[-3000:]
-            try:
-                client = await RawSMTP.connect(self.port, ehlo=False)
-            except OSError:
-                return False
-            await client.close()
-            return client.greeting.startswith("220 ")
-
-        await wait_for(greets, timeout=30, interval=0.1, what="the daemon to listen")
+        await self.process.start()
+        await self.process.wait_listening()
 
     async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
+        self.process.kill()
+        await self.process.wait(10)
 
     async def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 10)
+        code, _ = await self.process.terminate(timeout=5)
+        return code
 
 
 async def test_sigkill_while_sending_never_loses_or_duplicates(tmp_path: Path, sim) -> None:

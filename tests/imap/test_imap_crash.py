@@ -16,32 +16,14 @@ and move it -- one fax at the provider, the message in Processed.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from support.imap import Dovecot, config_data, fax_message, free_port, to_toml, wait_for
+from support.process import GatewayProcess
 
 from gatewayd.provider.simulator import run_simulator
 from gatewayd.store import Store
-
-_GATEWAYD_ENV = ("GATEWAYD_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in _GATEWAYD_ENV}
-    out = log.open("ab")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gatewayd", "run", "-c", str(config)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    finally:
-        out.close()
-
 
 def jobs(state: Path) -> list:
     store = Store(state)
@@ -61,7 +43,7 @@ async def test_sigkill_between_enqueue_and_move_sends_one_fax(dovecot: Dovecot, 
         config = tmp_path / "config.toml"
         config.write_text(to_toml(data), encoding="utf-8")
 
-        daemon = start_daemon(config, log)
+        daemon = await GatewayProcess(config, log).start()
         try:
             await dovecot.append(fax_message(subject="crash test"))
             # In the window: the job is committed, the fax is at the provider,
@@ -71,15 +53,14 @@ async def test_sigkill_between_enqueue_and_move_sends_one_fax(dovecot: Dovecot, 
             await wait_for(lambda: len(sim.sent_faxes()) == 1, timeout=10, what="the fax at the provider")
             assert len(jobs(state)) == 1
             assert await dovecot.counts("INBOX", "Processed") == (1, 0)
-            daemon.send_signal(signal.SIGKILL)
-            assert await asyncio.to_thread(daemon.wait, 10) == -signal.SIGKILL
+            daemon.signal(signal.SIGKILL)
+            assert await daemon.wait(10) == -signal.SIGKILL
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(10)
+            daemon.kill()  # only if still running
+            await daemon.wait(10)
 
         await asyncio.to_thread(dovecot.restart, deny_insert=(), graceful=False)
-        daemon = start_daemon(config, log)
+        daemon = await GatewayProcess(config, log).start()
         try:
             await wait_for(lambda: dovecot.counts("INBOX", "Processed"), timeout=1)  # server answers
             await wait_for(lambda: _moved(dovecot), timeout=20, what="the message in Processed")
@@ -88,12 +69,11 @@ async def test_sigkill_between_enqueue_and_move_sends_one_fax(dovecot: Dovecot, 
             [job] = jobs(state)
             assert job.subject == "crash test" and job.source == "imap"
             assert "intake_duplicate" in log.read_text(errors="replace")
-            daemon.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(daemon.wait, 15) == 0
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(15) == 0
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(10)
+            daemon.kill()  # only if still running
+            await daemon.wait(10)
     assert await dovecot.counts("INBOX", "Processed", "Failed") == (0, 1, 0)
 
 

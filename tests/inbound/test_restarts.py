@@ -15,13 +15,13 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from support.inbound import REPO, attachments, by_uuid, config_data, pdf_info, to_toml, wait_until
+from support.inbound import attachments, by_uuid, config_data, pdf_info, to_toml, wait_until
+from support.process import GatewayProcess
 
 from gatewayd.store import Store
 from support.ports import free_port  # noqa: F401 (also a public name here)
@@ -47,13 +47,9 @@ def relay_commit_pending(state_dir: Path, sink) -> bool:
 
 
 
-async def start_daemon(cfg: Path, log: Path) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAYD_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    with log.open("ab") as err:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gatewayd", "run", "-c", str(cfg), cwd=REPO, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=err,
-        )
+async def start_daemon(cfg: Path, log: Path) -> GatewayProcess:
+    # Not waiting for it to listen: a kill may land anywhere, start-up included.
+    return await GatewayProcess(cfg, log).start()
 
 
 @pytest.mark.timeout(240)  # up to MAX_ROUNDS rounds of a few seconds each
@@ -97,10 +93,10 @@ async def test_sigkill_at_random_points_never_loses_or_duplicates_a_fax(sim, sin
         # 250 but the daemon has not committed it yet. Known exactly from the
         # store, so a loaded machine cannot make the test flaky.
         await wait_until(lambda: sink.quiet_for(0.2) and not relay_commit_pending(tmp_path / "state", sink), timeout=30, interval=0.01)
-        proc.send_signal(signal.SIGKILL)  # no await since the check: nothing ran in between
+        proc.signal(signal.SIGKILL)  # no await since the check: nothing ran in between
         kills.append(time.monotonic() - started)
         outstanding.append(len(set(injected) - set(by_uuid(sink.messages))))
-        assert await proc.wait() == -signal.SIGKILL
+        assert await proc.wait(10) == -signal.SIGKILL
     inject()
 
     expected = sum(len(recipients[ext]) for ext, _ in injected.values())
@@ -109,8 +105,8 @@ async def test_sigkill_at_random_points_never_loses_or_duplicates_a_fax(sim, sin
         await wait_until(lambda: sum(len(m.rcpt_tos) for m in sink.messages) >= expected, timeout=40)
         await asyncio.sleep(2.5)  # a few more polls: anything extra would show up now
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 10)
+        proc.signal(signal.SIGTERM)
+        code = await proc.wait(10)
     context = f"seed={seed} kills at {[round(k, 2) for k in kills]}, outstanding {outstanding}; daemon log {log}"
     assert code == 0, context
     # The kills must have hit work in flight, or this test proves nothing.
@@ -155,12 +151,12 @@ async def test_held_fax_goes_out_after_sighup_reload_of_the_real_daemon(sim, sin
         assert sink.messages == []
         data["inbound"]["routes"] = {"78123092631": ["night@x.test"]}
         cfg.write_text(to_toml(data))
-        proc.send_signal(signal.SIGHUP)
+        proc.signal(signal.SIGHUP)
         await sink.wait_for(1, timeout=15)
         await asyncio.sleep(1.5)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 10)
+        proc.signal(signal.SIGTERM)
+        code = await proc.wait(10)
     assert code == 0, log.read_text()
     [mail] = by_uuid(sink.messages)[uuid]
     assert mail.rcpt_tos == ("night@x.test",)

@@ -202,13 +202,14 @@ class AuthDovecot:
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def create(cls, user: str, password: str) -> "AuthDovecot":
+    def create(cls, user: str, password: str, more_users: dict[str, str] | None = None) -> "AuthDovecot":
         need_root("the Dovecot auth socket for Postfix")
         need(DOVECOT, "dovecot-core")
         base = Path(tempfile.mkdtemp(prefix="gatewayd-dovecot-auth-", dir="/var/tmp"))
         for sub in ("run", "state"):
             (base / sub).mkdir()
-        (base / "users").write_text(f"{user}:{{PLAIN}}{password}::::::\n", encoding="utf-8")
+        users = {user: password, **(more_users or {})}
+        (base / "users").write_text("".join(f"{name}:{{PLAIN}}{secret}::::::\n" for name, secret in users.items()), encoding="utf-8")
         # Dovecot's auth worker reads the passwd-file as the dovecot user
         # (a test password in a directory removed at the end).
         base.chmod(0o755)
