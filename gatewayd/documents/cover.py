@@ -110,6 +110,8 @@ class _CoverFont:
     work grows with the font: the "cover" subset (~140 KB, ~900 characters)
     makes a cover about twice as fast as the whole font; the "latin" one
     (~56 KB, ~230 characters) saves a little more (docs/performance.md).
+    fpdf2 would subset the file again for every cover at output; the
+    subsets are embedded as they are instead (``cover_writer``).
     fpdf2 changes the font it loaded while writing the PDF, so a parsed font
     cannot be shared between documents: the subset is a file, in a private
     temporary directory removed at exit (systemd's PrivateTmp also cleans
@@ -122,6 +124,21 @@ class _CoverFont:
         self._lock = threading.Lock()
         self._made: dict[str, tuple[Path, frozenset[str]] | None] = {}
         self._whole: frozenset[str] | None = None
+        self._writer: Any = None
+
+    def writer(self) -> Any:
+        """fpdf2's writer for covers: it embeds the subsets made here as they are (``cover_writer``)."""
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    from gatewayd.documents.cover_writer import EmbeddedFonts, make_writer
+
+                    self._writer = make_writer(EmbeddedFonts(), self.is_subset)
+        return self._writer
+
+    def is_subset(self, path: Path) -> bool:
+        """Whether ``path`` is one of the subsets made here (embedded whole, never ``FONT_PATH``)."""
+        return any(made is not None and made[0] == path for made in list(self._made.values()))
 
     def lacks(self, text: str) -> bool:
         """Whether ``text`` has a character ``FONT_PATH`` has no glyph for (read once per process)."""
@@ -336,4 +353,4 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
         for text_line in lines[first:]:
             pdf.set_x(margin)
             pdf.cell(width, line_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    return bytes(pdf.output())
+    return bytes(pdf.output(output_producer_class=_COVER_FONT.writer()))

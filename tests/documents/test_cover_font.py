@@ -5,6 +5,7 @@ subset. Checked with poppler's pdftotext, not with the code under test."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,37 @@ def test_glyph_boxes_kept_from_the_font_draw_the_same_cover(tmp_path: Path, monk
         images.append(sorted(tmp_path.glob(f"{name}-*.pgm")))
     assert len(images[0]) == len(images[1]) == 1
     assert images[0][0].read_bytes() == images[1][0].read_bytes()
+
+
+@pytest.mark.parametrize("subject, body", [
+    ("Invoice № 42 — café", "Please fax the attached document.\n5 € «ok»"),
+    ("Счёт № 42 — Ελληνικά", "Прошу оплатить счёт до пятницы.\n" + "С уважением, Иван. " * 300),  # two pages
+])
+def test_the_subset_embedded_whole_draws_what_fpdf2_s_own_subset_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, subject: str, body: str,
+) -> None:
+    # cover_writer embeds the subset file as it is instead of letting fpdf2
+    # subset it again per cover (docs/performance.md, Issue 19): poppler must
+    # render the same pixels and read the same text as from fpdf2's own writer.
+    import pikepdf
+    from fpdf.output import OutputProducer
+
+    page = CoverPage("Zoë <zoe@example.com>", "+7 812 309-26-31", "today", subject, body)
+    ours = render_cover(page)
+    assert render_cover(page) == ours  # deterministic
+    subset = cover._COVER_FONT.path_for(subject + body)
+    assert subset != cover.FONT_PATH
+    with pikepdf.open(io.BytesIO(ours)) as doc:
+        files = [f["/DescendantFonts"][0]["/FontDescriptor"]["/FontFile2"] for f in doc.pages[0].Resources.Font.values()]
+        assert [f.read_bytes() for f in files] == [subset.read_bytes()]  # the file itself, not a new subset
+    monkeypatch.setattr(cover._COVER_FONT, "_writer", OutputProducer)
+    theirs = render_cover(page)
+    assert len(theirs) < len(ours)  # fpdf2's own: a fresh subset of the glyphs used
+    images = []
+    for name, pdf in (("ours", ours), ("theirs", theirs)):
+        (tmp_path / f"{name}.pdf").write_bytes(pdf)
+        subprocess.run(["pdftoppm", "-r", "150", "-gray", str(tmp_path / f"{name}.pdf"), str(tmp_path / name)], check=True)
+        images.append([p.read_bytes() for p in sorted(tmp_path.glob(f"{name}-*.pgm"))])
+    assert len(images[0]) == (1 if "café" in subject else 2)
+    assert images[0] == images[1]
+    assert pdftotext(ours, tmp_path) == pdftotext(theirs, tmp_path)
