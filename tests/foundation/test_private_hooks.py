@@ -260,3 +260,30 @@ def test_message_payload() -> None:
     assert isinstance(msg, Message) and getattr(msg, "_payload", None) == msg.get_payload(decode=False), (
         "email changed: gatewayd/email_to_fax/parse.py reads Message._payload as get_payload(decode=False) gives it"
     )
+
+
+# --- fpdf2: gatewayd/documents/cover_writer.py embeds the per-process font subset as it is
+
+
+def test_fpdf2_output_producer_add_fonts() -> None:
+    from fpdf.output import OutputProducer
+
+    assert callable(getattr(OutputProducer, "_add_fonts", None)), (
+        "fpdf2 changed: gatewayd/documents/cover_writer.py overrides OutputProducer._add_fonts"
+    )
+    params = list(inspect.signature(OutputProducer._add_fonts).parameters)
+    assert params[:1] == ["self"], f"fpdf2 changed: OutputProducer._add_fonts is now {inspect.signature(OutputProducer._add_fonts)}"
+
+
+def test_fpdf2_font_helpers() -> None:
+    import fpdf.output as out
+
+    for name in ("_tt_font_widths", "_build_cmap_blocks", "PDFFont", "PDFFontStream", "CIDSystemInfo"):
+        assert hasattr(out, name), f"fpdf2 changed: gatewayd/documents/cover_writer.py imports fpdf.output.{name}"
+    assert list(inspect.signature(out._build_cmap_blocks).parameters) == ["entries", "operator"], (
+        f"fpdf2 changed: _build_cmap_blocks is now {inspect.signature(out._build_cmap_blocks)} "
+        "(gatewayd/documents/cover_writer.py calls it with the bfchar entries and 'bfchar')"
+    )
+    assert list(inspect.signature(out._tt_font_widths).parameters) == ["font"], (
+        f"fpdf2 changed: _tt_font_widths is now {inspect.signature(out._tt_font_widths)} (gatewayd/documents/cover_writer.py)"
+    )
