@@ -3,7 +3,7 @@ tests/support/reports.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +63,20 @@ async def make_gateway(state_dir: Path, sim: ProviderSimulator, sink: MailSink, 
 @pytest.fixture
 async def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
     return make_gateway()
+
+
+@pytest.fixture
+def offline(state_dir: Path, clock: OffsetClock) -> Iterator[Callable[..., Gateway]]:
+    """Gateways without provider or relay: the outbox rows are inspected."""
+    made: list[Gateway] = []
+
+    def factory(**mail: object) -> Gateway:
+        gw = Gateway(make_config(state_dir, None, None, **mail), clock)
+        made.append(gw)
+        return gw
+
+    yield factory
+    for gw in made:
+        if not gw.rt.stopping.is_set():
+            gw.rt.stopping.set()
+            gw.store.close()

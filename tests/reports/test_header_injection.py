@@ -5,12 +5,10 @@ it is encoded, on any Python version (gatewayd/mail/compose.py)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from email import message_from_bytes, policy
-from pathlib import Path
 
 import pytest
-from support.reports import ADMIN, SENDER, Gateway, OffsetClock, finished_job, make_config
+from support.reports import ADMIN, SENDER, finished_job
 
 from gatewayd.email_to_fax.parse import parse_message
 from gatewayd.mail.compose import new_message, safe_header_text, to_bytes
@@ -55,22 +53,6 @@ def test_no_header_of_ours_can_be_injected(value: str) -> None:
     raw = to_bytes(msg)
     assert_no_injection(raw)
     assert header_lines(raw)[:3] == ["From", "To", "Subject"]
-
-
-@pytest.fixture
-def offline(state_dir: Path, clock: OffsetClock) -> Iterator[Callable[..., Gateway]]:
-    made: list[Gateway] = []
-
-    def factory(**mail: object) -> Gateway:
-        gw = Gateway(make_config(state_dir, None, None, **mail), clock)
-        made.append(gw)
-        return gw
-
-    yield factory
-    for gw in made:
-        if not gw.rt.stopping.is_set():
-            gw.rt.stopping.set()
-            gw.store.close()
 
 
 async def test_double_encoded_subject_in_status_report_and_admin_copy(offline) -> None:

@@ -3,32 +3,14 @@ against a real store (no provider, no relay: the outbox rows are read)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from support.reports import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, finished_job, make_config, outbox_messages
+from support.reports import ADMIN, NUMBER, SENDER, Gateway, OffsetClock, finished_job, outbox_messages
 
 from gatewayd.email_to_fax.report import Reporter, report_recipient
 from gatewayd.store import Store
-
-
-@pytest.fixture
-def offline(state_dir: Path, clock: OffsetClock) -> Iterator[Callable[..., Gateway]]:
-    """Gateways without provider or relay: the outbox rows are inspected."""
-    made: list[Gateway] = []
-
-    def factory(**mail: object) -> Gateway:
-        gw = Gateway(make_config(state_dir, None, None, **mail), clock)
-        made.append(gw)
-        return gw
-
-    yield factory
-    for gw in made:
-        if not gw.rt.stopping.is_set():
-            gw.rt.stopping.set()
-            gw.store.close()
 
 
 def rcpts(gw: Gateway) -> list[tuple[str, ...]]:

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
-from pathlib import Path
 
-import pytest
 from PIL import Image
-from support.reports import SENDER, Gateway, OffsetClock, finished_job, make_config, outbox_messages
+from support.reports import SENDER, Gateway, finished_job, outbox_messages
 
 from gatewayd.documents.preview import EMAIL_WIDTH
 from gatewayd.mailsink import MailSink
 from gatewayd.provider.simulator import ProviderSimulator
 from gatewayd.store import SENDING
-
-
-@pytest.fixture
-def offline(state_dir: Path, clock: OffsetClock) -> Iterator[Callable[..., Gateway]]:
-    """Gateways without provider or relay: the outbox rows are inspected."""
-    made: list[Gateway] = []
-
-    def factory(**mail: object) -> Gateway:
-        gw = Gateway(make_config(state_dir, None, None, **mail), clock)
-        made.append(gw)
-        return gw
-
-    yield factory
-    for gw in made:
-        if not gw.rt.stopping.is_set():
-            gw.rt.stopping.set()
-            gw.store.close()
 
 
 def inline_preview(msg: EmailMessage) -> Image.Image:

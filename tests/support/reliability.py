@@ -27,6 +27,7 @@ from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.email_to_fax.report import Reporter
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store
+from support.e2f import wait_for
 from support.gateway import InProcessGateway
 from support.gateway import in_process as gateway_in_process
 from support.ports import free_port  # noqa: F401 (also a public name here)
@@ -291,13 +292,5 @@ async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | 
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+    """``support.e2f.wait_for`` with the timeout required."""
+    await wait_for(predicate, timeout=timeout, interval=interval, what=what)
