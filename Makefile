@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # postfix: tests/deploy runs the Postfix set-up of docs/deployment.md (a private
 # instance in a temporary directory; the system's postfix service need not run).
 # libnet-ssleay-perl: swaks's STARTTLS (a Recommends, skipped by --no-install-recommends).
-TEST_DEBS := libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui python3-uno swaks libnet-ssleay-perl ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core fonts-wqy-zenhei s-nail libtiff-tools systemd postfix chromium
+TEST_DEBS := libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui python3-uno swaks libnet-ssleay-perl ghostscript qpdf poppler-utils dovecot-imapd fonts-dejavu-core fonts-wqy-zenhei s-nail libtiff-tools systemd postfix chromium postgresql-15
 # The benchmarks also compare against Postfix (smtp-source) and ImageMagick.
 BENCH_DEBS := $(TEST_DEBS) imagemagick
 # Two workers (pytest-xdist): the tests use their own tmp_path, ports and

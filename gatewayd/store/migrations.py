@@ -159,4 +159,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX conversions_state ON conversions(state);
     """,
+    # 8: several nodes on one PostgreSQL store (docs/deployment.md, Several nodes):
+    # documents as rows (PostgreSQL keeps them there; SQLite keeps files), the
+    # leases that keep each piece of work on one node, and which node took a
+    # job in and which node submits it
+    """
+    CREATE TABLE documents (
+        name TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        acquired_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+    """,
 ]
