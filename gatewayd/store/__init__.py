@@ -60,12 +60,13 @@ from gatewayd.jobstates import (
     UNKNOWN,
 )
 from gatewayd.store.conversions import Conversion, ConversionPart, ConversionTable
-from gatewayd.store.database import DB_NAME, Database, StoreError
+from gatewayd.store.database import DB_NAME, Database, SqliteDatabase, StoreError
 from gatewayd.store.documents import DocumentFiles, adopt, foreign_owner, refuse_link
 from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
 from gatewayd.store.markers import Markers
 from gatewayd.store.migrations import MIGRATIONS
 from gatewayd.store.outbox import OutboxMail, OutboxTable
+from gatewayd.store.postgres import PostgresDatabase, PostgresSettings
 from gatewayd.store.provider_deletes import PendingDelete, ProviderDeletes
 from gatewayd.store.provider_ids import IdOwner, ProviderIds, ReleasedId
 from gatewayd.store.received import ReceivedFax, ReceivedLedger
@@ -84,10 +85,20 @@ T = TypeVar("T")
 
 
 class Store(DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables, RetentionPart):
-    """SQLite state and document files under one state directory."""
+    """The durable state: SQLite and document files under one state directory, or (``database_url``) a PostgreSQL database several nodes share.
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:
+    With PostgreSQL, documents are rows of the database too (any node can
+    submit any job); ``state_dir`` keeps only what is this node's own.
+    """
+
+    _db: Database
+
+    def __init__(
+        self, state_dir: str | os.PathLike[str], *, database_url: str = "", database_password: str | None = None,
+        clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000, postgres: PostgresSettings | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
+        self.database_url = database_url
         self.documents_dir = self.state_dir / "documents"
         self.clock = clock
         try:
@@ -103,10 +114,16 @@ class Store(DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, 
             adopt(self.documents_dir, self._owner)
             for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"):
                 refuse_link(self.state_dir / name, self._owner)
-            self._db = Database(self.state_dir, busy_timeout_ms=busy_timeout_ms)
-            self.db_path = self._db.path
-            for path in self._db.files():
-                adopt(path, self._owner)
+            if database_url or postgres is not None:
+                settings = postgres or PostgresSettings(database_url, password=database_password)
+                self._db = PostgresDatabase(settings)
+                self.db_path = self.state_dir / DB_NAME  # unused: no SQLite file
+            else:
+                sqlite = SqliteDatabase(self.state_dir, busy_timeout_ms=busy_timeout_ms)
+                self._db = sqlite
+                self.db_path = sqlite.path
+                for path in sqlite.files():
+                    adopt(path, self._owner)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {self.state_dir}: {exc}") from exc
         self._durable_subdirs: set[str] = set()
@@ -119,9 +136,19 @@ class Store(DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, 
         """Run a store method on the store's own thread, off the event loop."""
         return await self._db.run(fn, *args, **kwargs)
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT; nested uses (every store method inside) join the outer transaction."""
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """BEGIN IMMEDIATE ... COMMIT (PostgreSQL: BEGIN and the writer lock); nested uses (every store method inside) join the outer transaction."""
         return self._db.transaction()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.dialect
+
+    @property
+    def where(self) -> str:
+        """Where the database is, for messages: the SQLite file, or the server and database (never a password)."""
+        return self._db.where
 
     @property
     def schema_version(self) -> int:

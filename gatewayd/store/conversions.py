@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gatewayd.jobstates import CONVERTING, QUEUED, REJECTED
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import DB_ERRORS, StoreError, StorePart
 from gatewayd.store.jobs import NewJob, intake_ids
 
 __all__ = ["Conversion", "ConversionPart", "ConversionTable", "PART_SUFFIX"]
@@ -63,7 +62,7 @@ class ConversionTable(StorePart):
                     "INSERT INTO conversions (created_at, state, parts, spec, job_ids) VALUES (?, 'pending', ?, ?, ?)",
                     (now, json.dumps([p.__dict__ for p in stored]), json.dumps(spec), json.dumps(ids)),
                 )
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot store the conversion: {exc}") from exc
         return ids
 
@@ -118,17 +117,15 @@ class ConversionTable(StorePart):
                     # Compare and set: a job canceled meanwhile stays canceled.
                     if self.transition(job_id, job_state, job_reason, expect=[CONVERTING], **fields.get(job_id, {})):  # type: ignore[attr-defined]
                         moved.append(job_id)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot end conversion {conversion.id}: {exc}") from exc
         self._remove_parts(conversion)
         return moved
 
     def _remove_parts(self, conversion: Conversion) -> None:
         """Delete the originals no other pending conversion uses (clean_documents catches any left over)."""
-        still = {row[0] for row in self._db.query(
-            "SELECT DISTINCT json_extract(p.value, '$.sha256') FROM conversions, json_each(conversions.parts) AS p "
-            "WHERE conversions.state = 'pending'")}
+        still = self.pending_parts()  # type: ignore[attr-defined]
         for part in conversion.parts:
             if part.sha256 not in still:
-                with contextlib.suppress(OSError):
-                    self.document_path(part.sha256, PART_SUFFIX).unlink()  # type: ignore[attr-defined]
+                with contextlib.suppress(OSError, StoreError):
+                    self.delete_document(part.sha256, PART_SUFFIX)  # type: ignore[attr-defined]

@@ -1,4 +1,10 @@
-"""The store's one SQLite connection: pragmas, transactions, migrations, and the one worker thread.
+"""The store's database: the interface every backend gives, and the SQLite backend (one connection, one worker thread).
+
+Two backends implement ``Database``: ``SqliteDatabase`` here (one machine,
+the default) and ``PostgresDatabase`` in gatewayd/store/postgres.py (several
+nodes on one database, docs/deployment.md, Several nodes). The store's
+parts write their SQL once, with ``?`` placeholders, in the subset both
+understand; where the two differ the part asks ``db.dialect``.
 
 Every part of the ``Store`` (jobs, outbox, received ledger, ...) goes
 through the same ``Database``, so a commit that spans tables (a job's
@@ -17,14 +23,16 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import psycopg
 
 from gatewayd.store.migrations import MIGRATIONS
 
-__all__ = ["DB_NAME", "Database", "StoreError", "StorePart", "inserted_id", "where_terms"]
+__all__ = ["DB_ERRORS", "DB_NAME", "Cursor", "Rows", "Database", "DbConnection", "SqliteDatabase", "StoreError", "StorePart", "inserted_id", "where_terms"]
 
 T = TypeVar("T")
 
@@ -32,7 +40,54 @@ DB_NAME = "gatewayd.sqlite3"
 
 
 class StoreError(Exception):
-    """The store could not do what was asked (disk full, corrupt, locked)."""
+    """The store could not do what was asked (disk full, corrupt, locked, database unreachable)."""
+
+
+# What either backend's driver raises; parts catch these and say StoreError.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+
+
+class Cursor(Protocol):
+    """What a statement gives back, on either backend."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class DbConnection(Protocol):
+    """The connection a transaction yields: statements with ``?`` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class Database(Protocol):
+    """What the store's parts use of a backend."""
+
+    dialect: str  # "sqlite" or "postgresql"
+    where: str  # for messages: the file, or the server and database (never a password)
+
+    def close(self) -> None: ...
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def transaction(self) -> contextlib.AbstractContextManager[Any]: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+    def migrate(self) -> None: ...
+
+    @property
+    def schema_version(self) -> int: ...
 
 
 def where_terms(*terms: tuple[bool, str, Any]) -> tuple[list[str], list[Any]]:
@@ -41,24 +96,56 @@ def where_terms(*terms: tuple[bool, str, Any]) -> tuple[list[str], list[Any]]:
     return [sql for sql, _ in kept], [value for _, value in kept]
 
 
-def inserted_id(cur: sqlite3.Cursor) -> int:
-    """The row id the INSERT on ``cur`` made (``lastrowid`` is None only after other statements)."""
-    rowid = cur.lastrowid
-    if rowid is None:
+def inserted_id(cur: Any) -> int:
+    """The id an ``INSERT ... RETURNING id`` on ``cur`` made (both backends know RETURNING)."""
+    # fetchall, not fetchone: SQLite finishes the statement only when its
+    # rows are read, and a COMMIT with a statement in progress fails.
+    rows = cur.fetchall()
+    if not rows:
         raise StoreError("the INSERT made no row")
-    return rowid
+    return int(rows[0][0])
 
 
-class Database:
+class Rows:
+    """The result of one statement, read before its transaction ended.
+
+    ``write`` returns it: SQLite cannot commit while a ``RETURNING``
+    statement's rows are unread, and PostgreSQL's connection goes back to
+    the pool at the commit.
+    """
+
+    def __init__(self, cur: Any) -> None:
+        self.rowcount: int = cur.rowcount
+        self._rows: list[Any] = cur.fetchall() if cur.description is not None else []
+        self._next = 0
+
+    def fetchone(self) -> Any:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows, self._next = self._rows[self._next:], len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class SqliteDatabase:
     """The SQLite file of one state directory, opened in WAL mode with ``synchronous=FULL``.
 
     Opening may raise ``OSError`` or ``sqlite3.Error`` (the ``Store`` turns
     them into ``StoreError`` naming the state directory).
     """
 
+    dialect = "sqlite"
+
     def __init__(self, state_dir: Path, *, busy_timeout_ms: int) -> None:
         self.state_dir = state_dir
         self.path = state_dir / DB_NAME
+        self.where = str(self.path)
         self._lock = threading.RLock()
         self._depth = 0
         self._executor: ThreadPoolExecutor | None = None
@@ -149,11 +236,11 @@ class Database:
             except sqlite3.Error as exc:
                 raise StoreError(str(exc)) from exc
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def write(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """One statement in its own commit, or in the caller's transaction."""
         try:
             with self.transaction() as conn:
-                return conn.execute(sql, params)
+                return Rows(conn.execute(sql, params))
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 

@@ -117,6 +117,15 @@ class DocumentFiles(StorePart):
         (``FaxDocument.sha256``), so it is not computed twice.
         """
         sha = sha256 or hashlib.sha256(data).hexdigest()
+        if self._db.dialect == "postgresql":
+            # A row, committed before any job names it; saved again, its age
+            # is refreshed (as the file's below) so clean_documents spares it.
+            self._db.write(
+                "INSERT INTO documents (name, data, size, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET created_at = excluded.created_at",
+                (sha + suffix, data, len(data), self.clock()),
+            )
+            return sha
         final = self.document_path(sha, suffix)
         try:
             if final.stat().st_size == len(data):
@@ -169,6 +178,11 @@ class DocumentFiles(StorePart):
         return sha
 
     def read_document(self, sha256: str, suffix: str = ".pdf") -> bytes:
+        if self._db.dialect == "postgresql":
+            rows = self._db.query("SELECT data FROM documents WHERE name = ?", (sha256 + suffix,))
+            if not rows:
+                raise StoreError(f"cannot read document {sha256}: not in the database")
+            return bytes(rows[0][0])
         try:
             return self.document_path(sha256, suffix).read_bytes()
         except OSError as exc:
@@ -190,9 +204,9 @@ class DocumentFiles(StorePart):
             "SELECT DISTINCT document FROM jobs WHERE document_purged_at IS NULL "
             "UNION SELECT cover FROM jobs WHERE cover != '' AND document_purged_at IS NULL")}
         # Originals of office documents are kept only while their conversion is pending.
-        pending_parts = {row[0] for row in self._db.query(
-            "SELECT DISTINCT json_extract(p.value, '$.sha256') FROM conversions, json_each(conversions.parts) AS p "
-            "WHERE conversions.state = 'pending'")}
+        pending_parts = self.pending_parts()
+        if self._db.dialect == "postgresql":
+            return self._clean_document_rows(referenced, pending_parts, now - orphan_age)
         for sub in self.documents_dir.iterdir():
             if sub.is_symlink() or not sub.is_dir():
                 continue  # never walk into a planted link (docs/security.md, "Hardening")
@@ -215,4 +229,38 @@ class DocumentFiles(StorePart):
                         removed += 1
                 except FileNotFoundError:
                     pass
+        return removed
+
+    def pending_parts(self) -> set[str]:
+        """The sha256 of every original a pending conversion still uses."""
+        if self._db.dialect == "postgresql":
+            sql = ("SELECT DISTINCT p ->> 'sha256' FROM conversions, json_array_elements(conversions.parts::json) AS p "
+                   "WHERE conversions.state = 'pending'")
+        else:
+            sql = ("SELECT DISTINCT json_extract(p.value, '$.sha256') FROM conversions, json_each(conversions.parts) AS p "
+                   "WHERE conversions.state = 'pending'")
+        return {row[0] for row in self._db.query(sql)}
+
+    def delete_document(self, sha256: str, suffix: str = ".pdf") -> None:
+        """Remove one document now (a converted original); gone already is fine."""
+        if self._db.dialect == "postgresql":
+            self._db.write("DELETE FROM documents WHERE name = ?", (sha256 + suffix,))
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.document_path(sha256, suffix).unlink()
+
+    def _clean_document_rows(self, referenced: set[str], pending_parts: set[str], before: float) -> int:
+        """``clean_documents`` on PostgreSQL: rows nothing names, saved before ``before``."""
+        removed = 0
+        for (name,) in self._db.query("SELECT name FROM documents WHERE created_at < ?", (before,)):
+            sha, _, ext = name.partition(".")
+            if (ext == "pdf" and sha in referenced) or (ext == "part" and sha in pending_parts):
+                continue
+            # Checked again at the delete: a job saved meanwhile names it, or it was saved again.
+            cur = self._db.write(
+                "DELETE FROM documents WHERE name = ? AND created_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs WHERE (document = ? OR cover = ?) AND document_purged_at IS NULL)",
+                (name, before, sha, sha),
+            )
+            removed += cur.rowcount
         return removed

@@ -10,13 +10,12 @@ marks IMAP intake keys, in the same commit.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gatewayd.jobstates import ACTIVE_STATES, FINAL_STATES, JOB_STATES, QUEUED, SUBMITTING
-from gatewayd.store.database import StoreError, StorePart, inserted_id
+from gatewayd.store.database import DB_ERRORS, DbConnection, StoreError, StorePart, inserted_id
 
 __all__ = ["JOB_COLUMNS", "Job", "JobEvent", "JobNotFound", "JobTable", "NewJob", "intake_ids"]
 
@@ -110,7 +109,7 @@ JOB_COLUMNS = (
 JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at", "account"}
 
 
-def intake_ids(conn: sqlite3.Connection, intake_key: str | None) -> list[int] | None:
+def intake_ids(conn: DbConnection, intake_key: str | None) -> list[int] | None:
     """The job ids stored once already for ``intake_key`` (a message seen before), or None."""
     if not intake_key:
         return None
@@ -145,7 +144,7 @@ class JobTable(StorePart):
                     cur = conn.execute(
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
                         "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover, account) "
-                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                         (now, now, state, job.number, job.dst_num, job.extension, job.report_to, job.source,
                          job.message_id, job.subject, job.document or document_sha, pages + job.cover_pages,
                          doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover, job.account),
@@ -158,7 +157,7 @@ class JobTable(StorePart):
                         conn.execute("INSERT INTO sender_usage (rule_key, at, count) VALUES (?, ?, 1)", (key, now))
                 if intake_key:
                     conn.execute("INSERT INTO intake_keys (key, at, job_ids) VALUES (?, ?, ?)", (intake_key, now, json.dumps(ids)))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot store the job: {exc}") from exc
         return ids
 
@@ -202,7 +201,7 @@ class JobTable(StorePart):
                 if from_state != to_state or reason:
                     conn.execute("INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
                                  (job_id, now, from_state, to_state, reason))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
         return True
 
@@ -328,6 +327,6 @@ class JobTable(StorePart):
                         "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
                         (now, kind, ref, mail_from, json.dumps(list(recipients)), message, now),
                     )
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot queue the report of job {job_id}: {exc}") from exc
         return True

@@ -6,10 +6,9 @@ answered at most once.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import DB_ERRORS, StoreError, StorePart
 from gatewayd.store.outbox import insert_mail
 
 __all__ = ["Markers"]
@@ -41,11 +40,11 @@ class Markers(StorePart):
                     return False
                 insert_mail(self._db, self.clock(), "reply", mail_from, recipients, message, ref=ref)
                 conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (marker, repr(now)))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot queue the reply: {exc}") from exc
         return True
 
     def imap_prune_reply_markers(self, before: float) -> int:
         """Forget reply markers older than ``before`` (a message is not refused twice months apart)."""
-        cur = self._db.write("DELETE FROM meta WHERE key LIKE 'imap-reply:%' AND CAST(value AS REAL) < ?", (before,))
+        cur = self._db.write("DELETE FROM meta WHERE key LIKE 'imap-reply:%' AND CAST(value AS DOUBLE PRECISION) < ?", (before,))
         return int(cur.rowcount)

@@ -8,12 +8,11 @@ in the same commit that marks the email sent.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatewayd.store.database import Database, StoreError, StorePart, inserted_id, where_terms
+from gatewayd.store.database import DB_ERRORS, Database, StoreError, StorePart, inserted_id, where_terms
 
 __all__ = ["OUTBOX_COLUMNS", "OutboxMail", "OutboxTable", "insert_mail", "outbox_mail"]
 
@@ -50,7 +49,7 @@ def outbox_mail(row: Sequence[Any]) -> OutboxMail:
 def insert_mail(db: Database, now: float, kind: str, mail_from: str, recipients: Sequence[str], message: bytes, *, ref: str = "") -> int:
     """Add a pending mail, due ``now``; its own commit, or part of the caller's transaction. Returns its id."""
     cur = db.write(
-        "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+        "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id",
         (now, kind, ref, mail_from, json.dumps(list(recipients)), message, now),
     )
     return inserted_id(cur)
@@ -94,7 +93,7 @@ class OutboxTable(StorePart):
                                  "WHERE outbox_id = ? AND state = 'queued'", (now, now, mail_id))
                 else:
                     conn.execute("UPDATE received SET state = 'relayed', relayed_at = ? WHERE outbox_id = ? AND state = 'queued'", (now, mail_id))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot mark mail {mail_id} sent: {exc}") from exc
 
     def mark_mail_retry(self, mail_id: int, error: str, next_attempt_at: float) -> None:
@@ -123,12 +122,12 @@ class OutboxTable(StorePart):
                 kind, ref, mail_from, message, attempts = row
                 cur = conn.execute(
                     "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, attempts, next_attempt_at, last_error) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
                     (now, kind, ref, mail_from, json.dumps(list(recipients)), message, attempts + 1, next_attempt_at, error),
                 )
-        except sqlite3.Error as exc:
+                return inserted_id(cur)
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot split outbox mail {mail_id}: {exc}") from exc
-        return inserted_id(cur)
 
     def defer_mail_recipients(self, mail_id: int, recipients: Sequence[str], error: str, next_attempt_at: float) -> None:
         """Nobody accepted an outbox mail yet: keep the SAME row pending for

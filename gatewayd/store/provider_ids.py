@@ -11,13 +11,12 @@ gets the id, so it is never stranded in ``submitting``.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gatewayd.jobstates import UNKNOWN
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import DB_ERRORS, StoreError, StorePart
 
 __all__ = ["IdOwner", "ProviderIds", "ReleasedId"]
 
@@ -89,6 +88,6 @@ class ProviderIds(StorePart):
                 moved = self.transition(  # type: ignore[attr-defined]
                     job_id, to_state, reason, expect=expect, provider_id=provider_id, **fields
                 )
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot give provider id {provider_id} to job {job_id}: {exc}") from exc
         return moved, released

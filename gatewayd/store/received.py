@@ -8,12 +8,11 @@ the outbox are written in one commit.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd.store.database import StoreError, StorePart, inserted_id
+from gatewayd.store.database import DB_ERRORS, DbConnection, StoreError, StorePart, inserted_id
 
 __all__ = ["RECEIVED_COLUMNS", "ReceivedFax", "ReceivedLedger", "received_fax"]
 
@@ -77,13 +76,13 @@ class ReceivedLedger(StorePart):
                 if row is not None and row[1] is not None and (row[0] == "relayed" or (row[0] == "queued" and row[2] != "failed")):
                     return int(row[1])
                 outbox_id = self._insert_received(conn, fax, mail_from, message, now)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot queue received fax {fax.uuid}: {exc}") from exc
         return outbox_id
 
-    def _insert_received(self, conn: sqlite3.Connection, fax: ReceivedFax, mail_from: str, message: bytes, now: float) -> int:
+    def _insert_received(self, conn: DbConnection, fax: ReceivedFax, mail_from: str, message: bytes, now: float) -> int:
         cur = conn.execute(
-            "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, 'received', ?, ?, ?, ?, 'pending', ?)",
+            "INSERT INTO outbox (created_at, kind, ref, mail_from, recipients, message, state, next_attempt_at) VALUES (?, 'received', ?, ?, ?, ?, 'pending', ?) RETURNING id",
             (now, fax.uuid, mail_from, json.dumps(list(fax.recipients)), message, now),
         )
         outbox_id = inserted_id(cur)

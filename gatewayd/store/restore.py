@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from dataclasses import dataclass
 
 from gatewayd.jobstates import QUEUED, SUBMITTING
 from gatewayd.store.backup import RESTORE_MARK
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import DB_ERRORS, StoreError, StorePart
 
 __all__ = ["RestoreMark", "RestoredFrom"]
+
+
+# A mark that does not read, or a database that fails.
+_MARK_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, ValueError, KeyError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,6 @@ class RestoreMark(StorePart):
                     (json.dumps({"backup_id": backup_id, "taken_at": taken_at, "applied_at": now,
                                  "queued": len(queued), "submitting": len(submitting)}),),
                 )
-        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        except _MARK_ERRORS as exc:
             raise StoreError(f"cannot apply the restore mark: {exc}") from exc
         return RestoredFrom(backup_id, taken_at, now, len(queued), len(submitting))

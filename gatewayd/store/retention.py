@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.database import DB_ERRORS, SqliteDatabase, StoreError, StorePart
 
 if TYPE_CHECKING:
     from gatewayd.store import Store
@@ -182,6 +182,12 @@ class RetentionPart(StorePart):
     db_path: Path
     document_path: Callable[[str], Path]
 
+    def _sqlite(self) -> SqliteDatabase:
+        """The SQLite database (the parts of retention that only SQLite has)."""
+        if not isinstance(self._db, SqliteDatabase):
+            raise StoreError("not available on PostgreSQL")
+        return self._db
+
     # ------------------------------------------------------------ vacuum
 
     def ensure_incremental_vacuum(self) -> bool:
@@ -193,7 +199,7 @@ class RetentionPart(StorePart):
         does (about a second per 100 MB): the daemon does it once at start,
         before it accepts anything (docs/operations.md, Retention).
         """
-        db = self._db
+        db = self._sqlite()
         with db._lock:
             if db.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
                 return False
@@ -208,7 +214,7 @@ class RetentionPart(StorePart):
 
     def vacuum_step(self, pages: int = VACUUM_PAGES) -> int:
         """Give up to ``pages`` free pages back to the file system, in one short transaction; returns how many."""
-        db = self._db
+        db = self._sqlite()
         with db._lock:
             if db._depth:
                 raise StoreError("cannot vacuum inside a transaction")
@@ -245,7 +251,7 @@ class RetentionPart(StorePart):
 
     def storage_facts(self) -> StorageFacts:
         size = 0
-        for path in self._db.files()[:2]:
+        for path in self._sqlite().files()[:2]:
             try:
                 size += path.stat().st_size
             except OSError:
@@ -265,7 +271,7 @@ class RetentionPart(StorePart):
         try:
             with self._db.transaction():
                 return step(policy, cutoff, now, cursor, limit)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot purge {kind}: {exc}") from exc
 
     def received_horizon(self, overlap: float, now: float) -> float:
@@ -292,11 +298,11 @@ class RetentionPart(StorePart):
     def _page_after(self, sql: str, cutoff: float, cursor: Any, limit: int) -> list[Any]:
         """One keyset batch: ``sql`` takes (cutoff, after time, after id, limit); ``cursor`` is the last row's (time, id)."""
         after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        return self._db.conn.execute(sql, (cutoff, after_t, after_id, limit)).fetchall()
+        return self._sqlite().conn.execute(sql, (cutoff, after_t, after_id, limit)).fetchall()
 
     def _purge_received(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         cutoff = min(cutoff, self.received_horizon(policy.inbound_overlap, now))
-        conn = self._db.conn
+        conn = self._sqlite().conn
         rows = conn.execute(
             "SELECT uuid, LENGTH(uuid) + LENGTH(caller_id) + LENGTH(destination) + LENGTH(fax_time) + LENGTH(recipients) + LENGTH(note) + 48 "
             # INDEXED BY: by state alone, each step would read every relayed record still kept.
@@ -308,7 +314,7 @@ class RetentionPart(StorePart):
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
     def _purge_mail(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._db.conn
+        conn = self._sqlite().conn
         rows = conn.execute(
             "SELECT id, LENGTH(message) FROM outbox WHERE state != 'pending' AND purged_at IS NULL "
             "AND COALESCE(sent_at, next_attempt_at) < ? ORDER BY COALESCE(sent_at, next_attempt_at) LIMIT ?",
@@ -336,7 +342,7 @@ class RetentionPart(StorePart):
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
     def _purge_documents(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._db.conn
+        conn = self._sqlite().conn
         rows = self._page_after(
             "SELECT finished_at, id, document FROM jobs WHERE finished_at IS NOT NULL AND document_purged_at IS NULL "
             "AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
@@ -383,7 +389,7 @@ class RetentionPart(StorePart):
         return int(st.st_size)
 
     def _purge_jobs(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._db.conn
+        conn = self._sqlite().conn
         # Unreported jobs are still work for the reporter: kept, and skipped by the cursor.
         rows = self._page_after(
             "SELECT finished_at, id, document, reported_at IS NOT NULL, "
@@ -414,7 +420,7 @@ class RetentionPart(StorePart):
         return _Step(len(doomed), size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
     def _purge_emails(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._db.conn
+        conn = self._sqlite().conn
         rows = self._page_after(
             "SELECT COALESCE(sent_at, next_attempt_at), id, LENGTH(message) + LENGTH(recipients) + LENGTH(mail_from) + LENGTH(last_error) + 80, "
             "EXISTS (SELECT 1 FROM received r WHERE r.outbox_id = outbox.id) "
@@ -428,7 +434,7 @@ class RetentionPart(StorePart):
         return _Step(len(doomed), sum(r[2] for r in doomed), _next_cursor(rows, cursor), len(rows) < limit)
 
     def _purge_counters(self, policy: RetentionPolicy, cutoff: float | None, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._db.conn
+        conn = self._sqlite().conn
         usage = conn.execute(
             "DELETE FROM sender_usage WHERE rowid IN (SELECT rowid FROM sender_usage WHERE at < ? LIMIT ?)", (now - USAGE_KEEP, limit)
         ).rowcount
