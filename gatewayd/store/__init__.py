@@ -25,6 +25,7 @@ tables stays one commit:
 - ``restore``: a backup's mark, applied at the first start on the copy
   (``backup`` makes the copy).
 - ``web``: the web console's sessions and queries (docs/web.md).
+- ``leases``: which node does the work that runs on one node at a time.
 - ``retention``: purging what is finished, the incremental vacuum, size facts.
 
 docs/architecture.md, "Storage layout" and "Durability rules", describes
@@ -63,6 +64,7 @@ from gatewayd.store.conversions import Conversion, ConversionPart, ConversionTab
 from gatewayd.store.database import DB_NAME, Database, SqliteDatabase, StoreError
 from gatewayd.store.documents import DocumentFiles, adopt, foreign_owner, refuse_link
 from gatewayd.store.jobs import Job, JobEvent, JobNotFound, JobTable, NewJob
+from gatewayd.store.leases import Lease, LeaseTable, Taken
 from gatewayd.store.markers import Markers
 from gatewayd.store.migrations import MIGRATIONS
 from gatewayd.store.outbox import OutboxMail, OutboxTable
@@ -78,13 +80,16 @@ from gatewayd.store.web import WebTables
 __all__ = [
     "ACTIVE_STATES", "AT_PROVIDER", "CANCELED", "CONVERTING", "ERROR", "FAILED", "FINAL_STATES", "JOB_STATES", "MIGRATIONS",
     "QUEUED", "REJECTED", "SENDING", "SENT", "SUBMITTED", "SUBMITTING", "UNKNOWN",
-    "Conversion", "ConversionPart", "IdOwner", "Job", "JobEvent", "JobNotFound", "NewJob", "OutboxMail", "PendingDelete", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
+    "Conversion", "ConversionPart", "IdOwner", "Job", "JobEvent", "JobNotFound", "Lease", "NewJob", "Taken", "OutboxMail", "PendingDelete", "ReceivedFax", "ReleasedId", "RestoredFrom", "Store", "StoreError",
 ]
 
 T = TypeVar("T")
 
 
-class Store(DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables, RetentionPart):
+class Store(
+    DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes,
+    WebTables, RetentionPart, LeaseTable,
+):
     """The durable state: SQLite and document files under one state directory, or (``database_url``) a PostgreSQL database several nodes share.
 
     With PostgreSQL, documents are rows of the database too (any node can
