@@ -165,8 +165,9 @@ class Store(
 
     def save_and_enqueue(self, document: bytes, sha256: str, pages: int, jobs: Sequence[NewJob], *, intake_key: str | None = None) -> list[int]:
         """``save_document`` then ``enqueue_jobs``, in one trip to the store's thread."""
-        sha = self.save_document(document, sha256)
-        return self.enqueue_jobs(sha, pages, len(document), jobs, intake_key=intake_key)
+        with self._documents_with_jobs():
+            sha = self.save_document(document, sha256)
+            return self.enqueue_jobs(sha, pages, len(document), jobs, intake_key=intake_key)
 
     def save_parts_and_enqueue(
         self, shared: tuple[bytes, str, int] | None, own: Sequence[tuple[bytes, str] | None], jobs: Sequence[NewJob],
@@ -178,10 +179,18 @@ class Store(
         is None), already named in that job's ``cover`` or ``document``.
         Everything is durable before the one commit that references it.
         """
-        for part in own:
-            if part is not None:
-                self.save_document(part[0], part[1])
-        if shared is None:
-            return self.enqueue_jobs("", 0, 0, jobs, intake_key=intake_key)
-        sha = self.save_document(shared[0], shared[1])
-        return self.enqueue_jobs(sha, shared[2], len(shared[0]), jobs, intake_key=intake_key)
+        with self._documents_with_jobs():
+            for part in own:
+                if part is not None:
+                    self.save_document(part[0], part[1])
+            if shared is None:
+                return self.enqueue_jobs("", 0, 0, jobs, intake_key=intake_key)
+            sha = self.save_document(shared[0], shared[1])
+            return self.enqueue_jobs(sha, shared[2], len(shared[0]), jobs, intake_key=intake_key)
+
+    def _documents_with_jobs(self) -> contextlib.AbstractContextManager[Any]:
+        """PostgreSQL: the documents' rows and the jobs in one transaction (one
+        commit, one trip; nothing left unreferenced if it fails). SQLite: the
+        files are written and fsynced first, outside the transaction that
+        references them (docs/architecture.md, Durability rules 2)."""
+        return self._db.transaction() if self._db.dialect == "postgresql" else contextlib.nullcontext()
