@@ -86,8 +86,12 @@ T = TypeVar("T")
 class Store(DocumentFiles, JobTable, ConversionTable, ProviderIds, OutboxTable, ReceivedLedger, SenderUsage, Markers, RestoreMark, ProviderDeletes, WebTables, RetentionPart):
     """SQLite state and document files under one state directory."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], *, database_url: str = "", database_password: str | None = None,
+                 clock: Callable[[], float] = time.time, busy_timeout_ms: int = 15000) -> None:
         self.state_dir = Path(state_dir)
+        # selected in the lead's backend
+        self.database_url = database_url
+        self.database_password = database_password
         self.documents_dir = self.state_dir / "documents"
         self.clock = clock
         try:
