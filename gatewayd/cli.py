@@ -23,7 +23,7 @@ from gatewayd import __version__
 from gatewayd.commands import backup, control, purge, received
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.commands.terminal import safe_text
-from gatewayd.config import Config, config_path, config_warnings
+from gatewayd.config import Config, config_path, config_warnings, redact_url
 from gatewayd.jobstates import JOB_STATES
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.passwords import hash_password
@@ -165,6 +165,9 @@ def summarise_config(c: Config) -> str:
         "  inbound     " + (f"every {c.inbound.poll_interval:g}s, extensions {', '.join(map(str, c.inbound.extensions)) or 'all fax extensions'}, attach {c.inbound.attach}, {len(c.inbound.routes)} route(s)" if c.inbound.enabled else "off"),
         f"  mail        relay {c.mail.relay} ({c.mail.security}), from {c.mail.from_}, reports {c.mail.reports}, admin {', '.join(c.mail.admin) or 'none'}",
         f"  state       {c.state_dir}" + (f" (intake refused below {c.storage.min_free // 1_000_000}MB free)" if c.storage.min_free else ""),
+        "  database    " + (f"PostgreSQL {redact_url(c.storage.database_url)}"
+                             + (" (password from storage.database_password)" if c.storage.database_password else "")
+                             + f"; leases {c.storage.lease:g}s" if c.storage.postgres else f"SQLite in {c.state_dir}"),
         "  retention   " + ", ".join(f"{k} {_days(getattr(c.retention, k))}" for k in ("documents", "mail", "jobs", "received"))
         + (f"; purged every {c.retention.interval:g}s" if c.retention.interval else "; purged only by `gatewayd purge`"),
         f"  http        {c.http.listen or 'off'}",

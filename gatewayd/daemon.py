@@ -42,7 +42,7 @@ from gatewayd.memory import release_free_memory
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.purger import Purger
-from gatewayd.runtime import ProviderApi, Runtime, Service
+from gatewayd.runtime import ProviderApi, Runtime, Service, store_from_config
 from gatewayd.sdnotify import Notifier
 from gatewayd.store import Store, StoreError
 from gatewayd.supervisor import Supervisor
@@ -149,7 +149,7 @@ class Daemon:
     async def run(self) -> int:
         """Start everything, tell systemd READY, serve until SIGTERM/SIGINT."""
         loop = asyncio.get_running_loop()
-        store = Store(self.config.state_dir)
+        store = store_from_config(self.config)
         restored = store.apply_restore_mark()
         if restored is not None:
             # docs/operations.md, "Backup and restore": nothing is sent before the provider's list is checked.
@@ -433,6 +433,8 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("smtp", "tls_cert"),
     ("smtp", "tls_key"),
     ("storage", "state_dir"),
+    ("storage", "database_url"),
+    ("storage", "database_password"),
     ("http", "listen"),
     ("web", "listen"),
     ("web", "tls_cert"),

@@ -147,6 +147,14 @@ class NoProvider:
         raise self._refuse("delete_received_fax")
 
 
+
+def store_from_config(config: Config) -> Store:
+    """The store ``config`` names: SQLite in ``state_dir``, or PostgreSQL at
+    ``storage.database_url``; the password goes to the store beside the URL,
+    never pasted into it (it must not show up where the URL is shown)."""
+    return Store(config.state_dir, database_url=config.storage.database_url,
+                 database_password=config.storage.database_password or None)
+
 @dataclass
 class Runtime:
     """What every component may use. ``config`` is replaced on reload (and

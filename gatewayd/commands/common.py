@@ -8,6 +8,7 @@ import argparse
 
 from gatewayd.config import Config, ConfigError, config_path, load_config
 from gatewayd.email_to_fax.policy import contact_problems
+from gatewayd.runtime import store_from_config
 from gatewayd.store import Store, StoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -47,6 +48,6 @@ def open_store(config: Config) -> Store:
     if not config.state_dir.exists():
         raise CommandError(f"no state directory at {config.state_dir} (has the daemon run yet?)")
     try:
-        return Store(config.state_dir)
+        return store_from_config(config)
     except StoreError as exc:
         raise CommandError(str(exc)) from None

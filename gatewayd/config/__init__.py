@@ -2,6 +2,7 @@
 
 model.py      the frozen dataclasses, one per section, and ConfigError
 values.py     value parsers: durations, sizes, host:port, networks, prefixes, addresses
+database.py   storage.database_url (checked, shown without its password) and storage.lease's bounds
 secrets.py    the files ``*_file`` keys and certificates name ($CREDENTIALS_DIRECTORY first)
 section.py    one TOML table read key by key, and the problem list of a load
 loader.py     the per-section readers, load_config and load_config_data
@@ -16,6 +17,7 @@ from gatewayd.config.checks import (
     config_warnings,
     inbound_visible_span,
 )
+from gatewayd.config.database import redact_url
 from gatewayd.config.loader import load_config, load_config_data
 from gatewayd.config.model import (
     INBOUND_WINDOW_SLACK,
@@ -104,4 +106,5 @@ __all__ = [
     "parse_prefix",
     "parse_regex",
     "parse_size",
+    "redact_url",
 ]

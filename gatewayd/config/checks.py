@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gatewayd.config.database import url_passwords
 from gatewayd.config.model import INBOUND_WINDOW_SLACK, Config, InboundConfig
 from gatewayd.config.section import _Reader
 from gatewayd.config.values import _show
@@ -102,4 +103,9 @@ def config_warnings(c: Config) -> list[str]:
                 f"smtp.users[{i}].max_per_hour: not set: mail from account \"{user.name}\" whose envelope sender "
                 "matches no [[senders]] rule with max_per_hour has no hourly limit"
             )
+    if url_passwords(c.storage.database_url):
+        warnings.append(
+            "storage.database_url: holds a password, readable by whoever reads this file; "
+            "put it in storage.database_password_file (docs/configuration.md, Secrets)"
+        )
     return warnings

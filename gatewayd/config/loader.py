@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from gatewayd.config.checks import cross_check, find_placeholders
 from gatewayd.config.contacts import read_contacts
+from gatewayd.config.database import MAX_LEASE, MIN_LEASE, parse_database_url, url_passwords
 from gatewayd.config.model import (
     Config,
     ConfigError,
@@ -425,12 +426,23 @@ class _Loader(_Reader):
         return path
 
     def storage(self, s: _Section) -> StorageConfig:
+        d = StorageConfig()
         state_dir = s.get("state_dir", "", _str_no_newline)
-        min_free = s.get("min_free", StorageConfig.min_free, parse_size)
+        min_free = s.get("min_free", d.min_free, parse_size)
+        database_url = s.get("database_url", d.database_url, parse_database_url)
+        database_password = s.secret("database_password")
+        lease = s.get("lease", d.lease, parse_duration)
         s.finish()
         if not state_dir:
             state_dir = default_state_dir(self.env, self.base_dir)
-        return StorageConfig(state_dir=str(Path(state_dir).absolute()), min_free=min_free)
+        if (database_password or "database_password_file" in s.table) and not database_url and not self.has_problem("storage.database_url"):
+            self.problem("storage.database_password", 'only used with a PostgreSQL storage.database_url (it is "": SQLite)')
+        elif database_password and url_passwords(database_url):
+            self.problem("storage.database_password", "storage.database_url holds a password too: keep it in one place (database_password_file is best)")
+        if not MIN_LEASE <= lease <= MAX_LEASE:
+            self.problem("storage.lease", f"must be between {MIN_LEASE:g}s and {MAX_LEASE / 60:g}m")
+        return StorageConfig(state_dir=str(Path(state_dir).absolute()), min_free=min_free, database_url=database_url,
+                             database_password=database_password, lease=lease)
 
     def retention(self, s: _Section) -> RetentionConfig:
         d = RetentionConfig()

@@ -208,6 +208,15 @@ class MailConfig:
 class StorageConfig:
     state_dir: str = ""  # resolved at load: never empty afterwards
     min_free: int = 500_000_000  # bytes; below it intake answers 452 and /healthz says so (0: no check)
+    # "" = SQLite in state_dir; else a PostgreSQL URL (gatewayd/config/database.py).
+    # Shown only through redact_url: a password may be written in it.
+    database_url: str = field(default="", repr=False)
+    database_password: str = field(default="", repr=False)  # never in the URL we build or print
+    lease: float = 30.0  # a dead node's work and leader leases pass to another node after this (docs/deployment.md)
+
+    @property
+    def postgres(self) -> bool:
+        return bool(self.database_url)
 
 
 # What the inbound poller can still list at the provider beyond inbound.first_lookback

@@ -24,8 +24,7 @@ from gatewayd.email_to_fax.smtp_processes import REPORT_EVERY, frame, receive
 from gatewayd.health import Health
 from gatewayd.logs import bind_context, get_logger, setup_logging
 from gatewayd.metrics import Metrics
-from gatewayd.runtime import NoProvider, Runtime
-from gatewayd.store import Store
+from gatewayd.runtime import NoProvider, Runtime, store_from_config
 
 log = get_logger(__name__)
 
@@ -60,7 +59,7 @@ async def _worker_main(control_fd: int) -> int:
 
     with bind_context(smtp_process=index):
         try:
-            store = Store(config.state_dir)
+            store = store_from_config(config)
         except Exception as exc:  # told to the main process, which fails its start
             writer.write(frame(("failed", f"store: {exc}")))
             await writer.drain()
