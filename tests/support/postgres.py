@@ -104,16 +104,19 @@ class PgServer:
     password: str = PG_PASSWORD
     host: str = "127.0.0.1"
     provisioned: bool = False  # the store's role is made at the first start
+    # The benchmarks (bench/bench_nodes.py) measure a server that waits for
+    # its disk, as a deployment's does; the tests do not (module docstring).
+    durable: bool = False
     _names: Iterator[int] = field(default_factory=itertools.count)
 
     # ------------------------------------------------------------ life
 
     @classmethod
-    def create(cls) -> PgServer:
+    def create(cls, *, durable: bool = False) -> PgServer:
         """initdb in a new private directory (not started yet: ``start``)."""
         bindir = pg_bindir()
         base = Path(tempfile.mkdtemp(prefix="gatewayd-pg-"))
-        self = cls(base=base, bindir=bindir)
+        self = cls(base=base, bindir=bindir, durable=durable)
         self.socket_dir.mkdir()
         self._chown()
         self._as_owner([
@@ -200,7 +203,7 @@ class PgServer:
                 [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(port),
                  "-c", f"listen_addresses={self.host}", "-c", f"unix_socket_directories={self.socket_dir}",
                  # Speed for tests only (module docstring): no waiting for the disk.
-                 "-c", "fsync=off", "-c", "full_page_writes=off",
+                 *(() if self.durable else ("-c", "fsync=off", "-c", "full_page_writes=off")),
                  "-c", "max_connections=200", "-c", "shared_buffers=32MB",
                  "-c", "log_min_messages=warning", "-c", "log_connections=off"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.base, env=self._env(),
