@@ -1,11 +1,13 @@
-"""Fixtures every test folder may use: the PostgreSQL server of the store tests (tests/support/postgres.py)."""
+"""Fixtures every test folder may use: the PostgreSQL server of the store tests (tests/support/postgres.py) and the store contract suite's backends (tests/support/stores.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.postgres import PgServer, fresh_database, running_server
+from support.stores import BACKENDS, StoreFactory, factory
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,20 @@ def pg_database(pg_server: PgServer) -> Iterator[str]:
 def pg_url(pg_server: PgServer, pg_database: str) -> str:
     """``postgresql://gatewayd@127.0.0.1:PORT/<fresh database>``; its password is ``pg_server.password``."""
     return pg_server.url(pg_database)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The store contract suite (tests/support/stores.py): every test that asks runs once on SQLite, once on PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def open_store(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
+    """``open_store(**kwargs) -> Store`` on ``store_backend``; every call reaches the same store (same state_dir, same database); all closed at the end."""
+    url, password = "", None
+    if store_backend == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        url, password = request.getfixturevalue("pg_url"), server.password
+    with factory(store_backend, tmp_path / "state", url, password) as made:
+        yield made

@@ -14,7 +14,7 @@ from typing import Any
 
 from gatewayd.store.database import DB_ERRORS, DbConnection, StoreError, StorePart, inserted_id
 
-__all__ = ["RECEIVED_COLUMNS", "ReceivedFax", "ReceivedLedger", "received_fax"]
+__all__ = ["RECEIVED_COLUMNS", "ReceivedFax", "ReceivedLedger", "received_fax", "received_tiebreak"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,12 @@ class ReceivedFax:
 RECEIVED_COLUMNS = (
     "uuid, extension_id, caller_id, destination, fax_time, file_size, first_seen, state, recipients, outbox_id, relayed_at, note"
 )
+
+
+def received_tiebreak(dialect: str, alias: str = "") -> str:
+    """What orders received faxes seen at the same moment: the insertion order
+    on SQLite (``rowid``); PostgreSQL rows have none, so their uuid there."""
+    return f"{alias}{'uuid' if dialect == 'postgresql' else 'rowid'}"
 
 
 def received_fax(row: Sequence[Any]) -> ReceivedFax:
@@ -119,7 +125,7 @@ class ReceivedLedger(StorePart):
         (``None`` when no email was queued), for ``gatewayd received``."""
         rows = self._db.query(
             f"SELECT {', '.join('r.' + c.strip() for c in RECEIVED_COLUMNS.split(','))}, o.state, COALESCE(o.last_error, '') "
-            "FROM received r LEFT JOIN outbox o ON o.id = r.outbox_id ORDER BY r.first_seen DESC, r.rowid DESC LIMIT ?",
+            f"FROM received r LEFT JOIN outbox o ON o.id = r.outbox_id ORDER BY r.first_seen DESC, {received_tiebreak(self._db.dialect, 'r.')} DESC LIMIT ?",
             (limit,),
         )
         return [(received_fax(r[:12]), r[12], r[13]) for r in rows]

@@ -32,6 +32,14 @@ thread of its own (``checkpoint_aside``), so that no commit of intake pays
 for copying the purge's pages into the database file. Freed pages go back to the file system the same way, a few
 hundred pages per ``PRAGMA incremental_vacuum`` step (the database is put in
 ``auto_vacuum = INCREMENTAL`` mode by ``ensure_incremental_vacuum``).
+
+On PostgreSQL (docs/deployment.md, Several nodes) the same steps run with
+the same SQL where the two agree; documents are rows there, deleted in the
+step's own transaction (no file to unlink afterwards), a mail body is
+cleared in place (the server keeps a long body out of line, TOAST, so the
+short row left packs as well as a fresh insert would), and there is no
+checkpoint or incremental vacuum to do: the server's autovacuum does that
+work.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd.store.database import DB_ERRORS, SqliteDatabase, StoreError, StorePart
+from gatewayd.store.database import DB_ERRORS, DbConnection, SqliteDatabase, StoreError, StorePart
 
 if TYPE_CHECKING:
     from gatewayd.store import Store
@@ -114,7 +122,7 @@ class PurgeResult:
 class StorageFacts:
     """For /metrics: the database's size and the outbox by state."""
 
-    file_bytes: int  # the database file and its WAL
+    file_bytes: int  # the database file and its WAL (PostgreSQL: the database's size on the server)
     outbox: dict[str, int]  # state -> rows ("pending", "sent", "failed")
 
 
@@ -182,11 +190,9 @@ class RetentionPart(StorePart):
     db_path: Path
     document_path: Callable[[str], Path]
 
-    def _sqlite(self) -> SqliteDatabase:
-        """The SQLite database (the parts of retention that only SQLite has)."""
-        if not isinstance(self._db, SqliteDatabase):
-            raise StoreError("not available on PostgreSQL")
-        return self._db
+    def _sqlite(self) -> SqliteDatabase | None:
+        """The SQLite database, for the parts of retention that only SQLite has; None on PostgreSQL."""
+        return self._db if isinstance(self._db, SqliteDatabase) else None
 
     # ------------------------------------------------------------ vacuum
 
@@ -200,6 +206,8 @@ class RetentionPart(StorePart):
         before it accepts anything (docs/operations.md, Retention).
         """
         db = self._sqlite()
+        if db is None:
+            return False  # PostgreSQL: autovacuum gives dead rows' space back
         with db._lock:
             if db.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
                 return False
@@ -215,6 +223,8 @@ class RetentionPart(StorePart):
     def vacuum_step(self, pages: int = VACUUM_PAGES) -> int:
         """Give up to ``pages`` free pages back to the file system, in one short transaction; returns how many."""
         db = self._sqlite()
+        if db is None:
+            return 0  # PostgreSQL: autovacuum's work
         with db._lock:
             if db._depth:
                 raise StoreError("cannot vacuum inside a transaction")
@@ -232,7 +242,9 @@ class RetentionPart(StorePart):
             return int(before - after)
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file without waiting for anyone (so the file shows its new size)."""
+        """Copy the WAL into the database file without waiting for anyone (so the file shows its new size); nothing on PostgreSQL."""
+        if self._sqlite() is None:
+            return
         self._db.query("PRAGMA wal_checkpoint(PASSIVE)")
 
     def checkpoint_aside(self) -> None:
@@ -241,6 +253,8 @@ class RetentionPart(StorePart):
         keeps the WAL short, so no intake commit runs one of SQLite's
         automatic checkpoints (every 1,000 pages) of a purge's pages: those
         cost hundreds of milliseconds on a busy disk (docs/performance.md (e))."""
+        if self._sqlite() is None:
+            return
         conn = sqlite3.connect(self.db_path, timeout=5.0, isolation_level=None)
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -250,12 +264,17 @@ class RetentionPart(StorePart):
             conn.close()
 
     def storage_facts(self) -> StorageFacts:
-        size = 0
-        for path in self._sqlite().files()[:2]:
-            try:
-                size += path.stat().st_size
-            except OSError:
-                pass
+        db = self._sqlite()
+        if db is None:
+            # The whole database (tables, indexes, TOAST, dead rows autovacuum has not reused yet).
+            size = int(self._db.query("SELECT pg_database_size(current_database())")[0][0])
+        else:
+            size = 0
+            for path in db.files()[:2]:
+                try:
+                    size += path.stat().st_size
+                except OSError:
+                    pass
         # Counted on the outbox_due index: the rows themselves (bodies) are not read.
         outbox = {state: n for state, n in self._db.query("SELECT state, COUNT(*) FROM outbox GROUP BY state")}
         return StorageFacts(size, outbox)
@@ -269,8 +288,8 @@ class RetentionPart(StorePart):
         if cutoff is None and kind != "counters":
             return _Step(0, 0, None, True)
         try:
-            with self._db.transaction():
-                return step(policy, cutoff, now, cursor, limit)
+            with self._db.transaction() as conn:
+                return step(conn, policy, cutoff, now, cursor, limit)
         except DB_ERRORS as exc:
             raise StoreError(f"cannot purge {kind}: {exc}") from exc
 
@@ -295,32 +314,40 @@ class RetentionPart(StorePart):
             starts.setdefault(ext, floor)
         return min(starts.values(), default=now) - overlap
 
-    def _page_after(self, sql: str, cutoff: float, cursor: Any, limit: int) -> list[Any]:
+    @staticmethod
+    def _page_after(conn: DbConnection, sql: str, cutoff: float, cursor: Any, limit: int) -> list[Any]:
         """One keyset batch: ``sql`` takes (cutoff, after time, after id, limit); ``cursor`` is the last row's (time, id)."""
         after_t, after_id = cursor if cursor is not None else (-1.0, 0)
-        return self._sqlite().conn.execute(sql, (cutoff, after_t, after_id, limit)).fetchall()
+        return list(conn.execute(sql, (cutoff, after_t, after_id, limit)).fetchall())
 
-    def _purge_received(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
+    def _purge_received(self, conn: DbConnection, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         cutoff = min(cutoff, self.received_horizon(policy.inbound_overlap, now))
-        conn = self._sqlite().conn
+        # INDEXED BY: by state alone, each step would read every relayed
+        # record still kept (PostgreSQL's planner picks the partial index itself).
+        hint = " INDEXED BY received_relayed" if self._db.dialect == "sqlite" else ""
         rows = conn.execute(
             "SELECT uuid, LENGTH(uuid) + LENGTH(caller_id) + LENGTH(destination) + LENGTH(fax_time) + LENGTH(recipients) + LENGTH(note) + 48 "
-            # INDEXED BY: by state alone, each step would read every relayed record still kept.
-            "FROM received INDEXED BY received_relayed WHERE state = 'relayed' AND relayed_at < ? AND first_seen < ? LIMIT ?",
+            f"FROM received{hint} WHERE state = 'relayed' AND relayed_at < ? AND first_seen < ? LIMIT ?",
             (cutoff, cutoff, limit),
         ).fetchall()
         if rows:
             conn.executemany("DELETE FROM received WHERE uuid = ? AND state = 'relayed'", [(r[0],) for r in rows])
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
-    def _purge_mail(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._sqlite().conn
+    def _purge_mail(self, conn: DbConnection, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         rows = conn.execute(
             "SELECT id, LENGTH(message) FROM outbox WHERE state != 'pending' AND purged_at IS NULL "
             "AND COALESCE(sent_at, next_attempt_at) < ? ORDER BY COALESCE(sent_at, next_attempt_at) LIMIT ?",
             (cutoff, limit),
         ).fetchall()
-        if rows:
+        if rows and self._db.dialect == "postgresql":
+            # In place: the body lived out of line (TOAST) and goes with it.
+            conn.execute(
+                f"UPDATE outbox SET message = ?, purged_at = ? WHERE id IN ({','.join('?' * len(rows))}) "
+                "AND state != 'pending' AND purged_at IS NULL",
+                [b"", now, *(r[0] for r in rows)],
+            )
+        elif rows:
             # Deleted and inserted again without its body, not updated: an
             # UPDATE leaves each short row alone on the page its long body
             # filled (4 KiB a row for retention.jobs), a fresh insert packs
@@ -341,10 +368,9 @@ class RetentionPart(StorePart):
             )
         return _Step(len(rows), sum(r[1] for r in rows), None, len(rows) < limit)
 
-    def _purge_documents(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._sqlite().conn
+    def _purge_documents(self, conn: DbConnection, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         rows = self._page_after(
-            "SELECT finished_at, id, document FROM jobs WHERE finished_at IS NOT NULL AND document_purged_at IS NULL "
+            conn, "SELECT finished_at, id, document FROM jobs WHERE finished_at IS NOT NULL AND document_purged_at IS NULL "
             "AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
             cutoff, cursor, limit,
         )
@@ -357,7 +383,7 @@ class RetentionPart(StorePart):
             ).fetchone()
             if live:
                 continue  # a younger, unfinished or unreported job (its report may attach it) still needs it
-            gone = self._doomed_document(sha, now)
+            gone = self._doomed_document(conn, sha, now)
             if gone is None:
                 continue
             covers = [c for (c,) in conn.execute(
@@ -365,21 +391,26 @@ class RetentionPart(StorePart):
             conn.execute("UPDATE jobs SET document_purged_at = ? WHERE document = ? AND document_purged_at IS NULL", (now, sha))
             removed += 1
             size += gone
-            unlink.append(self.document_path(sha))
+            self._drop_document(conn, sha, unlink)
             # Each recipient's own cover goes with the shared document, once no
             # job still keeping its documents names it.
             for cover in covers:
                 if conn.execute("SELECT 1 FROM jobs WHERE (cover = ? OR document = ?) AND document_purged_at IS NULL LIMIT 1",
                                 (cover, cover)).fetchone() is None:
-                    cover_gone = self._doomed_document(cover, now)
+                    cover_gone = self._doomed_document(conn, cover, now)
                     if cover_gone is not None:
                         removed += 1
                         size += cover_gone
-                        unlink.append(self.document_path(cover))
+                        self._drop_document(conn, cover, unlink)
         return _Step(removed, size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
-    def _doomed_document(self, sha: str, now: float) -> int | None:
-        """The size of a document file that may go (0 when already gone), or None when it was saved too recently."""
+    def _doomed_document(self, conn: DbConnection, sha: str, now: float) -> int | None:
+        """The size of a document that may go (0 when already gone), or None when it was saved too recently."""
+        if self._db.dialect == "postgresql":
+            row = conn.execute("SELECT size, created_at FROM documents WHERE name = ?", (sha + ".pdf",)).fetchone()
+            if row is None:
+                return 0
+            return None if now - row[1] < DOCUMENT_GRACE else int(row[0])
         try:
             st = self.document_path(sha).stat()
         except FileNotFoundError:
@@ -388,11 +419,17 @@ class RetentionPart(StorePart):
             return None
         return int(st.st_size)
 
-    def _purge_jobs(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._sqlite().conn
+    def _drop_document(self, conn: DbConnection, sha: str, unlink: list[Path]) -> None:
+        """A document the step gives up: its row deleted in the step's transaction (PostgreSQL), or its file unlinked after the commit (SQLite)."""
+        if self._db.dialect == "postgresql":
+            conn.execute("DELETE FROM documents WHERE name = ?", (sha + ".pdf",))
+        else:
+            unlink.append(self.document_path(sha))
+
+    def _purge_jobs(self, conn: DbConnection, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         # Unreported jobs are still work for the reporter: kept, and skipped by the cursor.
         rows = self._page_after(
-            "SELECT finished_at, id, document, reported_at IS NOT NULL, "
+            conn, "SELECT finished_at, id, document, reported_at IS NOT NULL, "
             "LENGTH(reason) + LENGTH(number) + LENGTH(dst_num) + LENGTH(report_to) + LENGTH(message_id) + LENGTH(subject) "
             "+ LENGTH(document) + LENGTH(note) + LENGTH(provider_status) + LENGTH(rule_key) + 120 "
             "FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND (finished_at, id) > (?, ?) ORDER BY finished_at, id LIMIT ?",
@@ -416,13 +453,16 @@ class RetentionPart(StorePart):
             # A document (or a recipient's cover) never outlives the last record that names it.
             for sha in dict.fromkeys([*(r[2] for r in doomed), *covers]):
                 if conn.execute("SELECT 1 FROM jobs WHERE document = ? OR cover = ? LIMIT 1", (sha, sha)).fetchone() is None:
-                    unlink.append(self.document_path(sha))
+                    if self._db.dialect == "postgresql":
+                        # As unlink_documents: one saved again since is left, its new job names it.
+                        conn.execute("DELETE FROM documents WHERE name = ? AND created_at <= ?", (sha + ".pdf", now - DOCUMENT_GRACE))
+                    else:
+                        unlink.append(self.document_path(sha))
         return _Step(len(doomed), size, _next_cursor(rows, cursor), len(rows) < limit, tuple(unlink))
 
-    def _purge_emails(self, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._sqlite().conn
+    def _purge_emails(self, conn: DbConnection, policy: RetentionPolicy, cutoff: float, now: float, cursor: Any, limit: int) -> _Step:
         rows = self._page_after(
-            "SELECT COALESCE(sent_at, next_attempt_at), id, LENGTH(message) + LENGTH(recipients) + LENGTH(mail_from) + LENGTH(last_error) + 80, "
+            conn, "SELECT COALESCE(sent_at, next_attempt_at), id, LENGTH(message) + LENGTH(recipients) + LENGTH(mail_from) + LENGTH(last_error) + 80, "
             "EXISTS (SELECT 1 FROM received r WHERE r.outbox_id = outbox.id) "
             "FROM outbox WHERE state != 'pending' AND COALESCE(sent_at, next_attempt_at) < ? "
             "AND (COALESCE(sent_at, next_attempt_at), id) > (?, ?) ORDER BY COALESCE(sent_at, next_attempt_at), id LIMIT ?",
@@ -433,11 +473,13 @@ class RetentionPart(StorePart):
             conn.executemany("DELETE FROM outbox WHERE id = ? AND state != 'pending'", [(r[1],) for r in doomed])
         return _Step(len(doomed), sum(r[2] for r in doomed), _next_cursor(rows, cursor), len(rows) < limit)
 
-    def _purge_counters(self, policy: RetentionPolicy, cutoff: float | None, now: float, cursor: Any, limit: int) -> _Step:
-        conn = self._sqlite().conn
-        usage = conn.execute(
-            "DELETE FROM sender_usage WHERE rowid IN (SELECT rowid FROM sender_usage WHERE at < ? LIMIT ?)", (now - USAGE_KEEP, limit)
-        ).rowcount
+    def _purge_counters(self, conn: DbConnection, policy: RetentionPolicy, cutoff: float | None, now: float, cursor: Any, limit: int) -> _Step:
+        # sender_usage has no key: a row's own address (SQLite's rowid, PostgreSQL's ctid).
+        if self._db.dialect == "postgresql":
+            usage_sql = "DELETE FROM sender_usage WHERE ctid = ANY(ARRAY(SELECT ctid FROM sender_usage WHERE at < ? LIMIT ?))"
+        else:
+            usage_sql = "DELETE FROM sender_usage WHERE rowid IN (SELECT rowid FROM sender_usage WHERE at < ? LIMIT ?)"
+        usage = conn.execute(usage_sql, (now - USAGE_KEEP, limit)).rowcount
         keys = 0
         if cutoff is not None and usage < limit:
             keys = conn.execute(
@@ -506,7 +548,7 @@ class RetentionPart(StorePart):
         if doc_cutoff is not None:
             doomed_docs.update(r[0] for r in q(
                 "SELECT document FROM jobs WHERE document IN (SELECT document FROM jobs WHERE finished_at < ? AND document_purged_at IS NULL) "
-                "GROUP BY document HAVING SUM(finished_at IS NULL OR finished_at >= ? OR reported_at IS NULL) = 0",
+                "GROUP BY document HAVING SUM(CASE WHEN finished_at IS NULL OR finished_at >= ? OR reported_at IS NULL THEN 1 ELSE 0 END) = 0",
                 (doc_cutoff, doc_cutoff),
             ))
         if jobs_cutoff is not None:
@@ -525,7 +567,7 @@ class RetentionPart(StorePart):
             # Documents whose every job goes now go with them.
             doomed_docs.update(r[0] for r in q(
                 "SELECT document FROM jobs WHERE document_purged_at IS NULL GROUP BY document "
-                "HAVING SUM(NOT (finished_at < ? AND reported_at IS NOT NULL)) = 0",
+                "HAVING SUM(CASE WHEN NOT (finished_at < ? AND reported_at IS NOT NULL) THEN 1 ELSE 0 END) = 0",
                 (jobs_cutoff,),
             ))
             n, b = q(
@@ -538,6 +580,11 @@ class RetentionPart(StorePart):
             n = q("SELECT COUNT(*) FROM intake_keys WHERE at < ?", (jobs_cutoff,))[0][0]
             plan["counters"].add(n, 64 * n)
         for sha in doomed_docs:
+            if self._db.dialect == "postgresql":
+                rows = q("SELECT size, created_at FROM documents WHERE name = ?", (sha + ".pdf",))
+                if rows and now - rows[0][1] >= DOCUMENT_GRACE:
+                    plan["documents"].add(1, int(rows[0][0]))
+                continue
             try:
                 st = self.document_path(sha).stat()
             except OSError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gatewayd.store.database import StorePart, where_terms
 from gatewayd.store.jobs import JOB_COLUMNS, Job
-from gatewayd.store.received import RECEIVED_COLUMNS, ReceivedFax, received_fax
+from gatewayd.store.received import RECEIVED_COLUMNS, ReceivedFax, received_fax, received_tiebreak
 
 __all__ = ["JobFilter", "ReceivedFilter", "WebSession", "WebTables"]
 
@@ -42,25 +42,36 @@ class ReceivedFilter:
     targets: tuple[str, ...] = ()  # destination numbers or extension ids
 
 
-def _job_scope(scope: JobFilter) -> tuple[str, list[Any]]:
+def _senders_in(dialect: str, count: int) -> str:
+    """``report_to`` among ``count`` lowercase senders, ignoring case, on the index that ignores case.
+
+    SQLite's index is on ``report_to COLLATE NOCASE``; PostgreSQL's (the same
+    migration, gatewayd/store/postgres.py, ``postgres_ddl``) on ``lower(report_to)``.
+    """
+    marks = ",".join("?" * count)
+    return f"lower(report_to) IN ({marks})" if dialect == "postgresql" else f"report_to COLLATE NOCASE IN ({marks})"
+
+
+def _job_scope(scope: JobFilter, dialect: str) -> tuple[str, list[Any]]:
+    # TRUE and FALSE, not 1 and 0: PostgreSQL wants a boolean after WHERE (SQLite knows both).
     if scope.everything:
-        return "1", []
+        return "TRUE", []
     parts: list[str] = []
     params: list[Any] = []
     if scope.account:
         parts.append("(account = ? AND account != '')")
         params.append(scope.account)
     if scope.senders:
-        parts.append(f"report_to COLLATE NOCASE IN ({','.join('?' * len(scope.senders))})")
+        parts.append(_senders_in(dialect, len(scope.senders)))
         params.extend(scope.senders)
-    return ("(" + " OR ".join(parts) + ")") if parts else "0", params
+    return ("(" + " OR ".join(parts) + ")") if parts else "FALSE", params
 
 
 def _received_scope(scope: ReceivedFilter) -> tuple[str, list[Any]]:
     if scope.everything:
-        return "1", []
+        return "TRUE", []
     if not scope.targets:
-        return "0", []
+        return "FALSE", []
     marks = ",".join("?" * len(scope.targets))
     return f"(destination IN ({marks}) OR CAST(extension_id AS TEXT) IN ({marks}))", [*scope.targets, *scope.targets]
 
@@ -96,12 +107,12 @@ class WebTables(StorePart):
         """One page of jobs, newest first (keyset paging on id: every page costs the same)."""
         extra, extra_params = where_terms(
             (bool(state), "state = ?", state),
-            (bool(number), "instr(number, ?) > 0", number),
+            (bool(number), "strpos(number, ?) > 0" if self._db.dialect == "postgresql" else "instr(number, ?) > 0", number),
             (before is not None, "id < ?", before),
         )
         branches: list[tuple[str, list[Any]]] = []
         if scope.everything:
-            branches.append(("1", []))
+            branches.append(("TRUE", []))
         else:
             # One branch per index (account, report_to), each walked newest
             # first and cut at ``limit``, then merged: an OR across two
@@ -109,19 +120,20 @@ class WebTables(StorePart):
             if scope.account:
                 branches.append(("account = ? AND account != ''", [scope.account]))
             if scope.senders:
-                branches.append((f"report_to COLLATE NOCASE IN ({','.join('?' * len(scope.senders))})", list(scope.senders)))
+                branches.append((_senders_in(self._db.dialect, len(scope.senders)), list(scope.senders)))
         if not branches:
             return []
         parts: list[str] = []
         params: list[Any] = []
-        for where, branch_params in branches:
-            parts.append(f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join([where, *extra])} ORDER BY id DESC LIMIT ?)")
+        for n, (where, branch_params) in enumerate(branches):
+            # Each subquery named: PostgreSQL before 16 requires it.
+            parts.append(f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join([where, *extra])} ORDER BY id DESC LIMIT ?) AS b{n}")
             params += [*branch_params, *extra_params, limit]
         rows = self._db.query(f"{' UNION '.join(parts)} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [Job(*r) for r in rows]
 
     def web_job(self, scope: JobFilter, job_id: int) -> Job | None:
-        where, params = _job_scope(scope)
+        where, params = _job_scope(scope, self._db.dialect)
         rows = self._db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND {where}", (job_id, *params))
         return Job(*rows[0]) if rows else None
 
@@ -133,7 +145,8 @@ class WebTables(StorePart):
             where += " AND first_seen < ?"
             params.append(before)
         rows = self._db.query(
-            f"SELECT {RECEIVED_COLUMNS} FROM received WHERE {where} ORDER BY first_seen DESC, rowid DESC LIMIT ?", (*params, limit),
+            f"SELECT {RECEIVED_COLUMNS} FROM received WHERE {where} ORDER BY first_seen DESC, {received_tiebreak(self._db.dialect)} DESC LIMIT ?",
+            (*params, limit),
         )
         return [received_fax(r) for r in rows]
 

@@ -1,7 +1,11 @@
 """Retention (gatewayd/store/retention.py, docs/operations.md "Retention and privacy"):
 what a purge round takes and what it never takes, the check that received
 records outlast the inbound poller's window, the incremental vacuum, and
-``gatewayd purge [--dry-run]`` as a real process."""
+``gatewayd purge [--dry-run]`` as a real process.
+
+Tests that take ``open_store`` run on both backends (the store contract
+suite, tests/support/stores.py); the incremental vacuum and the command's
+run are SQLite's (the PostgreSQL counterpart of the first is below)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from support.foundation import base_config, gatewayd, merge, to_toml
+from support.stores import StoreFactory, age_document, document_exists, execute
 from gatewayd.config import INBOUND_WINDOW_SLACK, load_config_data
 from gatewayd.fax_to_email import poller
 from gatewayd.store import NewJob, ReceivedFax, Store
@@ -59,9 +64,9 @@ def test_inbound_window_slack_is_the_pollers() -> None:
     assert INBOUND_WINDOW_SLACK == poller.OVERLAP_EXTRA + poller.FUTURE_SKEW
 
 
-def test_a_purge_round_takes_what_is_old_and_finished_and_nothing_else(tmp_path: Path) -> None:
+def test_a_purge_round_takes_what_is_old_and_finished_and_nothing_else(open_store: StoreFactory) -> None:
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
         # Day 0: everything that will be old.
         old_doc = s.save_document(pdf("old"))
@@ -95,8 +100,8 @@ def test_a_purge_round_takes_what_is_old_and_finished_and_nothing_else(tmp_path:
         assert ids == {unreported, waiting, young}
         assert s.job_events(done) == []
         # documents: the old one stays while the unreported job names it; the shared one stays for the young job
-        assert s.document_path(old_doc).exists()
-        assert s.document_path(shared).exists()
+        assert document_exists(s, old_doc)
+        assert document_exists(s, shared)
         assert s.read_document(shared) == pdf("shared")
         # mail: the pending one keeps its body; sent/refused lost theirs, records of unpurged things stay
         assert s.get_mail(pending_mail).message == b"still to send"
@@ -114,9 +119,9 @@ def test_a_purge_round_takes_what_is_old_and_finished_and_nothing_else(tmp_path:
         s.close()
 
 
-def test_mail_bodies_go_before_their_records(tmp_path: Path) -> None:
+def test_mail_bodies_go_before_their_records(open_store: StoreFactory) -> None:
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
         box = s.enqueue_mail("report", "gw@test", ["a@example.com"], b"x" * 5000)
         s.mark_mail_sent(box)
@@ -131,9 +136,9 @@ def test_mail_bodies_go_before_their_records(tmp_path: Path) -> None:
         s.close()
 
 
-def test_documents_of_finished_jobs_go_after_retention_documents(tmp_path: Path) -> None:
+def test_documents_of_finished_jobs_go_after_retention_documents(open_store: StoreFactory) -> None:
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
         sha = s.save_document(pdf("doc"))
         j, = s.enqueue_jobs(sha, 1, 2000, [job()])
@@ -141,7 +146,7 @@ def test_documents_of_finished_jobs_go_after_retention_documents(tmp_path: Path)
         clock.t = START + 11 * DAY
         result = asyncio.run(purge(s, POLICY))
         assert result.tallies["documents"].rows == 1 and result.tallies["documents"].bytes == len(pdf("doc"))
-        assert not s.document_path(sha).exists()
+        assert not document_exists(s, sha)
         assert s.get_job(j).state == "sent"  # the record stays until retention.jobs
         # a document saved again since (a new job about to be committed by another process) is spared
         sha2 = s.save_document(pdf("fresh"))
@@ -149,19 +154,19 @@ def test_documents_of_finished_jobs_go_after_retention_documents(tmp_path: Path)
         finish(s, j2)
         clock.t += 11 * DAY
         s.save_document(pdf("fresh"))  # refreshes its age, as intake does (to real time here)
-        os.utime(s.document_path(sha2), (clock.t, clock.t))
+        age_document(s, sha2, clock.t)
         assert asyncio.run(purge(s, POLICY)).tallies["documents"].rows == 0
-        assert s.document_path(sha2).exists()
+        assert document_exists(s, sha2)
     finally:
         s.close()
 
 
-def test_received_records_the_poller_can_still_list_are_kept(tmp_path: Path) -> None:
+def test_received_records_the_poller_can_still_list_are_kept(open_store: StoreFactory) -> None:
     """Even past retention.received, a record stays while the poller's window
     (its high-water mark less the overlap) still reaches the fax: a daemon
     that was down for months must not mail it again when it polls."""
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
         box = s.queue_received(fax("old", clock.t), "gw@test", b"fax")
         s.mark_mail_sent(box)
@@ -176,9 +181,9 @@ def test_received_records_the_poller_can_still_list_are_kept(tmp_path: Path) -> 
         s.close()
 
 
-def test_zero_keeps_for_ever(tmp_path: Path) -> None:
+def test_zero_keeps_for_ever(open_store: StoreFactory) -> None:
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
         sha = s.save_document(pdf("kept"))
         j, = s.enqueue_jobs(sha, 1, 2000, [job()])
@@ -186,11 +191,34 @@ def test_zero_keeps_for_ever(tmp_path: Path) -> None:
         clock.t = START + 5000 * DAY
         result = asyncio.run(purge(s, RetentionPolicy(0, 0, 0, 0)))
         assert sum(t.rows for k, t in result.tallies.items() if k != "counters") == 0
-        assert s.document_path(sha).exists() and s.get_job(j) and s.list_mail()[0].message
+        assert document_exists(s, sha) and s.get_job(j) and s.list_mail()[0].message
     finally:
         s.close()
 
 
+@pytest.mark.parametrize("store_backend", ["postgresql"], indirect=True)
+def test_postgres_has_no_vacuum_steps_and_sizes_the_whole_database(open_store: StoreFactory) -> None:
+    """PostgreSQL's autovacuum does what the incremental vacuum does on SQLite:
+    a round has no vacuum steps, and the size for /metrics is the database's."""
+    clock = Clock()
+    s = open_store(clock=clock)
+    assert s.ensure_incremental_vacuum() is False
+    assert s.vacuum_step() == 0
+    s.checkpoint()
+    s.checkpoint_aside()
+    before = s.storage_facts().file_bytes
+    for i in range(50):
+        box = s.enqueue_mail("report", "gw@test", ["a@example.com"], bytes([i]) * 20_000)
+        s.mark_mail_sent(box)
+    facts = s.storage_facts()
+    assert facts.file_bytes > before > 1_000_000 and facts.outbox == {"sent": 50}
+    clock.t = START + 4 * DAY
+    result = asyncio.run(purge(s, POLICY))
+    assert result.tallies["mail"].rows == 50 and result.tallies["mail"].bytes == 50 * 20_000 and result.vacuumed_pages == 0
+    assert {m.message for m in s.list_mail(limit=100)} == {b""}
+
+
+# SQLite only: auto_vacuum, the file's size and its free pages.
 def test_an_old_database_is_switched_to_incremental_vacuum_and_shrinks(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
@@ -276,6 +304,33 @@ def test_retention_keys_are_parsed_and_checked() -> None:
 # ------------------------------------------------------------ the command
 
 
+def test_a_dry_run_counts_what_the_round_then_takes(open_store: StoreFactory) -> None:
+    """``purge_plan`` (``gatewayd purge --dry-run``) and a round agree, kind by kind, and the plan changes nothing."""
+    clock = Clock()
+    s = open_store(clock=clock)
+    sha = s.save_document(pdf("finished", 5000))
+    j, = s.enqueue_jobs(sha, 1, 5000, [job(1)])
+    finish(s, j)
+    q, = s.enqueue_jobs(s.save_document(pdf("queued")), 1, 2000, [job(2)])
+    box = s.queue_received(fax("r1", clock.t), "gw@test", b"R" * 30_000)
+    s.mark_mail_sent(box)
+    s._db.write("INSERT INTO sender_usage (rule_key, at, count) VALUES ('senders[0]', ?, 1)", (clock.t,))
+    clock.t = START + 100 * DAY
+    s.set_meta("inbound.hwm.100", repr(clock.t))
+    age_document(s, sha, START)  # the document is as old as its job
+    dry = asyncio.run(purge(s, POLICY, dry_run=True))
+    plan = {k: (t.rows, t.bytes) for k, t in dry.tallies.items()}
+    assert plan["jobs"][0] == 1 and plan["documents"] == (1, len(pdf("finished", 5000))) and plan["received"][0] == 1, plan
+    assert plan["mail"][0] == 2 and plan["counters"][0] == 1, plan
+    assert {x.id for x in s.list_jobs()} == {j, q} and document_exists(s, sha) and all(m.message for m in s.list_mail())
+    done = asyncio.run(purge(s, POLICY))
+    for kind in ("jobs", "documents", "received", "mail"):
+        assert done.tallies[kind].rows == plan[kind][0], (kind, done.tallies, plan)
+    assert done.tallies["documents"].bytes == plan["documents"][1]
+    assert [x.id for x in s.list_jobs()] == [q] and not document_exists(s, sha) and s.get_received("r1") is None
+    assert document_exists(s, s.get_job(q).document)
+
+
 def _fill_old_state(state: Path) -> tuple[str, int, int]:
     """A store whose content is 100 days old, plus one unfinished job; returns (document, finished job, queued job)."""
     clock = Clock(time.time() - 100 * DAY)
@@ -294,6 +349,7 @@ def _fill_old_state(state: Path) -> tuple[str, int, int]:
     return sha, j, q
 
 
+# SQLite only: the command's configuration names no database_url until [storage] has one (issue 17).
 def test_purge_dry_run_lists_counts_and_bytes_and_changes_nothing(tmp_path: Path) -> None:
     state = tmp_path / "state"
     sha, finished, queued = _fill_old_state(state)
@@ -327,29 +383,27 @@ def test_purge_dry_run_lists_counts_and_bytes_and_changes_nothing(tmp_path: Path
     assert before  # the dry run ran against a real, non-empty database
 
 
-def test_finished_office_conversions_go_after_retention_jobs_and_pending_ones_stay(tmp_path: Path) -> None:
+def test_finished_office_conversions_go_after_retention_jobs_and_pending_ones_stay(open_store: StoreFactory) -> None:
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
-        conn = s._db.conn
         for state, finished in (("done", START), ("rejected", START), ("pending", None)):
-            conn.execute("INSERT INTO conversions (created_at, state, parts, spec, finished_at) VALUES (?, ?, '[]', '{}', ?)",
-                         (START, state, finished))
-        conn.commit()
+            execute(s, "INSERT INTO conversions (created_at, state, parts, spec, finished_at) VALUES (?, ?, '[]', '{}', ?)",
+                    (START, state, finished))
         clock.t = START + 30 * DAY  # younger than retention.jobs: all kept
         asyncio.run(purge(s, POLICY))
-        assert conn.execute("SELECT COUNT(*) FROM conversions").fetchone()[0] == 3
+        assert execute(s, "SELECT COUNT(*) FROM conversions")[0][0] == 3
         clock.t = START + 61 * DAY
         asyncio.run(purge(s, POLICY))
-        assert [r[0] for r in conn.execute("SELECT state FROM conversions")] == ["pending"]
+        assert [r[0] for r in execute(s, "SELECT state FROM conversions")] == ["pending"]
     finally:
         s.close()
 
 
-def test_a_purge_step_resumes_after_the_rows_it_kept(tmp_path: Path) -> None:
+def test_a_purge_step_resumes_after_the_rows_it_kept(open_store: StoreFactory) -> None:
     """Keyset paging: a kept row (an unreported job) is not read again by the next step."""
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
         doc = s.save_document(pdf("paged"))
         unreported, = s.enqueue_jobs(doc, 1, 2000, [job(1)])
@@ -367,16 +421,14 @@ def test_a_purge_step_resumes_after_the_rows_it_kept(tmp_path: Path) -> None:
         s.close()
 
 
-def test_expired_web_sessions_go_in_a_round_and_live_ones_stay(tmp_path: Path) -> None:
+def test_expired_web_sessions_go_in_a_round_and_live_ones_stay(open_store: StoreFactory) -> None:
     clock = Clock()
-    s = Store(tmp_path / "state", clock=clock)
+    s = open_store(clock=clock)
     try:
-        conn = s._db.conn
         for token, expires in (("old", START - 1), ("live", START + DAY)):
-            conn.execute("INSERT INTO web_sessions (token_hash, account, csrf, created_at, expires_at) VALUES (?, 'a', 'c', ?, ?)",
-                         (token, START - DAY, expires))
-        conn.commit()
+            execute(s, "INSERT INTO web_sessions (token_hash, account, csrf, created_at, expires_at) VALUES (?, 'a', 'c', ?, ?)",
+                    (token, START - DAY, expires))
         asyncio.run(purge(s, POLICY))
-        assert [r[0] for r in conn.execute("SELECT token_hash FROM web_sessions")] == ["live"]
+        assert [r[0] for r in execute(s, "SELECT token_hash FROM web_sessions")] == ["live"]
     finally:
         s.close()

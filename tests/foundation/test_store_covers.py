@@ -1,14 +1,15 @@
 """Each recipient's own cover document: stored with the shared one in the
 same trip, referenced by its job (so never cleaned away while the job may
-still be sent), and counted in the job's pages and bytes."""
+still be sent), and counted in the job's pages and bytes. On both store
+backends (the store contract suite, tests/support/stores.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
-from gatewayd.store import NewJob, Store
+from support.stores import StoreFactory, age_document, document_exists
+from gatewayd.store import NewJob
 
 SHARED = b"%PDF-1.4\n% the attachments\n" + b"x" * 1000 + b"\n%%EOF\n"
 
@@ -22,8 +23,8 @@ def job(n: int, **kw) -> NewJob:
     return NewJob(number=f"+7812309{n:04d}", dst_num=f"7812309{n:04d}", extension=100, report_to="a@example.com", source="smtp", **kw)
 
 
-def test_save_parts_and_enqueue(tmp_path) -> None:
-    s = Store(tmp_path / "state")
+def test_save_parts_and_enqueue(open_store: StoreFactory) -> None:
+    s = open_store()
     try:
         covers = [cover(1), cover(2)]
         shared_sha = hashlib.sha256(SHARED).hexdigest()
@@ -45,8 +46,8 @@ def test_save_parts_and_enqueue(tmp_path) -> None:
         s.close()
 
 
-def test_clean_documents_keeps_a_queued_jobs_cover(tmp_path) -> None:
-    s = Store(tmp_path / "state")
+def test_clean_documents_keeps_a_queued_jobs_cover(open_store: StoreFactory) -> None:
+    s = open_store()
     try:
         data, sha = cover(1)
         shared_sha = hashlib.sha256(SHARED).hexdigest()
@@ -55,9 +56,9 @@ def test_clean_documents_keeps_a_queued_jobs_cover(tmp_path) -> None:
         s.save_document(orphan, orphan_sha)
         old = time.time() - 2 * 86400
         for name in (sha, shared_sha, orphan_sha):
-            os.utime(s.document_path(name), (old, old))
+            age_document(s, name, old)
         assert s.clean_documents() == 1
-        assert s.document_path(sha).exists() and s.document_path(shared_sha).exists()
-        assert not s.document_path(orphan_sha).exists()
+        assert document_exists(s, sha) and document_exists(s, shared_sha)
+        assert not document_exists(s, orphan_sha)
     finally:
         s.close()

@@ -185,9 +185,10 @@ def test_secret_filter_drops_a_record_it_cannot_format() -> None:
     assert not SecretFilter().filter(record)
 
 
-def test_reply_marker_queues_once_and_is_pruned(tmp_path: Path) -> None:
+def test_reply_marker_queues_once_and_is_pruned(open_store) -> None:
+    """On both store backends (the store contract suite, tests/support/stores.py)."""
     now = [1000.0]
-    store = Store(tmp_path / "state", clock=lambda: now[0])
+    store = open_store(clock=lambda: now[0])
     try:
         assert store.imap_queue_reply_once("k1", "gw@example.com", ["a@example.com"], b"mail", ref="<m>")
         assert not store.imap_queue_reply_once("k1", "gw@example.com", ["a@example.com"], b"mail again")

@@ -1,4 +1,4 @@
-"""RateLimiter against a real Store: limits survive a restart and slide by the hour."""
+"""RateLimiter against a real Store, on both backends (the store contract suite, tests/support/stores.py): limits survive a restart and slide by the hour."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from gatewayd.config import SenderRule
 from gatewayd.email_to_fax.errors import RateLimitReached
 from gatewayd.email_to_fax.policy import RateLimiter
+from support.stores import StoreFactory
 from gatewayd.store import NewJob, Store
 
 DOC = "0" * 64  # enqueue_jobs only records the hash; no file is needed here
@@ -26,8 +27,8 @@ def rule() -> SenderRule:
     return SenderRule(match=("*@example.com",), max_per_hour=3, index=0)
 
 
-def test_limit_counts_stored_jobs_and_survives_restart(tmp_path, clock, rule) -> None:
-    store = Store(tmp_path, clock=clock)
+def test_limit_counts_stored_jobs_and_survives_restart(open_store: StoreFactory, clock, rule) -> None:
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     limiter.check(rule)
     enqueue(store, rule, 2)
@@ -43,7 +44,7 @@ def test_limit_counts_stored_jobs_and_survives_restart(tmp_path, clock, rule) ->
     store.close()
 
     # A restart must not reset the budget.
-    store = Store(tmp_path, clock=clock)
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     with pytest.raises(RateLimitReached):
         limiter.check(rule)
@@ -62,9 +63,9 @@ def test_limit_counts_stored_jobs_and_survives_restart(tmp_path, clock, rule) ->
     store.close()
 
 
-def test_rules_have_separate_budgets(tmp_path, clock, rule) -> None:
+def test_rules_have_separate_budgets(open_store: StoreFactory, clock, rule) -> None:
     other = SenderRule(match=("*@example.org",), max_per_hour=3, index=1)
-    store = Store(tmp_path, clock=clock)
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     enqueue(store, rule, 3)
     with pytest.raises(RateLimitReached):
@@ -73,9 +74,9 @@ def test_rules_have_separate_budgets(tmp_path, clock, rule) -> None:
     store.close()
 
 
-def test_no_rule_or_no_limit_is_never_limited(tmp_path, clock) -> None:
+def test_no_rule_or_no_limit_is_never_limited(open_store: StoreFactory, clock) -> None:
     unlimited = SenderRule(match=("*@example.com",), index=0)
-    store = Store(tmp_path, clock=clock)
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     enqueue(store, unlimited, 50)
     enqueue(store, None, 50)
@@ -89,8 +90,8 @@ def test_no_rule_or_no_limit_is_never_limited(tmp_path, clock) -> None:
     store.close()
 
 
-def test_new_jobs_zero_only_asks_whether_over(tmp_path, clock, rule) -> None:
-    store = Store(tmp_path, clock=clock)
+def test_new_jobs_zero_only_asks_whether_over(open_store: StoreFactory, clock, rule) -> None:
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     enqueue(store, rule, 3)
     limiter.check(rule, new_jobs=0)  # exactly at the limit, nothing more asked
@@ -99,9 +100,9 @@ def test_new_jobs_zero_only_asks_whether_over(tmp_path, clock, rule) -> None:
     store.close()
 
 
-def test_a_rule_moved_in_the_file_gets_a_fresh_counter(tmp_path, clock, rule) -> None:
+def test_a_rule_moved_in_the_file_gets_a_fresh_counter(open_store: StoreFactory, clock, rule) -> None:
     # The counter key is the rule's position; documented in docs/security.md.
-    store = Store(tmp_path, clock=clock)
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     enqueue(store, rule, 3)
     moved = SenderRule(match=rule.match, max_per_hour=3, index=1)
@@ -112,8 +113,8 @@ def test_a_rule_moved_in_the_file_gets_a_fresh_counter(tmp_path, clock, rule) ->
     store.close()
 
 
-async def test_check_runs_on_the_store_thread(tmp_path, clock, rule) -> None:
-    store = Store(tmp_path, clock=clock)
+async def test_check_runs_on_the_store_thread(open_store: StoreFactory, clock, rule) -> None:
+    store = open_store(clock=clock)
     limiter = RateLimiter(store, clock=clock)
     await store.run(enqueue, store, rule, 3)
     with pytest.raises(RateLimitReached):
