@@ -157,12 +157,13 @@ def test_the_store_gets_the_url_and_the_password_apart(write_config, tmp_path, p
     c = load_config(write_config({"storage": {"database_url": pg_url, "database_password_file": "database-password"}}), env={})
     store = store_from_config(c)
     try:
-        assert store.database_url == pg_url and PG_PASSWORD not in store.database_url
-        assert store.database_password == PG_PASSWORD
+        # Connected with the password from the file: it is in neither the URL nor where the store says it is.
+        assert store.dialect == "postgresql" and store.ping()
+        assert store.database_url == pg_url and PG_PASSWORD not in store.database_url and PG_PASSWORD not in store.where
     finally:
         store.close()
     sqlite = store_from_config(load_config(write_config(), env={}))
     try:
-        assert (sqlite.database_url, sqlite.database_password) == ("", None)
+        assert (sqlite.database_url, sqlite.dialect) == ("", "sqlite")
     finally:
         sqlite.close()
