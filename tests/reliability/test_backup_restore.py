@@ -5,7 +5,12 @@ Backup and restore).
 The backup is taken while SMTP clients keep sending and the daemon keeps
 submitting, so the copy holds jobs that are queued or submitting in it but
 that the old daemon submits after the backup. The restored daemon must find
-those in the provider's list instead of posting them again."""
+those in the provider's list instead of posting them again.
+
+SQLite only: ``gatewayd backup`` copies the state directory's database and
+document files; a PostgreSQL store is backed up with PostgreSQL's own tools
+(docs/deployment.md, Several nodes on PostgreSQL), and its node's state
+directory holds no queue data."""
 
 from __future__ import annotations
 

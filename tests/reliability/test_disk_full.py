@@ -2,7 +2,12 @@
 as CI has). Every message is answered ``451 4.3.0 temporary failure, try
 again`` (never 5xx, never a 250 without its job), the database passes
 ``integrity_check``, no referenced document is partial, and the same message
-is accepted once space returns."""
+is accepted once space returns.
+
+SQLite only: with ``storage.database_url`` the queue is in PostgreSQL, and
+a full disk there is the database server's (its commits fail; the outage
+tests of the PostgreSQL store cover a database that cannot write); the
+node's state directory then holds no queue data to fill."""
 
 from __future__ import annotations
 

@@ -3,7 +3,11 @@ answers ``452 4.3.1 insufficient system storage`` before anything is
 written (SMTP at MAIL, and ``gatewayd send`` with a clear message),
 ``/healthz`` names the problem, and all of it recovers when space returns.
 The free space is the ``Runtime``'s collaborator, so a test can make the disk
-look full without filling one (test_disk_full.py fills a real one)."""
+look full without filling one (test_disk_full.py fills a real one).
+
+SQLite only: ``storage.min_free`` is about the state directory's file
+system, which holds the queue on SQLite; on PostgreSQL the queue (jobs and
+documents) is in the database, whose space is the server's."""
 
 from __future__ import annotations
 

@@ -2,14 +2,15 @@
 reports, outbox and the SMTP listener on one Runtime, short timings):
 an outage (5xx, then the simulator stopped and restarted on the same port),
 lost POST answers, and 429 storms. Every accepted job reaches the provider
-exactly once and ends ``sent`` with exactly one report."""
+exactly once and ends ``sent`` with exactly one report. On both backends
+(issue 17)."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
+from support.backends import Backend
 from support.reliability import (
     DOMAIN,
     NUMBERS,
@@ -50,10 +51,10 @@ def reports_by_subject(sink: MailSink) -> dict[str, int]:
 
 
 @pytest.mark.timeout(90)
-async def test_provider_outage_5xx_then_down_then_back_on_the_same_port(tmp_path: Path) -> None:
+async def test_provider_outage_5xx_then_down_then_back_on_the_same_port(backend: Backend) -> None:
     async with MailSink() as sink, run_simulator(send_delays=(0.1, 0.1)) as sim:
         port = sim._port
-        config = load(config_data(tmp_path / "state", sim=sim, smtp_port=2525, relay=sink.relay))
+        config = load(config_data(backend.state_dir, sim=sim, smtp_port=2525, relay=sink.relay, **backend.config_overrides()))
         async with in_process(config) as h:
             sim.add_fault("*", count=None, status=503)  # every call fails
             ids = await send_many(h.port, 4, "during 5xx")
@@ -70,14 +71,16 @@ async def test_provider_outage_5xx_then_down_then_back_on_the_same_port(tmp_path
             await wait_until(lambda: len(sink.messages) >= len(ids), 20, "one report per job")
             await asyncio.sleep(0.5)
         assert_exactly_once(sim, ids, ids)
+        assert [j[0] for j in backend.stored_jobs()] == sorted(ids)
+        assert backend.integrity() == "ok"
         assert len(sink.messages) == len(ids)
         assert all(n == 1 for n in reports_by_subject(sink).values()), reports_by_subject(sink)
 
 
 @pytest.mark.timeout(60)
-async def test_lost_post_answers_are_reconciled_not_resent(tmp_path: Path) -> None:
+async def test_lost_post_answers_are_reconciled_not_resent(backend: Backend) -> None:
     async with MailSink() as sink, run_simulator(send_delays=(0.2, 0.2)) as sim:
-        config = load(config_data(tmp_path / "state", sim=sim, smtp_port=2525, relay=sink.relay))
+        config = load(config_data(backend.state_dir, sim=sim, smtp_port=2525, relay=sink.relay, **backend.config_overrides()))
         sim.drop_after_commit(n=5)  # the first five POSTs create the fax, then lose the answer
         async with in_process(config) as h:
             ids = await send_many(h.port, 6, "lost answer")
@@ -85,6 +88,7 @@ async def test_lost_post_answers_are_reconciled_not_resent(tmp_path: Path) -> No
             await wait_until(lambda: len(sink.messages) >= len(ids), 20, "one report per job")
             events = {i: [e.reason for e in h.store.job_events(i)] for i in ids}
         assert_exactly_once(sim, ids, ids)
+        assert [j[0] for j in backend.stored_jobs()] == sorted(ids)
         assert sim.count_requests("POST", "/extension/*/fax/out/") == len(ids)  # never posted twice
         adopted = [i for i, reasons in events.items() if any("found at the provider after a lost answer" in r for r in reasons)]
         assert len(adopted) == 5, events
@@ -92,9 +96,9 @@ async def test_lost_post_answers_are_reconciled_not_resent(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(60)
-async def test_429_storm_everything_waits_then_goes_exactly_once(tmp_path: Path) -> None:
+async def test_429_storm_everything_waits_then_goes_exactly_once(backend: Backend) -> None:
     async with MailSink() as sink, run_simulator(send_delays=(0.1, 0.1)) as sim:
-        config = load(config_data(tmp_path / "state", sim=sim, smtp_port=2525, relay=sink.relay))
+        config = load(config_data(backend.state_dir, sim=sim, smtp_port=2525, relay=sink.relay, **backend.config_overrides()))
         async with in_process(config) as h:
             ids = await send_many(h.port, 2, "before the storm")
             await wait_until(lambda: len(sim.sent) == 2, 20, "first faxes submitted")
@@ -109,6 +113,7 @@ async def test_429_storm_everything_waits_then_goes_exactly_once(tmp_path: Path)
             await wait_until(lambda: all(s == "sent" for s in states(h).values()), 30, "every job sent after the storm")
             await wait_until(lambda: len(sink.messages) >= len(ids), 20, "one report per job")
         assert_exactly_once(sim, ids, ids)
+        assert [j[0] for j in backend.stored_jobs()] == sorted(ids)
         # Backing off, not hammering: 12 refusals take several reset periods.
         assert storm_seconds >= 3.0, f"12 rate-limited answers in {storm_seconds:.1f} s: the daemon does not wait for the reset"
         assert during >= 12

@@ -2,14 +2,14 @@
 faxes pile up in the outbox, then back: each report and each received fax is
 delivered exactly once, and a received fax is marked relayed only after the
 relay accepted it. The outbox's backoff (30 s and up) is skipped by moving
-the daemon's clock, not by sleeping."""
+the daemon's clock, not by sleeping. On both backends (issue 17)."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
+from support.backends import Backend
 from support.reliability import DOMAIN, NUMBERS, config_data, in_process, job_ids, load, message, pdf_bytes, smtp_send, wait_until
 
 from gatewayd.fax_to_email.poller import InboundPoller
@@ -18,10 +18,10 @@ from gatewayd.provider.simulator import run_simulator
 
 
 @pytest.mark.timeout(90)
-async def test_relay_outage_then_recovery_reports_and_received_faxes_exactly_once(tmp_path: Path) -> None:
+async def test_relay_outage_then_recovery_reports_and_received_faxes_exactly_once(backend: Backend) -> None:
     async with MailSink() as sink, run_simulator(send_delays=(0.1, 0.1)) as sim:
         sim.extensions[122].fax_mailto = "alice@example.com,bob@example.com"
-        data = config_data(tmp_path / "state", sim=sim, smtp_port=2525, relay=sink.relay,
+        data = config_data(backend.state_dir, sim=sim, smtp_port=2525, relay=sink.relay, **backend.config_overrides(),
                            inbound={"enabled": True, "extensions": [122], "poll_interval": "1s", "mailto_refresh": "1s"})
         sink.fail_data_with = "451 4.3.0 relay down for maintenance"
         async with in_process(load(data), extra=lambda rt: [InboundPoller(rt)]) as h:
@@ -67,3 +67,5 @@ async def test_relay_outage_then_recovery_reports_and_received_faxes_exactly_onc
         assert sorted(str(m.message["X-Fax-UUID"]) for m in faxes) == sorted(uuids)
         assert all(sorted(m.rcpt_tos) == ["alice@example.com", "bob@example.com"] for m in faxes)
         assert all(received[u].state == "relayed" for u in uuids)
+        assert [j[0] for j in backend.stored_jobs()] == sorted(ids)
+        assert backend.integrity() == "ok"

@@ -1,7 +1,8 @@
 """SIGTERM to ``gatewayd run`` in the middle of DATA: the client gets ``421``
 or its transaction completes (``250`` with the job stored); the daemon exits
 0 within 10 s (SPEC section 2); nothing is half-stored (the jobs are exactly
-the ones answered 250, every document whole, SQLite ``integrity_check`` ok)."""
+the ones answered 250, every document whole, SQLite ``integrity_check`` ok,
+or PostgreSQL's rows whole). On both backends (issue 17)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,18 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from support.backends import Backend
 from support.reliability import (
     DOMAIN,
     NUMBERS,
     SENDER,
-    assert_documents_whole,
     config_data,
     free_port,
-    integrity,
     job_ids,
     message,
     pdf_bytes,
     read_reply,
     start_daemon,
-    stored_jobs,
     stuffed,
 )
 
@@ -49,10 +48,10 @@ async def final_reply(reader: asyncio.StreamReader) -> str:
 
 
 @pytest.mark.timeout(90)
-async def test_sigterm_in_the_middle_of_data(tmp_path: Path) -> None:
+async def test_sigterm_in_the_middle_of_data(tmp_path: Path, backend: Backend) -> None:
     async with run_simulator(send_delays=(0.1, 0.1)) as sim:
         port = free_port()
-        data = config_data(tmp_path / "state", sim=sim, smtp_port=port)
+        data = config_data(backend.state_dir, sim=sim, smtp_port=port, **backend.config_overrides())
         daemon = await start_daemon(tmp_path, data)
         body = stuffed(message(pdf_bytes(1, padding=600_000, seed=5), subject="sigterm"))
         half = len(body) // 2
@@ -94,8 +93,6 @@ async def test_sigterm_in_the_middle_of_data(tmp_path: Path) -> None:
         assert reply.startswith(("421", "250 2.0.0 queued as ")), replies
     assert refused == "" or refused.startswith(("421", "conn")), refused
     acknowledged = [i for r in replies for i in job_ids(r)]
-    state = tmp_path / "state"
-    assert [j[0] for j in stored_jobs(state)] == sorted(acknowledged), (replies, stored_jobs(state))
-    assert_documents_whole(state)
-    assert integrity(state) == "ok"
-    assert not [p for p in (state / "documents").rglob(".tmp-*")]
+    assert [j[0] for j in backend.stored_jobs()] == sorted(acknowledged), (replies, backend.stored_jobs())
+    backend.assert_documents_whole()  # on SQLite: no .tmp-* file left either
+    assert backend.integrity() == "ok"

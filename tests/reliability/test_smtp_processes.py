@@ -14,6 +14,9 @@ simulator, ``/metrics`` and the process table see:
 * SIGTERM: exit 0 within 10 s, no worker left;
 * ``check-config`` validates ``smtp.processes``.
 
+The tests whose processes store jobs run on both backends (issue 17): on
+PostgreSQL every listener process has its own connections to the database.
+
 Every process a test starts is killed by pid in ``finally``."""
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import pytest
 from tomli_w import dumps as to_toml
+from support.backends import Backend
 from support.reliability import (
     DOMAIN,
     NUMBERS,
@@ -43,7 +47,6 @@ from support.reliability import (
     faxes_by_job,
     free_port,
     in_process,
-    integrity,
     job_ids,
     load,
     message,
@@ -52,7 +55,6 @@ from support.reliability import (
     read_reply,
     smtp_send,
     start_daemon,
-    stored_jobs,
     wait_until,
 )
 
@@ -157,8 +159,9 @@ async def gateway(workdir: Path, data: dict[str, Any], *, name: str = "gatewayd"
 
 
 def processes_config(tmp_path: Path, sim: Any, *, processes: Any = 2, http_port: int | None = None,
-                     **sections: dict[str, Any]) -> dict[str, Any]:
-    data = config_data(tmp_path / "state", sim=sim, smtp_port=free_port(), **sections)
+                     backend: Backend | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
+    overrides = backend.config_overrides() if backend is not None else {}
+    data = config_data(tmp_path / "state", sim=sim, smtp_port=free_port(), **overrides, **sections)
     data["smtp"]["processes"] = processes
     if http_port is not None:
         data["http"] = {"listen": f"127.0.0.1:{http_port}"}
@@ -273,10 +276,10 @@ async def open_data(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
 
 
 @pytest.mark.timeout(60)
-async def test_two_processes_take_mail_in_and_count_replies(tmp_path: Path) -> None:
+async def test_two_processes_take_mail_in_and_count_replies(tmp_path: Path, backend: Backend) -> None:
     async with run_simulator() as sim:
         http_port = free_port()
-        data = processes_config(tmp_path, sim, http_port=http_port)
+        data = processes_config(tmp_path, sim, http_port=http_port, backend=backend)
         async with gateway(tmp_path, data) as daemon:
             workers = started_workers(daemon)
             assert len(workers) == 1 and is_worker(workers[0]), (workers, daemon.log_tail())
@@ -286,7 +289,7 @@ async def test_two_processes_take_mail_in_and_count_replies(tmp_path: Path) -> N
             assert all(r.startswith("250 2.0.0 queued as ") for r in finals), sorted(set(finals))
             acknowledged = sorted(j for r in finals for j in job_ids(r))
             assert len(acknowledged) == 40
-            assert [j[0] for j in stored_jobs(tmp_path / "state")] == acknowledged
+            assert [j[0] for j in backend.stored_jobs()] == acknowledged
 
             accepted = [e for e in transactions(daemon) if str(e.get("reply", "")).startswith("250")]
             assert len(accepted) == 40, [e.get("reply") for e in accepted]
@@ -315,16 +318,16 @@ async def test_two_processes_take_mail_in_and_count_replies(tmp_path: Path) -> N
 
             code, seconds = await daemon.terminate()
             assert code == 0 and seconds < 10, (code, seconds, daemon.log_tail())
-        assert integrity(tmp_path / "state") == "ok"
+        assert backend.integrity() == "ok"
 
 
 @pytest.mark.timeout(90)
-async def test_a_worker_wakes_the_sender(tmp_path: Path) -> None:
+async def test_a_worker_wakes_the_sender(tmp_path: Path, backend: Backend) -> None:
     """One message at a time: each sent just after the previous upload, so the
     sender has just begun its idle nap of 5 s; a job a worker accepted must be
     at the provider well before that nap ends."""
     async with run_simulator() as sim:
-        data = processes_config(tmp_path, sim)
+        data = processes_config(tmp_path, sim, backend=backend)
         pdf = pdf_bytes(1)
         latencies: dict[int, tuple[int, float]] = {}  # job -> (process, seconds from 250 to the provider)
         async with gateway(tmp_path, data) as daemon:
@@ -348,10 +351,10 @@ async def test_a_worker_wakes_the_sender(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-async def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
+async def test_a_killed_worker_is_restarted(tmp_path: Path, backend: Backend) -> None:
     async with run_simulator() as sim:
         http_port = free_port()
-        data = processes_config(tmp_path, sim, http_port=http_port)
+        data = processes_config(tmp_path, sim, http_port=http_port, backend=backend)
         async with gateway(tmp_path, data) as daemon:
             (old,) = started_workers(daemon)
             assert is_worker(old)
@@ -370,7 +373,7 @@ async def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
             assert all(r.startswith("250 2.0.0 queued as ") for r in finals), sorted(set(finals))
             acknowledged = sorted(j for r in finals for j in job_ids(r))
             assert len(acknowledged) == 30
-            assert [j[0] for j in stored_jobs(tmp_path / "state")] == acknowledged
+            assert [j[0] for j in backend.stored_jobs()] == acknowledged
             after = [e for e in transactions(daemon)[before:] if str(e.get("reply", "")).startswith("250")]
             assert sorted(j for e in after for j in e["job_ids"]) == acknowledged
             by_process = {int(e.get("smtp_process") or 0) for e in after}
@@ -383,12 +386,12 @@ async def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_a_stuck_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+async def test_a_stuck_worker_is_killed_and_replaced(tmp_path: Path, backend: Backend) -> None:
     """A worker whose event loop stops (SIGSTOP here) stops reporting: after
     ``process_stall_timeout`` it is killed and a new one takes its place, so
     its socket does not keep its share of the connections waiting."""
     async with run_simulator() as sim:
-        config = load(processes_config(tmp_path, sim))
+        config = load(processes_config(tmp_path, sim, backend=backend))
         tuning = SmtpTuning(stop_grace=1.0, process_stall_timeout=2.0)
         async with in_process(config, smtp_tuning=tuning) as h:
             listener = next(s for s in h.services if isinstance(s, SmtpListener))
@@ -411,17 +414,17 @@ async def test_a_stuck_worker_is_killed_and_replaced(tmp_path: Path) -> None:
             # Every connection is answered again (one in a stuck worker's queue would hang).
             finals, _ = await send_many(h.port, 20, clients=5, subject="after the stall")
             assert all(r.startswith("250 2.0.0 queued as ") for r in finals), sorted(set(finals))
-            assert len(stored_jobs(tmp_path / "state")) == 20
+            assert len(backend.stored_jobs()) == 20
 
 
 @pytest.mark.timeout(60)
-async def test_sighup_reaches_the_workers(tmp_path: Path) -> None:
+async def test_sighup_reaches_the_workers(tmp_path: Path, backend: Backend) -> None:
     async with run_simulator() as sim:
-        data = processes_config(tmp_path, sim)
+        data = processes_config(tmp_path, sim, backend=backend)
         async with gateway(tmp_path, data) as daemon:
             finals, _ = await send_many(daemon.port, 6, clients=3, subject="before reload")
             assert all(r.startswith("250 2.0.0 queued as ") for r in finals), finals
-            jobs_before = [j[0] for j in stored_jobs(tmp_path / "state")]
+            jobs_before = [j[0] for j in backend.stored_jobs()]
 
             data["senders"] = [{"match": ["*@elsewhere.example"]}]  # the test's sender no longer matches
             (tmp_path / "gatewayd.toml").write_text(to_toml(data), encoding="utf-8")
@@ -435,7 +438,7 @@ async def test_sighup_reaches_the_workers(tmp_path: Path) -> None:
 
             finals, _ = await send_many(daemon.port, 12, clients=4, subject="after reload")
             assert finals and all(r == NOT_AUTHORISED for r in finals), sorted(set(finals))
-            assert [j[0] for j in stored_jobs(tmp_path / "state")] == jobs_before
+            assert [j[0] for j in backend.stored_jobs()] == jobs_before
             refused = [e for e in transactions(daemon)[before:] if e.get("reply") == NOT_AUTHORISED]
             assert len(refused) == 12, (len(refused), daemon.log_tail())
             by_process = {int(e.get("smtp_process") or 0) for e in refused}
@@ -447,9 +450,9 @@ async def test_sighup_reaches_the_workers(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
+async def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path, backend: Backend) -> None:
     async with run_simulator() as sim:
-        data = processes_config(tmp_path, sim)
+        data = processes_config(tmp_path, sim, backend=backend)
         async with gateway(tmp_path, data) as first:
             workers = set(started_workers(first))
             assert workers and all(is_worker(p) for p in workers)
@@ -488,14 +491,16 @@ async def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> N
             finals, _ = await send_many(second.port, 10, clients=4, subject="second run")
             assert all(r.startswith("250 2.0.0 queued as ") for r in finals), sorted(set(finals))
             acknowledged = [j for r in finals for j in job_ids(r)]
-            stored = {j[0] for j in stored_jobs(tmp_path / "state")}
+            stored = {j[0] for j in backend.stored_jobs()}
             assert set(acknowledged) <= stored and len(stored) == 14
             assert set(taken_by(second)) == set(acknowledged)
             code, _ = await second.terminate()
             assert code == 0, second.log_tail()
-        assert integrity(tmp_path / "state") == "ok"
+        assert backend.integrity() == "ok"
 
 
+# SQLite only: it stores nothing; the listener processes' start and stop are
+# the same whichever store the jobs would go to (the tests above run both).
 @pytest.mark.timeout(60)
 async def test_sigterm_while_idle_stops_everything(tmp_path: Path) -> None:
     async with run_simulator() as sim:

@@ -1,8 +1,9 @@
 """Helpers for the fault-injection suite: gatewayd as a real subprocess
 (``gatewayd run``), the whole daemon in-process with short timings and a
 clock the test can move, SMTP load, and independent checks of what reached
-the provider (the simulator's own records) and the state directory (SQLite
-``integrity_check``, no half-written files)."""
+the provider (the simulator's own records) and the store (SQLite
+``integrity_check`` or PostgreSQL's rows, no half-written documents:
+support.backends)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import asyncio
 import contextlib
 import random
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -27,6 +27,7 @@ from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.email_to_fax.report import Reporter
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store
+from support.backends import Backend
 from support.e2f import wait_for
 from support.gateway import InProcessGateway
 from support.gateway import in_process as gateway_in_process
@@ -190,32 +191,24 @@ def assert_exactly_once(sim: Any, acknowledged: Sequence[int], stored: Sequence[
 # --------------------------------------------------------------- state checks
 
 
+# The SQLite state directory's forms (the tests that are about that directory:
+# disk full, low storage, backup); the tests that run on either store use a
+# support.backends.Backend, which has the same three.
+
+
 def integrity(state_dir: Path) -> str:
-    conn = sqlite3.connect(f"file:{state_dir / 'gatewayd.sqlite3'}?mode=ro", uri=True, timeout=15)
-    try:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()
+    """SQLite's ``PRAGMA integrity_check`` of the state directory's database."""
+    return Backend("sqlite", state_dir).integrity()
 
 
 def stored_jobs(state_dir: Path) -> list[tuple[int, str, str, int]]:
     """(id, state, document sha, doc_bytes) of every job, read with plain sqlite3."""
-    conn = sqlite3.connect(f"file:{state_dir / 'gatewayd.sqlite3'}?mode=ro", uri=True, timeout=15)
-    try:
-        return [tuple(r) for r in conn.execute("SELECT id, state, document, doc_bytes FROM jobs ORDER BY id")]  # type: ignore[misc]
-    finally:
-        conn.close()
+    return Backend("sqlite", state_dir).stored_jobs()
 
 
 def assert_documents_whole(state_dir: Path) -> None:
     """Every job's document exists with the recorded size; no referenced partial file."""
-    import hashlib
-
-    for job_id, _state, sha, size in stored_jobs(state_dir):
-        path = state_dir / "documents" / sha[:2] / f"{sha}.pdf"
-        assert path.exists(), f"job {job_id}: document {sha} missing"
-        data = path.read_bytes()
-        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"job {job_id}: document {sha} damaged"
+    Backend("sqlite", state_dir).assert_documents_whole()
 
 
 # ------------------------------------------------------------- as subprocess
@@ -286,6 +279,11 @@ async def in_process(config: Config, *, extra: Callable[[Runtime], list[Any]] | 
         "outbox": lambda rt: OutboxWorker(rt, poll_interval=0.2),
         "smtp": lambda rt: build_smtp_listener(rt, Intake(rt), tuning=smtp_tuning or SmtpTuning(stop_grace=1.0)),
     }
+    if store is None:
+        # The store the configuration names (SQLite, or PostgreSQL at
+        # storage.database_url), on the clock the test moves.
+        store = Store(config.state_dir, database_url=config.storage.database_url,
+                      database_password=config.storage.database_password or None, clock=clock)
     async with gateway_in_process(config, only=set(replace), replace=replace, extra=extra, store=store, clock=clock,
                                   restart=True, check=False) as gw:
         yield InProcess(gw, clock)
