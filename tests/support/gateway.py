@@ -169,7 +169,10 @@ def build_gateway(
     """The gateway's parts, wired as the daemon wires them, not yet started."""
     if port_zero and config.smtp.listen:
         config = with_port_zero(config)
-    store = store if store is not None else (Store(config.state_dir, clock=clock) if clock else Store(config.state_dir))
+    if store is None:
+        # The store the configuration names (SQLite, or storage.database_url), on the test's clock if it has one.
+        store = Store(config.state_dir, database_url=config.storage.database_url,
+                      database_password=config.storage.database_password or None, **({"clock": clock} if clock else {}))
     metrics = Metrics()
     factory: ProviderFactory = provider if callable(provider) else (lambda c, m: provider)  # type: ignore[assignment,return-value]
     client = factory(config, metrics)
