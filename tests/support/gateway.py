@@ -24,6 +24,7 @@ Unlike the daemon's supervisor, a crashed ``run()`` is not restarted unless
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -172,7 +173,7 @@ def build_gateway(
     if store is None:
         # The store the configuration names (SQLite, or storage.database_url), on the test's clock if it has one.
         store = Store(config.state_dir, database_url=config.storage.database_url,
-                      database_password=config.storage.database_password or None, **({"clock": clock} if clock else {}))
+                      database_password=config.storage.database_password or None, clock=clock or time.time)
     metrics = Metrics()
     factory: ProviderFactory = provider if callable(provider) else (lambda c, m: provider)  # type: ignore[assignment,return-value]
     client = factory(config, metrics)
