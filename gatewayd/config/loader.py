@@ -60,12 +60,14 @@ from gatewayd.config.values import (
     _show,
     _str_no_newline,
     is_loopback_host,
+    is_node_name,
     parse_domain,
     parse_duration,
     parse_email,
     parse_host_port,
     parse_mailbox_header,
     parse_network,
+    parse_node_name,
     parse_prefix,
     parse_regex,
     parse_size,
@@ -427,10 +429,15 @@ class _Loader(_Reader):
     def storage(self, s: _Section) -> StorageConfig:
         state_dir = s.get("state_dir", "", _str_no_newline)
         min_free = s.get("min_free", StorageConfig.min_free, parse_size)
+        node_name = s.get("node_name", "", parse_node_name)
         s.finish()
         if not state_dir:
             state_dir = default_state_dir(self.env, self.base_dir)
-        return StorageConfig(state_dir=str(Path(state_dir).absolute()), min_free=min_free)
+        if not node_name and not self.has_problem(s.key("node_name")):
+            node_name = socket.gethostname()
+            if not is_node_name(node_name):
+                self.problem(s.key("node_name"), f"the host name {node_name!r} is not 1 to 64 of A-Z a-z 0-9 . _ -: set storage.node_name")
+        return StorageConfig(state_dir=str(Path(state_dir).absolute()), min_free=min_free, node_name=node_name)
 
     def retention(self, s: _Section) -> RetentionConfig:
         d = RetentionConfig()

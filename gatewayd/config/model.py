@@ -6,6 +6,7 @@ Loaded by gatewayd/config/loader.py (docs/configuration.md).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +209,9 @@ class MailConfig:
 class StorageConfig:
     state_dir: str = ""  # resolved at load: never empty afterwards
     min_free: int = 500_000_000  # bytes; below it intake answers 452 and /healthz says so (0: no check)
+    # This node's name in leases, jobs.node and metrics; unique among the nodes
+    # sharing one database (docs/deployment.md, Several nodes). The loader checks it.
+    node_name: str = field(default_factory=socket.gethostname)
 
 
 # What the inbound poller can still list at the provider beyond inbound.first_lookback

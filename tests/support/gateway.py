@@ -33,6 +33,7 @@ from gatewayd.config import Config, HostPort
 from gatewayd.daemon import Daemon, build_services
 from gatewayd.email_to_fax.smtp import SmtpListener
 from gatewayd.health import Health
+from gatewayd.leadership import Leased
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import ProviderApi, Runtime, Service
@@ -72,10 +73,10 @@ class InProcessGateway:
         return self.rt.config
 
     def service(self, name: str) -> Any:
-        """The running service called ``name`` ("sender", "smtp", "tracker", ...)."""
+        """The running service called ``name`` ("sender", "smtp", "tracker", ...); a leased one's own object, not its lease wrapper."""
         for s in self.services:
             if s.name == name:
-                return s
+                return s.service if isinstance(s, Leased) else s
         raise KeyError(f"no service {name!r} running (have {[s.name for s in self.services]})")
 
     def has(self, name: str) -> bool:
@@ -179,7 +180,10 @@ def build_gateway(
     for s in build_services(rt):
         if only is not None and s.name not in only:
             continue
-        services.append(replace[s.name](rt) if replace and s.name in replace else s)
+        if replace and s.name in replace:
+            # A replaced leased service keeps its lease, as the daemon would run it.
+            s = s.leadership.lead(replace[s.name](rt)) if isinstance(s, Leased) else replace[s.name](rt)
+        services.append(s)
     for s in extra(rt) if extra is not None else ():
         # an extra service of a name build_services made takes its place
         services = [s if old.name == s.name else old for old in services] if any(o.name == s.name for o in services) else [*services, s]
