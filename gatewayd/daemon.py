@@ -98,17 +98,17 @@ def build_leadership(rt: Runtime, *, ttl: float = DEFAULT_LEASE) -> Leadership:
     return Leadership(rt.store, node, rt.stopping, ttl=ttl, on_change=changed)
 
 
-def build_services(rt: Runtime) -> list[Service]:
+def build_services(rt: Runtime, *, lease: float = DEFAULT_LEASE) -> list[Service]:
     """Every component the configuration asks for, in start order.
 
     Every node takes mail in (SMTP, and the web console's and `gatewayd send`'s
     intake) and serves /metrics and the console; the sender claims jobs one by
     one. The other workers run on one node at a time, each under its own lease
-    (docs/deployment.md, Several nodes): ``lead(...)`` below.
+    (docs/deployment.md, Several nodes): ``lead(...)`` below. ``lease``: their
+    period, storage.lease (30 s by default).
     """
     services: list[Service] = []
-    # storage.lease comes with the PostgreSQL settings (issue 17); until then its default.
-    lead = build_leadership(rt).lead
+    lead = build_leadership(rt, ttl=lease).lead
     # Each flow adds its components here; keep the order: listeners last, so
     # workers are running before the first message is accepted.
     # --- wiring: email to fax
