@@ -16,6 +16,7 @@ import getpass
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -27,7 +28,7 @@ from gatewayd.config import Config, config_path, config_warnings, redact_url
 from gatewayd.jobstates import JOB_STATES
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.passwords import hash_password
-from gatewayd.store import Job, JobEvent, JobNotFound, StoreError
+from gatewayd.store import Job, JobEvent, JobNotFound, Lease, StoreError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "main"]
 
@@ -204,13 +205,27 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     store = open_store(load(args))
     try:
         jobs = store.list_jobs(state=args.state, limit=args.limit)
+        leases = store.leases()
     finally:
         store.close()
-    print(f"{'ID':>6}  {'CREATED':19}  {'STATE':10}  {'NUMBER':16}  {'EXT':>6}  {'PAGES':>5}  FROM")
+    print(f"{'ID':>6}  {'CREATED':19}  {'STATE':10}  {'NUMBER':16}  {'EXT':>6}  {'PAGES':>5}  {'NODE':12}  FROM")
     for j in jobs:
         # Every text cell escaped: senders write what they like (gatewayd/commands/terminal.py).
-        print(f"{j.id:>6}  {_when(j.created_at):19}  {safe_text(j.state):10}  {safe_text(j.number):16}  {j.extension:>6}  {j.pages:>5}  {safe_text(j.report_to or '-')}")
+        print(f"{j.id:>6}  {_when(j.created_at):19}  {safe_text(j.state):10}  {safe_text(j.number):16}  {j.extension:>6}  {j.pages:>5}  "
+              f"{safe_text(j.node or '-'):12}  {safe_text(j.report_to or '-')}")
+    if leases:
+        print()
+        print(format_leases(leases, time.time()))
     return EXIT_OK
+
+
+def format_leases(leases: Sequence[Lease], now: float) -> str:
+    """Which node runs which one-at-a-time worker, and until when (gatewayd/leadership.py)."""
+    out = [f"{'LEASE':10}  {'NODE':12}  UNTIL"]
+    for lease in leases:
+        until = _when(lease.expires_at) + (" (expired)" if lease.expires_at <= now else "")
+        out.append(f"{safe_text(lease.name):10}  {safe_text(lease.holder):12}  {until}")
+    return "\n".join(out)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -235,6 +250,7 @@ def format_job(job: Job, events: Sequence[JobEvent]) -> str:
         ("extension", str(job.extension)),
         ("from", job.report_to or "-"),
         ("source", job.source),
+        ("node", job.node or "-"),
         ("subject", job.subject or "-"),
         ("message-id", job.message_id or "-"),
         ("pages", str(job.pages)),
@@ -242,6 +258,7 @@ def format_job(job: Job, events: Sequence[JobEvent]) -> str:
         ("provider id", "-" if job.provider_id is None else str(job.provider_id)),
         ("provider status", job.provider_status or "-"),
         ("attempts", str(job.attempts)),
+        ("claimed by", job.claimed_by or "-"),
         ("created", _when(job.created_at)),
         ("submitted", _when(job.submitted_at)),
         ("finished", _when(job.finished_at)),

@@ -36,6 +36,7 @@ from gatewayd.email_to_fax.tracker import Tracker
 from gatewayd.fax_to_email.poller import InboundPoller
 from gatewayd.health import Health
 from gatewayd.http import HttpServer
+from gatewayd.leadership import DEFAULT_LEASE, Leadership
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.memory import release_free_memory
@@ -83,29 +84,51 @@ def build_office(rt: Runtime) -> tuple[OfficeConverter | None, str]:
     return OfficeConverter(settings), ""
 
 
-def build_services(rt: Runtime) -> list[Service]:
-    """Every component the configuration asks for, in start order."""
+def build_leadership(rt: Runtime, *, ttl: float = DEFAULT_LEASE) -> Leadership:
+    """This node's leases (gatewayd/leadership.py): ``gatewayd_lease_held`` follows them, and a
+    service running on another node leaves nothing of its own in this node's /healthz."""
+    node = rt.config.storage.node_name
+    rt.metrics.node.labels(node).set(1)
+
+    def changed(name: str, held: bool) -> None:
+        rt.metrics.lease_held.labels(name).set(1 if held else 0)
+        if not held:
+            rt.health.forget(name)
+
+    return Leadership(rt.store, node, rt.stopping, ttl=ttl, on_change=changed)
+
+
+def build_services(rt: Runtime, *, lease: float | None = None) -> list[Service]:
+    """Every component the configuration asks for, in start order.
+
+    Every node takes mail in (SMTP, and the web console's and `gatewayd send`'s
+    intake) and serves /metrics and the console; the sender claims jobs one by
+    one. The other workers run on one node at a time, each under its own lease
+    (docs/deployment.md, Several nodes): ``lead(...)`` below. ``lease``: their
+    period; storage.lease (30 s by default) when not given.
+    """
     services: list[Service] = []
+    lead = build_leadership(rt, ttl=rt.config.storage.lease if lease is None else lease).lead
     # Each flow adds its components here; keep the order: listeners last, so
     # workers are running before the first message is accepted.
     # --- wiring: email to fax
     services.append(Sender(rt))
     office, unavailable = build_office(rt)
     # Always there: conversions stored before a restart are finished (or refused) after it.
-    services.append(ConverterService(rt, office, unavailable=unavailable))
+    services.append(lead(ConverterService(rt, office, unavailable=unavailable)))
     services.append(build_smtp_listener(rt, Intake(rt, office=office is not None)))
     # --- wiring: status tracking and outbox
-    services.extend([Tracker(rt), Reporter(rt), OutboxWorker(rt)])
+    services.extend([lead(Tracker(rt)), lead(Reporter(rt)), lead(OutboxWorker(rt))])
     # --- wiring: fax to email
     if rt.config.inbound.enabled:
-        services.append(InboundPoller(rt))  # its emails go out through the OutboxWorker above
+        services.append(lead(InboundPoller(rt)))  # its emails go out through the OutboxWorker above
     # --- wiring: imap
     if rt.config.imap.enabled:
         # Its own Intake (same code path as SMTP, own document-build slots):
         # a slow mailbox never holds up an SMTP client waiting for its 250.
-        services.append(ImapIntake(rt, Intake(rt, office=office is not None)))
+        services.append(lead(ImapIntake(rt, Intake(rt, office=office is not None))))
     # --- wiring: retention (purge rounds every retention.interval)
-    services.append(Purger(rt, previews=Previews(rt.config.state_dir)))  # the console's preview cache follows the documents
+    services.append(lead(Purger(rt, previews=Previews(rt.config.state_dir))))  # the console's preview cache follows the documents
     # --- wiring: http
     if rt.config.http.listen is not None:
         services.append(HttpServer(rt))
@@ -435,6 +458,8 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("storage", "state_dir"),
     ("storage", "database_url"),
     ("storage", "database_password"),
+    ("storage", "lease"),
+    ("storage", "node_name"),
     ("http", "listen"),
     ("web", "listen"),
     ("web", "tls_cert"),

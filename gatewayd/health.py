@@ -61,6 +61,12 @@ class Health:
     def polled(self, name: str) -> None:
         self.polls[name] = self.clock()
 
+    def forget(self, name: str) -> None:
+        """``name`` runs on another node now (gatewayd/leadership.py): its listener and polls are not this node's to report."""
+        self.listeners.pop(name, None)
+        self.changed.pop(name, None)
+        self.polls.pop(name, None)
+
     def provider_verdict(self, provider: ProviderFacts, poll_interval: float) -> tuple[bool, str | None]:
         """(ok, problem). The provider's ``last_success_at``/``last_error_at``
         are on this object's clock (monotonic)."""

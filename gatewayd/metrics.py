@@ -34,6 +34,8 @@ REPORT_OUTCOMES = ("sent", "failed", "canceled", "error", "rejected")
 OUTBOX_STATES = ("pending", "sent", "failed")
 # gatewayd/store/retention.py KINDS (not imported: metrics stay free of the store).
 PURGE_KINDS = ("received", "mail", "documents", "jobs", "emails", "counters")
+# The services that run on one node at a time, each under a lease named after it (gatewayd/leadership.py, built in gatewayd/daemon.py).
+LEASES = ("tracker", "reports", "outbox", "inbound", "imap", "purge", "converter")
 
 
 @dataclass
@@ -92,6 +94,11 @@ class Metrics:
         )
         self.info = Gauge("gatewayd_info", "Build information (always 1)", ["version"], registry=r)
         self.start_time = Gauge("gatewayd_start_time_seconds", "Unix time the daemon started", registry=r)
+        # Several nodes on one database (docs/deployment.md, Several nodes).
+        self.node = Gauge("gatewayd_node_info", "This node's storage.node_name (always 1)", ["node"], registry=r)
+        self.lease_held = Gauge(
+            "gatewayd_lease_held", "1 while this node holds the lease and runs the service named after it", ["lease"], registry=r,
+        )
 
         self.info.labels(__version__).set(1)
         self.start_time.set(time.time())
@@ -112,6 +119,7 @@ class Metrics:
             (tuple(PATHS), self.provider_path_failing),
             (OUTBOX_STATES, self.outbox_emails),
             (PURGE_KINDS, self.purged),
+            (LEASES, self.lease_held),
         ):
             for value in values:
                 family.labels(value)

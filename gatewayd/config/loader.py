@@ -61,12 +61,14 @@ from gatewayd.config.values import (
     _show,
     _str_no_newline,
     is_loopback_host,
+    is_node_name,
     parse_domain,
     parse_duration,
     parse_email,
     parse_host_port,
     parse_mailbox_header,
     parse_network,
+    parse_node_name,
     parse_prefix,
     parse_regex,
     parse_size,
@@ -432,6 +434,7 @@ class _Loader(_Reader):
         database_url = s.get("database_url", d.database_url, parse_database_url)
         database_password = s.secret("database_password")
         lease = s.get("lease", d.lease, parse_duration)
+        node_name = s.get("node_name", "", parse_node_name)
         s.finish()
         if not state_dir:
             state_dir = default_state_dir(self.env, self.base_dir)
@@ -441,8 +444,12 @@ class _Loader(_Reader):
             self.problem("storage.database_password", "storage.database_url holds a password too: keep it in one place (database_password_file is best)")
         if not MIN_LEASE <= lease <= MAX_LEASE:
             self.problem("storage.lease", f"must be between {MIN_LEASE:g}s and {MAX_LEASE / 60:g}m")
+        if not node_name and not self.has_problem(s.key("node_name")):
+            node_name = socket.gethostname()
+            if not is_node_name(node_name):
+                self.problem(s.key("node_name"), f"the host name {node_name!r} is not 1 to 64 of A-Z a-z 0-9 . _ -: set storage.node_name")
         return StorageConfig(state_dir=str(Path(state_dir).absolute()), min_free=min_free, database_url=database_url,
-                             database_password=database_password, lease=lease)
+                             database_password=database_password, lease=lease, node_name=node_name)
 
     def retention(self, s: _Section) -> RetentionConfig:
         d = RetentionConfig()

@@ -6,6 +6,7 @@ Loaded by gatewayd/config/loader.py (docs/configuration.md).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +214,9 @@ class StorageConfig:
     database_url: str = field(default="", repr=False)
     database_password: str = field(default="", repr=False)  # never in the URL we build or print
     lease: float = 30.0  # a dead node's work and leader leases pass to another node after this (docs/deployment.md)
+    # This node's name in leases, jobs.node and metrics; unique among the nodes
+    # sharing one database (docs/deployment.md, Several nodes). The loader checks it.
+    node_name: str = field(default_factory=socket.gethostname)
 
     @property
     def postgres(self) -> bool:

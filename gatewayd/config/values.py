@@ -275,6 +275,22 @@ def _inbound_target(v: Any) -> str:
     raise _Bad(f"expected a destination number or an extension id, got {_show(v)}")
 
 
+_NODE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def is_node_name(v: str) -> bool:
+    return bool(_NODE_NAME_RE.fullmatch(v))
+
+
+def parse_node_name(v: Any) -> str:
+    """``storage.node_name``: it labels leases, jobs and metrics (docs/deployment.md, Several nodes)."""
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_show(v)}")
+    if v and not _NODE_NAME_RE.fullmatch(v):  # "": the host name (gatewayd/config/paths.py)
+        raise _Bad(f"expected 1 to 64 of the characters A-Z a-z 0-9 . _ -, got {_show(v)}")
+    return v
+
+
 def _str_no_newline(v: Any) -> str:
     if not isinstance(v, str):
         raise _Bad(f"expected a string, got {_show(v)}")

@@ -198,6 +198,7 @@ class Intake:
                 cover_pages=mine.pages if mine is not None else 0,
                 cover_bytes=len(mine.pdf) if mine is not None else 0,
                 account=authorisation.user or "",
+                node=self.rt.config.storage.node_name,  # this node took it in (gatewayd jobs shows it)
             )
             for d, mine in zip(destinations, own, strict=True)
         ]

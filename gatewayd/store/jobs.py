@@ -51,6 +51,7 @@ class NewJob:
     cover_pages: int = 0
     cover_bytes: int = 0
     account: str = ""  # the [[smtp.users]] account it was sent under ("" = none)
+    node: str = ""  # storage.node_name of the node that took it in (docs/deployment.md, Several nodes)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Job:
     reconcile_until: float | None = None
     cover: str = ""  # the recipient's cover document, "" when none (docs/architecture.md, Storage layout)
     account: str = ""
+    node: str = ""  # the node that took it in ("" for jobs stored before there were nodes)
+    claimed_by: str = ""  # the node that submits it (the sender's claim), "" until claimed
 
     @property
     def final(self) -> bool:
@@ -103,10 +106,10 @@ class JobEvent:
 JOB_COLUMNS = (
     "id, created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
     "message_id, subject, document, pages, doc_bytes, provider_id, provider_status, submitted_at, "
-    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until, cover, account"
+    "finished_at, attempts, auto_retries_used, next_attempt_at, rule_key, note, reported_at, reconcile_until, cover, account, node, claimed_by"
 )
 # Columns a caller may set (transition, update_job, update_job_if).
-JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at", "account"}
+JOB_FIELDS = set(JOB_COLUMNS.replace(" ", "").split(",")) - {"id", "created_at", "account", "node"}
 
 
 def intake_ids(conn: DbConnection, intake_key: str | None) -> list[int] | None:
@@ -143,11 +146,11 @@ class JobTable(StorePart):
                 for job in jobs:
                     cur = conn.execute(
                         "INSERT INTO jobs (created_at, updated_at, state, reason, number, dst_num, extension, report_to, source, "
-                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover, account) "
-                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        "message_id, subject, document, pages, doc_bytes, rule_key, note, next_attempt_at, cover, account, node) "
+                        "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                         (now, now, state, job.number, job.dst_num, job.extension, job.report_to, job.source,
                          job.message_id, job.subject, job.document or document_sha, pages + job.cover_pages,
-                         doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover, job.account),
+                         doc_bytes + job.cover_bytes, job.rule_key, job.note, now, job.cover, job.account, job.node),
                     )
                     job_id = inserted_id(cur)
                     ids.append(job_id)

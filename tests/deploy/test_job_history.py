@@ -113,6 +113,9 @@ async def test_the_documented_history_is_what_gatewayd_job_prints(failed_fax: tu
 
     # `gatewayd jobs`: the same header, and a row with the same columns.
     listing = gatewayd("jobs", "--state", "failed", "--limit", "5", "-c", str(config)).splitlines()
+    # Below the jobs, after a blank line: the running daemon's leases (gatewayd/leadership.py).
+    listing, leases = listing[: listing.index("")], listing[listing.index("") + 1:]
+    assert leases[0].split() == ["LEASE", "NODE", "UNTIL"] and "tracker" in [row.split()[0] for row in leases[1:]], leases
     assert listing[0] == doc["jobs"][0], listing
     assert len(listing) == 2 and len(listing[1].split()) == len(doc["jobs"][1].split()), listing
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -75,9 +76,10 @@ def config_with_jobs(write_config, tmp_path):
     store = Store(config.state_dir)
     sha = store.save_document(b"%PDF-1.4 test document")
     first, second = store.enqueue_jobs(sha, 3, 22, [
-        NewJob("+78123092631", "78123092631", 100, "alice@example.com", "smtp", "<a@example.com>", "Quarterly report"),
-        NewJob("+74951234567", "74951234567", 100, "bob@example.com", "smtp", "<b@example.com>", "Invoice"),
+        NewJob("+78123092631", "78123092631", 100, "alice@example.com", "smtp", "<a@example.com>", "Quarterly report", node="gw-a"),
+        NewJob("+74951234567", "74951234567", 100, "bob@example.com", "smtp", "<b@example.com>", "Invoice", node="gw-b"),
     ])
+    store.update_job(first, claimed_by="gw-b")
     store.transition(first, "submitting", "uploading to the provider", expect=["queued"])
     store.transition(first, "submitted", "provider accepted it as 174", expect=["submitting"], provider_id=174, provider_status="ready_to_send")
     store.transition(first, "sent", "the provider reports it sent", provider_status="sent")
@@ -92,8 +94,33 @@ def test_jobs_lists_jobs(config_with_jobs) -> None:
     header, *rows = result.stdout.splitlines()
     assert header.split()[:4] == ["ID", "CREATED", "STATE", "NUMBER"]
     assert len(rows) == 2
-    assert re.search(rf"^\s*{second}\s.*queued\s+\+74951234567\s+100\s+3\s+bob@example.com$", rows[0])  # newest first
-    assert re.search(rf"^\s*{first}\s.*sent\s+\+78123092631\s+100\s+3\s+alice@example.com$", rows[1])
+    assert header.split()[-2:] == ["NODE", "FROM"]
+    assert re.search(rf"^\s*{second}\s.*queued\s+\+74951234567\s+100\s+3\s+gw-b\s+bob@example.com$", rows[0])  # newest first
+    assert re.search(rf"^\s*{first}\s.*sent\s+\+78123092631\s+100\s+3\s+gw-a\s+alice@example.com$", rows[1])
+
+
+def test_jobs_lists_the_leases_below_the_jobs(config_with_jobs) -> None:
+    """Which node runs which one-at-a-time worker (gatewayd/leadership.py): held, and expired."""
+    path, *_ = config_with_jobs
+    store = Store(load_config(path, env={}).state_dir)
+    now = time.time()
+    store.take_lease("tracker", "gw-a", 3600.0, now=now)
+    store.take_lease("outbox", "gw-b", 30.0, now=now - 3600)  # expired an hour ago
+    store.close()
+    result = gatewayd("jobs", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    footer = lines[lines.index("") + 1:]
+    assert footer[0].split() == ["LEASE", "NODE", "UNTIL"], result.stdout
+    assert re.fullmatch(r"outbox\s+gw-b\s+\S+ \S+ \(expired\)", footer[1]), footer
+    assert re.fullmatch(r"tracker\s+gw-a\s+\S+ \S+", footer[2]), footer
+    assert len(footer) == 3
+
+
+def test_jobs_without_leases_has_no_footer(config_with_jobs) -> None:
+    path, *_ = config_with_jobs
+    result = gatewayd("jobs", "-c", str(path))
+    assert "LEASE" not in result.stdout and "" not in result.stdout.splitlines(), result.stdout
 
 
 def test_jobs_filters_by_state_and_limit(config_with_jobs) -> None:
@@ -116,6 +143,8 @@ def test_job_shows_the_full_history(config_with_jobs) -> None:
     assert re.search(r"^number:\s+\+78123092631 \(dialled as 78123092631\)$", out, re.M)
     assert re.search(r"^provider id:\s+174$", out, re.M)
     assert re.search(r"^subject:\s+Quarterly report$", out, re.M)
+    assert re.search(r"^node:\s+gw-a$", out, re.M)  # took it in
+    assert re.search(r"^claimed by:\s+gw-b$", out, re.M)  # submits it
     history = out.split("history:\n", 1)[1].splitlines()
     steps = [re.sub(r"\s+", " ", line.strip()).split(" ", 2)[2] for line in history]  # drop date and time
     assert steps == [

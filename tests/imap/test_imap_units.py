@@ -25,6 +25,7 @@ from gatewayd.email_to_fax.imap_session import (
 )
 from gatewayd.email_to_fax.policy import NumberPolicy
 from gatewayd.health import Health
+from gatewayd.leadership import Leased
 from gatewayd.metrics import Metrics
 from gatewayd.store import Store
 
@@ -209,7 +210,8 @@ def test_daemon_wires_the_imap_service_only_when_enabled(tmp_path: Path, dovecot
         rt = Runtime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())
         services = build_services(rt)
         imap = [s for s in services if s.name == "imap"]
-        assert len(imap) == 1 and isinstance(imap[0], ImapIntake)
+        # one mailbox, polled by one node at a time: under the "imap" lease (gatewayd/leadership.py)
+        assert len(imap) == 1 and isinstance(imap[0], Leased) and isinstance(imap[0].service, ImapIntake)
         # listeners last: the sender is built before the mailbox poller
         names = [s.name for s in services]
         assert names.index("sender") < names.index("imap")

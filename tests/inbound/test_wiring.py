@@ -5,6 +5,7 @@ from __future__ import annotations
 from gatewayd.daemon import Runtime, build_services
 from gatewayd.fax_to_email.poller import InboundPoller
 from gatewayd.health import Health
+from gatewayd.leadership import Leased
 from gatewayd.metrics import Metrics
 from gatewayd.store import Store
 
@@ -14,7 +15,8 @@ def _names(config, tmp_path) -> list[str]:
     try:
         rt = Runtime(config=config, store=store, provider=None, metrics=Metrics(), health=Health())
         services = build_services(rt)
-        assert sum(isinstance(s, InboundPoller) for s in services) == (1 if config.inbound.enabled else 0)
+        # under the "inbound" lease: one node polls (gatewayd/leadership.py)
+        assert sum(isinstance(s, Leased) and isinstance(s.service, InboundPoller) for s in services) == (1 if config.inbound.enabled else 0)
         return [s.name for s in services]
     finally:
         store.close()

@@ -13,6 +13,7 @@ import pytest
 from support.reports import Gateway, wait_for
 
 from gatewayd.email_to_fax.tracker import NO_LONGER_KNOWN, Tracker, plan_change
+from gatewayd.leadership import Leased
 from gatewayd.provider.simulator import ProviderSimulator, SimSentFax
 from gatewayd.store import AT_PROVIDER, Job
 
@@ -272,7 +273,8 @@ async def test_wired_into_the_daemon(gateway: Gateway) -> None:
     names = [s.name for s in build_services(rt)]
     for name in ("tracker", "reports", "outbox"):
         assert names.count(name) == 1, names
-    assert isinstance(next(s for s in build_services(rt) if s.name == "tracker"), Tracker)
+    tracker = next(s for s in build_services(rt) if s.name == "tracker")
+    assert isinstance(tracker, Leased) and isinstance(tracker.service, Tracker)  # one node at a time (gatewayd/leadership.py)
 
 
 async def test_a_failed_job_waiting_for_its_retry_costs_no_requests(gateway: Gateway, sim: ProviderSimulator) -> None:

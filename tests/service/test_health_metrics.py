@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ REQUIRED_FAMILIES = {
     "gatewayd_reports": "counter",
     "gatewayd_healthy": "gauge",
     "gatewayd_service_restarts": "counter",
+    "gatewayd_lease_held": "gauge",  # by lease
+    "gatewayd_node_info": "gauge",
 }
 
 
@@ -125,6 +128,11 @@ async def test_metrics_and_health_of_a_running_daemon(tmp_path: Path, notify_soc
         assert sample(fams, "gatewayd_outbox_depth") == 0
         assert sample(fams, "gatewayd_outbox_oldest_age_seconds") == 0
         assert sample(fams, "gatewayd_provider_up") == 1 and sample(fams, "gatewayd_healthy") == 1
+        # One node alone holds every lease (gatewayd/leadership.py); storage.node_name is the host name.
+        for lease in ("tracker", "reports", "outbox", "inbound", "purge", "converter"):
+            assert sample(fams, "gatewayd_lease_held", lease=lease) == 1, lease
+        assert sample(fams, "gatewayd_lease_held", lease="imap") == 0  # not enabled
+        assert sample(fams, "gatewayd_node_info", node=socket.gethostname()) == 1
 
         # The provider goes away: 503 naming it, after three poll intervals.
         host_port = sim.url.rsplit(":", 1)[1]

@@ -15,7 +15,9 @@ What a test may change, and only that:
 * the SMTP listener binds 127.0.0.1:0 (the loader refuses port 0, so the
   config is changed after loading) and the test reads the bound port back
   from the listener: no port is picked before it is bound;
-* ``clock``, ``store``, ``provider``: the collaborators in the Runtime.
+* ``clock``, ``store``, ``provider``: the collaborators in the Runtime;
+* ``lease``: the period of the leases the one-at-a-time services run under
+  (gatewayd/leadership.py; storage.lease), short for takeover tests.
 
 Unlike the daemon's supervisor, a crashed ``run()`` is not restarted unless
 ``restart=True``: by default the crash fails the test at stop (``check=True``).
@@ -34,6 +36,7 @@ from gatewayd.config import Config, HostPort
 from gatewayd.daemon import Daemon, build_services
 from gatewayd.email_to_fax.smtp import SmtpListener
 from gatewayd.health import Health
+from gatewayd.leadership import DEFAULT_LEASE, Leased
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import ProviderApi, Runtime, Service
@@ -73,10 +76,10 @@ class InProcessGateway:
         return self.rt.config
 
     def service(self, name: str) -> Any:
-        """The running service called ``name`` ("sender", "smtp", "tracker", ...)."""
+        """The running service called ``name`` ("sender", "smtp", "tracker", ...); a leased one's own object, not its lease wrapper."""
         for s in self.services:
             if s.name == name:
-                return s
+                return s.service if isinstance(s, Leased) else s
         raise KeyError(f"no service {name!r} running (have {[s.name for s in self.services]})")
 
     def has(self, name: str) -> bool:
@@ -166,6 +169,7 @@ def build_gateway(
     provider: ProviderApi | None | ProviderFactory = fast_provider,
     port_zero: bool = True,
     config_path: str | None = None,
+    lease: float = DEFAULT_LEASE,
 ) -> InProcessGateway:
     """The gateway's parts, wired as the daemon wires them, not yet started."""
     if port_zero and config.smtp.listen:
@@ -180,10 +184,13 @@ def build_gateway(
     kw: dict[str, Any] = {"clock": clock} if clock else {}
     rt = Runtime(config=config, store=store, provider=client, metrics=metrics, health=Health(), **kw)
     services: list[Service] = []
-    for s in build_services(rt):
+    for s in build_services(rt, lease=lease):
         if only is not None and s.name not in only:
             continue
-        services.append(replace[s.name](rt) if replace and s.name in replace else s)
+        if replace and s.name in replace:
+            # A replaced leased service keeps its lease, as the daemon would run it.
+            s = s.leadership.lead(replace[s.name](rt)) if isinstance(s, Leased) else replace[s.name](rt)
+        services.append(s)
     for s in extra(rt) if extra is not None else ():
         # an extra service of a name build_services made takes its place
         services = [s if old.name == s.name else old for old in services] if any(o.name == s.name for o in services) else [*services, s]
