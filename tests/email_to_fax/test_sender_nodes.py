@@ -6,6 +6,7 @@ extension over, a frozen node's POST fenced, and the provider's 429 shared
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -181,6 +182,38 @@ async def test_a_node_frozen_between_claim_and_post_does_not_post(tmp_path: Path
         a.rt.provider = real
     assert sim.count_requests("POST", POST) == 0  # fenced: nothing sent
     assert job.state == "submitting" and claimer == "a"  # left for reconciliation
+
+
+async def test_a_node_that_lost_the_extension_while_reconciling_changes_nothing(tmp_path: Path, sim_data: dict, sim: Any,
+                                                                               open_store: Callable[[], Store]) -> None:
+    config = load(tmp_path, sim_data)
+    store = open_store()
+    job_id = dead_node_job(store)
+    store.close()
+    async with node(config, sim, open_store(), "b") as b:
+        real, lease = b.rt.provider, LEASE_PREFIX + "122"
+
+        class Freezing:
+            """The provider client, but node b "freezes" while it reads the provider's list: c takes the extension."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            async def list_sent_faxes(self, *args: Any, **kw: Any) -> Any:
+                b.rt.store.take_lease(lease, "b", 30.0, now=time.time() - 60)
+                assert b.rt.store.take_lease(lease, "c", 30.0).previous == "b"
+                return await real.list_sent_faxes(*args, **kw)
+
+        b.rt.provider = Freezing()  # type: ignore[assignment]
+        b.rt.wake("sender")
+        await wait_for(lambda: sim.count_requests("GET", POST) >= 1, what="b's look at the list")
+        await wait_for(lambda: b.rt.store.leases()[0].holder == "c", what="c holding the extension")
+        await wait_for(lambda: "sender-122" not in {t.get_name() for t in asyncio.all_tasks()}, what="b's drain over")
+        job = b.rt.store.get_job(job_id)
+        b.rt.provider = real
+    # Left as node a claimed it, for c to reconcile: b neither noted a miss nor requeued.
+    assert job.state == "submitting" and job.reason == "submitting to the provider"
+    assert sim.count_requests("POST", POST) == 0
 
 
 async def test_a_429_seen_by_one_node_holds_the_other(tmp_path: Path, sim_data: dict, sim: Any,
