@@ -76,7 +76,8 @@ class ProviderApi(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = ...) -> SentFax: ...
+    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = ..., *,
+                       fence: Callable[[], None] | None = ...) -> SentFax: ...
 
     async def get_sent_fax(self, extension_id: int, fax_id: int) -> SentFax: ...
 
@@ -119,7 +120,8 @@ class NoProvider:
     async def aclose(self) -> None:
         return None
 
-    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf") -> SentFax:
+    async def send_fax(self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf", *,
+                       fence: Callable[[], None] | None = None) -> SentFax:
         raise self._refuse("send_fax")
 
     async def get_sent_fax(self, extension_id: int, fax_id: int) -> SentFax:

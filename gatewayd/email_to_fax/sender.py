@@ -19,6 +19,15 @@ One submission at a time per extension (so reconciliation of a job can never
 race the POST of another job to the same number), a few extensions at once;
 and no POST to a number while an earlier job to it is still unresolved, so a
 reconciliation never has two of our faxes to the same number to choose from.
+
+Several nodes on one PostgreSQL store (docs/provider.md, Several nodes): an
+extension is drained only by the node holding its lease ``sender:<extension>``
+(renewed while draining, released when done, so work spreads); the claim
+(``queued -> submitting``, with ``claimed_by``) checks the lease in the same
+transaction; a claim older than the lease can vouch for is never POSTed
+(a node frozen between claim and POST); a node taking an extension over from
+another holder reconciles that extension's ``submitting`` jobs first; and the
+provider's 429 and credential holds are kept in the store, so every node waits.
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gatewayd.backoff import backoff_delay
@@ -46,7 +56,7 @@ from gatewayd.provider.client import (
     SentFax,
 )
 from gatewayd.runtime import Runtime
-from gatewayd.store import ERROR, QUEUED, REJECTED, SUBMITTED, SUBMITTING, IdOwner, Job, StoreError
+from gatewayd.store import ERROR, QUEUED, REJECTED, SUBMITTED, SUBMITTING, IdOwner, Job, StoreError, Taken
 
 log = get_logger(__name__)
 
@@ -66,6 +76,18 @@ class SenderTuning:
     # of the POST and its end; this much clock skew is allowed either side.
     match_skew: float = 900.0
     stop_grace: float = 3.0  # a POST in flight at stop may finish this long
+    # How long an extension stays with the node draining it without a
+    # renewal (storage.lease); a node that froze loses it after this.
+    lease: float = 30.0
+
+
+class SubmitFenced(Exception):
+    """The POST was about to start when this node could no longer vouch for
+    its extension lease (it was frozen, or its store link failed): not sent."""
+
+
+LEASE_PREFIX = "sender:"  # + extension: the lease of the node draining it
+HOLD_KEY = "sender_provider_hold"  # meta: no provider calls before this time, on any node
 
 
 REQUEUE_REASON = "provider has no record of the submission"
@@ -76,9 +98,16 @@ class Sender:
 
     name = "sender"
 
-    def __init__(self, rt: Runtime, tuning: SenderTuning | None = None) -> None:
+    def __init__(self, rt: Runtime, tuning: SenderTuning | None = None, *, node: str = "",
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.rt = rt
         self.tuning = tuning or SenderTuning()
+        self.node = node or socket.gethostname()  # the lease holder and jobs.claimed_by
+        self._monotonic = monotonic
+        # extension -> monotonic time its lease surely lasts until (taken
+        # before the store call that renewed it): what the fence trusts.
+        self._lease_until: dict[int, float] = {}
+        self._lost: set[int] = set()  # extensions whose lease went to another node mid-drain
         self._workers: dict[int, asyncio.Task[None]] = {}  # extension -> its drain task
         self._slots = asyncio.Semaphore(self.tuning.concurrency)
         self._failures = 0  # consecutive "provider unavailable", for the backoff
@@ -88,14 +117,15 @@ class Sender:
     # ---------------------------------------------------------------- service
 
     async def start(self) -> None:
-        # Jobs left in "submitting" by a previous run are reconciled first:
-        # make them due now, whatever backoff they carried.
+        # Jobs this node left in "submitting" in a previous run (and jobs no
+        # node claimed: older ones, or restored) are reconciled first: make
+        # them due now, whatever backoff they carried. Another live node's
+        # are its own; a node taking over a dead one's extension reconciles
+        # them then (_pass).
         store = self.rt.store
-        stuck = await store.run(store.jobs_in_states, [SUBMITTING])
-        for job in stuck:
-            await store.run(store.update_job, job.id, next_attempt_at=self.rt.clock())
+        stuck = await store.run(store.reconcile_now, self.rt.clock(), claimed_by=[self.node, ""])
         if stuck:
-            log.info("sender_reconcile_pending", jobs=[j.id for j in stuck])
+            log.info("sender_reconcile_pending", jobs=stuck)
 
     async def run(self) -> None:
         try:
@@ -123,16 +153,35 @@ class Sender:
         store = self.rt.store
         now = self.rt.clock()
         self._workers = {ext: t for ext, t in self._workers.items() if not t.done()}
-        if now < self._hold_until:
-            return self._hold_until - now
+        hold = await self._held_until()
+        if now < hold:
+            return hold - now
         due = await store.run(store.due_jobs, SUBMITTING, now, 200)
         due += await store.run(store.due_jobs, QUEUED, now, 200)
         by_extension: dict[int, list[int]] = {}
         for job in due:
             by_extension.setdefault(job.extension, []).append(job.id)
+        for lease in await store.run(store.leases):
+            # Another node stopped renewing: its extension is taken over even
+            # with nothing due, as it may have left a POST unresolved.
+            if lease.name.startswith(LEASE_PREFIX) and lease.holder != self.node and lease.expires_at <= now:
+                with contextlib.suppress(ValueError):
+                    by_extension.setdefault(int(lease.name.removeprefix(LEASE_PREFIX)), [])
         for extension, ids in by_extension.items():
-            if extension not in self._workers:
-                self._workers[extension] = asyncio.create_task(self._drain(extension, ids), name=f"sender-{extension}")
+            if extension in self._workers:
+                continue
+            if len(self._workers) >= self.tuning.concurrency:
+                break  # leave the other extensions' leases to other nodes meanwhile
+            taken = await self._take_lease(extension)
+            if not taken.held:
+                continue  # another node drains this extension
+            if taken.previous:
+                # Its previous holder stopped renewing (died or froze) and may
+                # have left a POST unresolved: reconcile before anything else.
+                stuck = await store.run(store.reconcile_now, self.rt.clock(), extension=extension)
+                log.warning("sender_extension_taken_over", extension=extension, previous=taken.previous, reconcile=stuck)
+                ids = [*stuck, *(i for i in ids if i not in stuck)]
+            self._workers[extension] = asyncio.create_task(self._drain(extension, ids), name=f"sender-{extension}")
         next_due = await store.run(store.next_submission_due)
         if next_due is None or next_due <= self.rt.clock():
             # Nothing, or only work a running drain task already has: it wakes
@@ -152,11 +201,14 @@ class Sender:
             await asyncio.wait(pending, timeout=1.0)
 
     async def _drain(self, extension: int, job_ids: Sequence[int]) -> None:
-        """One extension's due jobs, one at a time, in order (submitting first)."""
+        """One extension's due jobs, one at a time, in order (submitting first),
+        while this node holds the extension's lease."""
         store = self.rt.store
+        self._lost.discard(extension)
+        keeper = asyncio.create_task(self._keep_lease(extension), name=f"sender-lease-{extension}")
         try:
             for job_id in job_ids:
-                if self.rt.stopping.is_set() or self.rt.clock() < self._hold_until:
+                if self.rt.stopping.is_set() or extension in self._lost or self.rt.clock() < await self._held_until():
                     return
                 try:
                     async with self._slots:
@@ -171,7 +223,77 @@ class Sender:
                     if await self.rt.sleep(self.tuning.backoff_base):
                         return
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
+            # Idle: another node may take the extension now (work spreads);
+            # this one takes it again at its next pass if it is still free.
+            with contextlib.suppress(Exception):
+                await store.run(store.release_lease, LEASE_PREFIX + str(extension), self.node)
+            self._lease_until.pop(extension, None)
             self.rt.wake("sender")  # look for more right away
+
+    # ------------------------------------------------------------------ leases
+
+    async def _take_lease(self, extension: int) -> Taken:
+        """Take or renew the extension's lease; note until when it surely lasts."""
+        store = self.rt.store
+        before = self._monotonic()
+        taken = await store.run(store.take_lease, LEASE_PREFIX + str(extension), self.node, self.tuning.lease)
+        if taken.held:
+            self._lease_until[extension] = before + self.tuning.lease
+        return taken
+
+    async def _keep_lease(self, extension: int) -> None:
+        """Renew the lease every third of its period while the drain runs (a long upload included)."""
+        while True:
+            await asyncio.sleep(self.tuning.lease / 3)
+            try:
+                taken = await self._take_lease(extension)
+            except Exception:
+                # The fence stops a POST once the lease can no longer be vouched for.
+                log.exception("sender_lease_renewal_failed", extension=extension)
+                continue
+            if not taken.held:
+                self._lost.add(extension)
+                log.warning("sender_lease_lost", extension=extension, holder=taken.lease.holder if taken.lease else "")
+                return
+
+    def _fence(self, extension: int) -> Callable[[], None]:
+        """Called by the client right before the POST: refuse it unless the
+        lease lasts a third of its period more by this node's monotonic clock,
+        so a node frozen between its claim and its POST never sends a job
+        another node may already be reconciling (docs/provider.md, Several nodes)."""
+        def check() -> None:
+            left = self._lease_until.get(extension, 0.0) - self._monotonic()
+            if left < self.tuning.lease / 3:
+                raise SubmitFenced(f"the lease of extension {extension} cannot be vouched for ({left:.1f} s left)")
+        return check
+
+    async def _still_holds(self, extension: int) -> bool:
+        """Whether this node still holds the extension (checked before reconciliation changes a job)."""
+        store = self.rt.store
+        held = await store.run(store.holds_lease, LEASE_PREFIX + str(extension), self.node)
+        if not held:
+            self._lost.add(extension)
+            log.warning("sender_lease_lost", extension=extension)
+        return held
+
+    async def _held_until(self) -> float:
+        """No provider calls before this time: this node's hold or another node's (kept in the store)."""
+        store = self.rt.store
+        shared = await store.run(store.hold_until, HOLD_KEY)
+        self._hold_until = max(self._hold_until, shared)
+        return self._hold_until
+
+    async def _hold(self, until: float) -> None:
+        """Every node waits until ``until`` (the provider's 429, or refused credentials)."""
+        store = self.rt.store
+        self._hold_until = max(self._hold_until, until)
+        try:
+            await store.run(store.extend_hold, HOLD_KEY, until)
+        except Exception:
+            log.exception("sender_hold_not_shared")  # this node waits all the same
 
     async def _handle(self, job_id: int) -> None:
         store = self.rt.store
@@ -208,16 +330,27 @@ class Sender:
             await store.run(store.transition, job.id, ERROR, f"the fax document cannot be prepared: {type(exc).__name__}", expect=[QUEUED])
             return
         started = rt.clock()
-        # Committed before the POST: a crash from here on is reconciled, not resent.
-        moved = await store.run(
-            store.transition, job.id, SUBMITTING, "submitting to the provider",
-            expect=[QUEUED], submitted_at=started,
-            next_attempt_at=started + self._reconcile_after(),
+        # Committed before the POST: a crash from here on is reconciled, not
+        # resent. Only while this node holds the extension's lease a third of
+        # a period more (docs/provider.md, Several nodes).
+        claim = await store.run(
+            store.claim_job, job.id, self.node, LEASE_PREFIX + str(job.extension), self.tuning.lease / 3,
+            reason="submitting to the provider", submitted_at=started, next_attempt_at=started + self._reconcile_after(),
         )
-        if not moved:
+        if claim == "lease":
+            self._lost.add(job.extension)
+            log.warning("sender_lease_lost", extension=job.extension)
+            return
+        if claim != "claimed":
             return  # canceled or taken meanwhile
         try:
-            fax = await rt.provider.send_fax(job.extension, job.dst_num, document, f"fax-{job.id}.pdf")
+            fax = await rt.provider.send_fax(job.extension, job.dst_num, document, f"fax-{job.id}.pdf", fence=self._fence(job.extension))
+        except SubmitFenced as exc:
+            # Nothing was sent, but another node may hold the extension by now:
+            # the job stays in "submitting" and is reconciled by the holder.
+            self._lost.add(job.extension)
+            log.warning("sender_post_fenced", error=str(exc))
+            return
         except AmbiguousSubmit as exc:
             rt.metrics.submissions.labels("ambiguous").inc()
             log.warning("sender_answer_lost", error=str(exc))
@@ -235,14 +368,14 @@ class Sender:
         except RateLimited as exc:  # refused before anything was created
             rt.metrics.rate_limit_waits.labels("provider").inc()
             wait = max(1.0, float(exc.retry_after))
-            self._hold_until = max(self._hold_until, rt.clock() + wait)
+            await self._hold(rt.clock() + wait)
             log.warning("sender_rate_limited", retry_after=round(wait, 1))
             await self._requeue(job, f"provider rate limit, waiting {int(wait)} s", wait)
             return
         except AuthError as exc:
             # Credentials or rights: no fax was created; nothing a retry soon fixes.
             wait = self.tuning.auth_backoff
-            self._hold_until = max(self._hold_until, rt.clock() + wait)
+            await self._hold(rt.clock() + wait)
             rt.metrics.submissions.labels("auth_error").inc()
             log.error("sender_provider_auth_refused", error=str(exc), retry_in=int(wait),
                       hint="check provider.client_id/client_secret and the application's rights")
@@ -330,7 +463,7 @@ class Sender:
             faxes = await rt.provider.list_sent_faxes(job.extension, since=window[0])
         except RateLimited as exc:
             rt.metrics.rate_limit_waits.labels("provider").inc()
-            self._hold_until = max(self._hold_until, rt.clock() + max(1.0, exc.retry_after))
+            await self._hold(rt.clock() + max(1.0, exc.retry_after))
             await self._reconcile_later(job, f"provider rate limit while reconciling: {exc}", max(1.0, exc.retry_after))
             return
         except (ProviderError, ValueError) as exc:
@@ -349,6 +482,8 @@ class Sender:
              and f.datetime is not None and window[0] <= f.datetime <= window[1]),
             key=lambda f: (f.datetime, f.id),
         )
+        if not await self._still_holds(job.extension):
+            return  # another node has the extension now: it reconciles
         if candidates:
             chosen = candidates[0]
             if len(candidates) > 1:
@@ -429,4 +564,4 @@ def _provider_words(exc: ProviderError) -> str:
     return exc.message or str(exc)
 
 
-__all__ = ["Sender", "SenderTuning", "REQUEUE_REASON", "header_values"]
+__all__ = ["HOLD_KEY", "LEASE_PREFIX", "REQUEUE_REASON", "Sender", "SenderTuning", "SubmitFenced", "header_values"]

@@ -291,9 +291,15 @@ class ProviderClient:
 
     # ---------------------------------------------------------------- sending
     async def send_fax(
-        self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf"
+        self, extension_id: int, dst_num: str, document: bytes, filename: str = "fax.pdf",
+        *, fence: Callable[[], None] | None = None,
     ) -> SentFax:
-        """POST a fax. Never retried: a lost answer raises AmbiguousSubmit."""
+        """POST a fax. Never retried: a lost answer raises AmbiguousSubmit.
+
+        ``fence``, when given, is called right before the POST request is
+        sent (and before its one repeat after a 401); whatever it raises
+        ends the call with nothing sent (docs/provider.md, Several nodes).
+        """
         ext = int_id(extension_id)
         if not isinstance(dst_num, str) or not dst_num.strip():
             raise ValueError("dst_num must be a non-empty string")
@@ -331,6 +337,7 @@ class ProviderClient:
                 data={"dst_num": dst_num},
                 files={"file": (filename, document, ctype)},
                 ambiguous=ambiguous,
+                fence=fence,
             )
         except (NotFound, Rejected) as exc:
             self._note_path("fax_out", exc.http_status)
@@ -518,12 +525,13 @@ class ProviderClient:
         data: Mapping[str, str] | None = None,
         files: Mapping[str, Any] | None = None,
         ambiguous: Callable[..., AmbiguousSubmit] | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> httpx.Response:
         """One request with a token; on 401 renew the token and repeat once."""
         self._check_blocked()
         token = await self._token()
         send = dict(params=params, json_body=json_body, data=data, files=files,
-                    ambiguous=ambiguous)
+                    ambiguous=ambiguous, fence=fence)
         resp = await self._send(method, template, url, token, **send)
         if resp.status_code == 401:
             # A 401 means the request was not processed: repeating is safe,
@@ -548,7 +556,12 @@ class ProviderClient:
         data: Mapping[str, str] | None,
         files: Mapping[str, Any] | None,
         ambiguous: Callable[..., AmbiguousSubmit] | None,
+        fence: Callable[[], None] | None = None,
     ) -> httpx.Response:
+        if fence is not None:
+            # The last moment before the request: nothing but httpx's own
+            # preparation (and the connection) lies between this and the wire.
+            fence()
         started = time.perf_counter()
         status: int | None = None
         kw: dict[str, Any] = {"headers": {"Authorization": f"Bearer {token}"}}

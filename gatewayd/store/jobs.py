@@ -277,6 +277,63 @@ class JobTable(StorePart):
         )
         return Job(*rows[0]) if rows else None
 
+    # --- for the sender on several nodes (docs/provider.md, Several nodes)
+
+    def claim_job(self, job_id: int, node: str, lease: str, margin: float, *, reason: str, submitted_at: float,
+                  next_attempt_at: float) -> str:
+        """``queued -> submitting`` for ``node``, committed before the POST: "claimed",
+        "moved" (no longer queued, or another transaction holds the row), or
+        "lease" (``node`` no longer holds ``lease`` for ``margin`` seconds more).
+
+        The lease check and the move are one transaction, so a node whose
+        lease lapsed (it froze, its database link failed) claims nothing.
+        On PostgreSQL the row is taken ``FOR UPDATE SKIP LOCKED``: a row
+        another node is changing is skipped, never waited for.
+        """
+        now = self.clock()
+        lock = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        try:
+            with self._db.transaction() as conn:
+                held = conn.execute("SELECT 1 FROM leases WHERE name = ? AND holder = ? AND expires_at > ?",
+                                    (lease, node, now + margin)).fetchone()
+                if held is None:
+                    return "lease"
+                row = conn.execute(f"SELECT state FROM jobs WHERE id = ? AND finished_at IS NULL{lock}", (job_id,)).fetchone()
+                if row is None or row[0] != QUEUED:
+                    return "moved"
+                conn.execute("UPDATE jobs SET state = ?, reason = ?, claimed_by = ?, submitted_at = ?, next_attempt_at = ?, "
+                             "updated_at = ? WHERE id = ?", (SUBMITTING, reason, node, submitted_at, next_attempt_at, now, job_id))
+                conn.execute("INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+                             (job_id, now, QUEUED, SUBMITTING, reason))
+        except DB_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+        return "claimed"
+
+    def claimed_by(self, job_id: int) -> str:
+        """The node that last claimed this job for submission ("" when none has)."""
+        rows = self._db.query("SELECT claimed_by FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise JobNotFound(f"no job {job_id}")
+        return str(rows[0][0])
+
+    def reconcile_now(self, now: float, *, extension: int | None = None, claimed_by: Sequence[str] | None = None) -> list[int]:
+        """Make unfinished ``submitting`` jobs due at ``now`` (reconciled before
+        anything else), of one extension and/or claimed by these nodes; their ids."""
+        terms = ["state = ?", "finished_at IS NULL"]
+        params: list[Any] = [SUBMITTING]
+        if extension is not None:
+            terms.append("extension = ?")
+            params.append(extension)
+        if claimed_by is not None:
+            terms.append(f"claimed_by IN ({','.join('?' * len(claimed_by))})")
+            params.extend(claimed_by)
+        where = " AND ".join(terms)
+        with self._db.transaction() as conn:
+            ids = [int(r[0]) for r in conn.execute(f"SELECT id FROM jobs WHERE {where} ORDER BY id", tuple(params)).fetchall()]
+            if ids:
+                conn.execute(f"UPDATE jobs SET next_attempt_at = ? WHERE {where}", (now, *params))
+        return ids
+
     # --- for the tracker and the reports
 
     def update_job_if(self, job_id: int, expect: Sequence[str], **fields: Any) -> bool:

@@ -24,6 +24,28 @@ class Markers(StorePart):
     def set_meta(self, key: str, value: str) -> None:
         self._db.write("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
+    def hold_until(self, key: str) -> float:
+        """A time kept in ``meta`` under ``key`` (0 when none): e.g. the
+        sender's "no provider calls before" shared by every node."""
+        value = self.get_meta(key)
+        try:
+            return float(value) if value else 0.0
+        except ValueError:
+            return 0.0
+
+    def extend_hold(self, key: str, until: float) -> float:
+        """Move the time under ``key`` to ``until`` unless it is later already; the time now kept."""
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            try:
+                current = float(row[0]) if row else 0.0
+            except ValueError:
+                current = 0.0
+            if until > current:
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                             (key, repr(until)))
+        return max(current, until)
+
     def imap_queue_reply_once(self, key: str, mail_from: str, recipients: Sequence[str], message: bytes, *, ref: str = "") -> bool:
         """Queue the reply to a refused mailbox message, once per intake ``key``.
 
