@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,8 +76,8 @@ class SenderTuning:
     match_skew: float = 900.0
     stop_grace: float = 3.0  # a POST in flight at stop may finish this long
     # How long an extension stays with the node draining it without a
-    # renewal (storage.lease); a node that froze loses it after this.
-    lease: float = 30.0
+    # renewal; a node that froze loses it after this. None: storage.lease.
+    lease: float | None = None
 
 
 class SubmitFenced(Exception):
@@ -102,7 +101,8 @@ class Sender:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.rt = rt
         self.tuning = tuning or SenderTuning()
-        self.node = node or socket.gethostname()  # the lease holder and jobs.claimed_by
+        self.node = node or rt.config.storage.node_name  # the lease holder and jobs.claimed_by
+        self.lease = self.tuning.lease if self.tuning.lease is not None else rt.config.storage.lease
         self._monotonic = monotonic
         # extension -> monotonic time its lease surely lasts until (taken
         # before the store call that renewed it): what the fence trusts.
@@ -239,15 +239,15 @@ class Sender:
         """Take or renew the extension's lease; note until when it surely lasts."""
         store = self.rt.store
         before = self._monotonic()
-        taken = await store.run(store.take_lease, LEASE_PREFIX + str(extension), self.node, self.tuning.lease)
+        taken = await store.run(store.take_lease, LEASE_PREFIX + str(extension), self.node, self.lease)
         if taken.held:
-            self._lease_until[extension] = before + self.tuning.lease
+            self._lease_until[extension] = before + self.lease
         return taken
 
     async def _keep_lease(self, extension: int) -> None:
         """Renew the lease every third of its period while the drain runs (a long upload included)."""
         while True:
-            await asyncio.sleep(self.tuning.lease / 3)
+            await asyncio.sleep(self.lease / 3)
             try:
                 taken = await self._take_lease(extension)
             except Exception:
@@ -266,7 +266,7 @@ class Sender:
         another node may already be reconciling (docs/provider.md, Several nodes)."""
         def check() -> None:
             left = self._lease_until.get(extension, 0.0) - self._monotonic()
-            if left < self.tuning.lease / 3:
+            if left < self.lease / 3:
                 raise SubmitFenced(f"the lease of extension {extension} cannot be vouched for ({left:.1f} s left)")
         return check
 
@@ -334,7 +334,7 @@ class Sender:
         # resent. Only while this node holds the extension's lease a third of
         # a period more (docs/provider.md, Several nodes).
         claim = await store.run(
-            store.claim_job, job.id, self.node, LEASE_PREFIX + str(job.extension), self.tuning.lease / 3,
+            store.claim_job, job.id, self.node, LEASE_PREFIX + str(job.extension), self.lease / 3,
             reason="submitting to the provider", submitted_at=started, next_attempt_at=started + self._reconcile_after(),
         )
         if claim == "lease":
