@@ -17,6 +17,7 @@ SIGCONT). Afterwards, with every node back:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -43,7 +44,8 @@ from support.reliability import (
 from gatewayd.provider.simulator import run_simulator
 
 NODES = 3
-ROUNDS = 5
+# One round each: what happens to which node (the lease holder, or one at random).
+PLAN = [("kill", "holder"), ("freeze-long", "holder"), ("freeze", "any"), ("kill", "any"), ("freeze-long", "holder"), ("freeze-long", "any")]
 CLIENTS = 3
 PACE = 0.15  # each client starts a message at most every PACE seconds
 LEASE = 5.0  # storage.lease's minimum: takeovers within a round
@@ -58,6 +60,12 @@ def node_data(tmp_path: Path, i: int, *, sim: Any, sink: RecordingSink, url: str
         inbound={"enabled": True, "poll_interval": "1s", "mailto_refresh": "1s", "routes": {INBOUND_TO: ["night@x.test"]}},
     )
     return data
+
+
+def leader(pg: PgServer, dbname: str) -> int:
+    """The node holding the most unexpired leases (0 when none holds any)."""
+    rows = db_rows(pg, dbname, "SELECT holder, COUNT(*) FROM leases WHERE expires_at > extract(epoch FROM now()) GROUP BY holder ORDER BY 2 DESC")
+    return int(rows[0][0].removeprefix("node")) if rows else 0
 
 
 def db_rows(pg: PgServer, dbname: str, sql: str) -> list[tuple[Any, ...]]:
@@ -107,10 +115,12 @@ async def test_three_nodes_one_killed_or_frozen_at_a_time_nothing_lost_nothing_t
 
             load = [asyncio.create_task(client(k)) for k in range(CLIENTS)] + [asyncio.create_task(faxes_arrive())]
             try:
-                for _round in range(ROUNDS):
+                for action, whom in PLAN:
                     await asyncio.sleep(rng.uniform(1.0, 3.0))
-                    victim = rng.randrange(NODES)
-                    if rng.random() < 0.5:
+                    # Half the rounds go for the node holding the most leases
+                    # (the first start gives one node all of them): the others must take its work over.
+                    victim = leader(pg_server, pg_database) if whom == "holder" else rng.randrange(NODES)
+                    if action == "kill":
                         nodes[victim].kill()
                         await nodes[victim].proc.wait()
                         await asyncio.sleep(rng.uniform(0.5, 2.0))
@@ -119,8 +129,8 @@ async def test_three_nodes_one_killed_or_frozen_at_a_time_nothing_lost_nothing_t
                         pid = nodes[victim].proc.pid
                         os.kill(pid, signal.SIGSTOP)
                         try:
-                            # Sometimes longer than the lease: the others take its work over.
-                            await asyncio.sleep(rng.choice([rng.uniform(1.0, 3.0), rng.uniform(LEASE + 2, LEASE + 8)]))
+                            # Long: longer than the lease, the others take its work over.
+                            await asyncio.sleep(rng.uniform(LEASE + 2, LEASE + 8) if action == "freeze-long" else rng.uniform(1.0, 3.0))
                         finally:
                             os.kill(pid, signal.SIGCONT)
             finally:
@@ -150,6 +160,12 @@ async def test_three_nodes_one_killed_or_frozen_at_a_time_nothing_lost_nothing_t
         assert all(r.startswith(("250", "conn", "421", "451")) for r in replies), sorted({r[:40] for r in replies})
         stored = [r[0] for r in db_rows(pg_server, pg_database, "SELECT id FROM jobs")]
         assert_exactly_once(sim, acknowledged, stored)
+
+        # The rounds did what they are for: leases were taken over from a killed or frozen node.
+        taken_over = [json.loads(line).get("taken_over_from") for n in range(NODES)
+                      for line in (tmp_path / f"node{n}" / f"node{n}.log").read_text(errors="replace").splitlines()
+                      if '"lease_taken"' in line]
+        assert [t for t in taken_over if t], "no lease was ever taken over: the test did not test a takeover"
 
         # Every node took mail in.
         by_node = dict(db_rows(pg_server, pg_database, "SELECT node, COUNT(*) FROM jobs GROUP BY node"))
