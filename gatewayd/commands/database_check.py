@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -53,7 +54,7 @@ def _check_postgres(config: Config, ours: int) -> DatabaseCheck:
     shown = redact_url(s.database_url)
     where = f"the database {shown}"
     secret = [s.database_password] if s.database_password else []
-    kwargs = {"password": s.database_password} if s.database_password else {}
+    kwargs: dict[str, Any] = {"password": s.database_password} if s.database_password else {}
     try:
         with psycopg.connect(s.database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
                              application_name="gatewayd check-config", **kwargs) as conn:
