@@ -129,12 +129,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gatewayd.commands.database_check import check_database  # the database is reached only here
+
     config = load(args)
-    print(summarise_config(config))
+    database = check_database(config)
+    print(summarise_config(config, schema=database.text))
     print(office_line(config))
     # Valid but open: said on stderr, the exit code stays 0 (docs/operations.md).
     for warning in config_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
+    if not database.ok:
+        raise CommandError(f"{database.where}: {database.text}")
     return EXIT_OK
 
 
@@ -151,7 +156,8 @@ def office_line(c: Config) -> str:
             f"{c.documents.convert_timeout:g}s and {c.documents.convert_memory // (1024 * 1024)} MiB a document")
 
 
-def summarise_config(c: Config) -> str:
+def summarise_config(c: Config, *, schema: str = "") -> str:
+    """The check-config summary; ``schema``: what the database said (gatewayd/commands/database_check.py), on its line."""
     lines = [
         f"configuration {c.source}: valid",
         f"  provider    {c.provider.base_url} (token {c.provider.token_url}), client {c.provider.client_id}, default extension {c.provider.extension or 'none'}",
@@ -168,7 +174,8 @@ def summarise_config(c: Config) -> str:
         f"  state       {c.state_dir}" + (f" (intake refused below {c.storage.min_free // 1_000_000}MB free)" if c.storage.min_free else ""),
         "  database    " + (f"PostgreSQL {redact_url(c.storage.database_url)}"
                              + (" (password from storage.database_password)" if c.storage.database_password else "")
-                             + f"; leases {c.storage.lease:g}s" if c.storage.postgres else f"SQLite in {c.state_dir}"),
+                             + f"; leases {c.storage.lease:g}s" if c.storage.postgres else f"SQLite in {c.state_dir}")
+        + (f"; {schema}" if schema else ""),
         "  retention   " + ", ".join(f"{k} {_days(getattr(c.retention, k))}" for k in ("documents", "mail", "jobs", "received"))
         + (f"; purged every {c.retention.interval:g}s" if c.retention.interval else "; purged only by `gatewayd purge`"),
         f"  http        {c.http.listen or 'off'}",

@@ -181,8 +181,9 @@ class Daemon:
         try:
             # Once for a database made before gatewayd purged anything: one
             # VACUUM puts it in incremental mode (gatewayd/store/retention.py).
+            # SQLite's alone: PostgreSQL's autovacuum looks after its own files.
             began = time.monotonic()
-            if store.ensure_incremental_vacuum():
+            if store.dialect == "sqlite" and store.ensure_incremental_vacuum():
                 log.info("store_vacuumed_once", seconds=round(time.monotonic() - began, 1), why="auto_vacuum = INCREMENTAL")
         except StoreError as exc:  # e.g. locked by a long command: the next start tries again
             log.warning("store_vacuum_mode_unchanged", error=str(exc))

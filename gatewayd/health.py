@@ -2,7 +2,10 @@
 
 Healthy (200) when all of these hold (docs/operations.md, Health):
 
-* the store answers (a query on its thread, within a deadline);
+* the store answers (a query on its thread, within a deadline); on
+  PostgreSQL the problem names the database (``store: database
+  postgresql://gatewayd@db.example.com/gatewayd not answering``, never a
+  password): intake answers 451 meanwhile (docs/operations.md, Database outage);
 * every listener that registered itself is up (``smtp``, ``http``, and the
   ``imap`` mailbox when enabled);
 * the provider's last call succeeded, or its last success (or, if it never
@@ -94,14 +97,15 @@ class Health:
         queues: dict[str, Any] | None = None,
         stopping: bool = False,
         storage: str | None = None,
+        database: str | None = None,
     ) -> tuple[bool, dict[str, Any]]:
-        """(healthy, JSON body)."""
+        """(healthy, JSON body). ``database``: where a shared database is (redacted), named when it does not answer."""
         now = self.clock()
         problems: list[str] = []
         if stopping:
             problems.append("shutting down")
         if not store_ok:
-            problems.append("store: not answering")
+            problems.append(f"store: database {database} not answering" if database else "store: not answering")
         for name, up in sorted(self.listeners.items()):
             if not up:
                 problems.append(f"listener {name}: down")
@@ -122,6 +126,7 @@ class Health:
             "status": "ok" if not problems else "unhealthy",
             "problems": problems,
             "store": "ok" if store_ok else "down",
+            **({"database": database} if database else {}),
             "listeners": {name: "up" if up else "down" for name, up in sorted(self.listeners.items())},
             "provider": {
                 "ok": provider_ok,

@@ -21,8 +21,8 @@ from gatewayd.logs import get_logger
 from gatewayd.metrics import CONTENT_TYPE_LATEST
 from gatewayd.provider.paths import PATHS
 from gatewayd.runtime import Runtime
-from gatewayd.store import Store
-from gatewayd.store.retention import StorageFacts, document_bytes
+from gatewayd.store import Store, StoreError
+from gatewayd.store.retention import StorageFacts
 
 log = get_logger(__name__)
 
@@ -48,7 +48,13 @@ def read_store_facts(store: Store, now: float) -> StoreFacts:
     for job in store.jobs_in_states(ACTIVE_STATES):
         ages[job.state] = max(ages.get(job.state, 0.0), now - job.created_at)
     held = store.count_received("no_recipient")
-    return StoreFacts(True, jobs, ages, depth, oldest, held, store.storage_facts())
+    try:
+        storage = store.storage_facts()
+    except StoreError:
+        if store.dialect == "sqlite":
+            raise
+        storage = None  # the database file's size is SQLite's fact; PostgreSQL answered the queries above
+    return StoreFacts(True, jobs, ages, depth, oldest, held, storage)
 
 
 def poll_interval(config: Config) -> float:
@@ -79,7 +85,7 @@ async def gather_health(rt: Runtime) -> tuple[bool, dict[str, Any], StoreFacts]:
     low: LowStorage | None = rt.low_storage()
     healthy, body = rt.health.check(
         store_ok=facts.ok, provider=rt.provider, poll_interval=interval, queues=queues, stopping=rt.stopping.is_set(),
-        storage=str(low) if low is not None else None,
+        storage=str(low) if low is not None else None, database=store.where if store.dialect == "postgresql" else None,
     )
     m = rt.metrics
     if facts.ok:
@@ -166,8 +172,8 @@ class HttpServer:
     async def metrics(self, request: web.Request) -> web.Response:
         await gather_health(self.rt)
         try:
-            # A directory walk: in a thread, neither on the loop nor on the store's thread.
-            size = await asyncio.wait_for(asyncio.to_thread(document_bytes, self.rt.store.documents_dir), timeout=STORE_DEADLINE)
+            # A directory walk (or, on PostgreSQL, one query): in a thread, neither on the loop nor on the store's thread.
+            size = await asyncio.wait_for(asyncio.to_thread(self.rt.store.documents_size), timeout=STORE_DEADLINE)
         except Exception as exc:
             log.warning("metrics_document_bytes_failed", error=f"{type(exc).__name__}: {exc}")
         else:

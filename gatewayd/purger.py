@@ -19,7 +19,7 @@ from gatewayd.config import INBOUND_WINDOW_SLACK, Config
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store, StoreError
-from gatewayd.store.retention import PurgeResult, RetentionPolicy, document_bytes, purge
+from gatewayd.store.retention import PurgeResult, RetentionPolicy, purge
 
 log = get_logger(__name__)
 
@@ -95,8 +95,12 @@ class Purger:
                 await prune_previews(rt.store, self.previews)
             except (StoreError, OSError) as exc:
                 log.error("preview_prune_failed", error=str(exc))
-        size = await asyncio.to_thread(document_bytes, rt.store.documents_dir)
-        rt.metrics.document_bytes.set(size)
+        try:
+            size = await asyncio.to_thread(rt.store.documents_size)
+        except StoreError as exc:
+            log.error("document_size_failed", error=str(exc))
+        else:
+            rt.metrics.document_bytes.set(size)
         self.rounds += 1
         self.last = result
         return result

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.logs import get_logger
+from gatewayd.store import StoreError
 
 log = get_logger(__name__)
 
@@ -50,6 +51,10 @@ class Supervisor:
                 log.warning("service_returned", service=name)
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:
+                # The database away (docs/operations.md, Database outage): one
+                # line, no traceback; the restart below is the back-off.
+                log.error("service_store_unavailable", service=name, error=str(exc))
             except Exception:
                 if self.stopping.is_set():
                     log.exception("service_failed_while_stopping", service=name)

@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 from gatewayd.commands.common import EXIT_OK, CommandError, load, open_store
+from gatewayd.config import redact_url
 from gatewayd.store import StoreError
 from gatewayd.store.backup import make_backup
 
@@ -15,6 +16,13 @@ __all__ = ["backup"]
 
 def backup(args: argparse.Namespace) -> int:
     config = load(args)
+    if config.storage.postgres:
+        # Several nodes share the database: a copy of one node's state directory
+        # is no backup of it (docs/operations.md, Backup and restore).
+        raise CommandError(
+            f"backup does not apply to a PostgreSQL store ({redact_url(config.storage.database_url)}): "
+            "the queue and the documents are in the database; back it up with its own tools "
+            "(pg_dump, or the backups of a managed PostgreSQL or Patroni)")
     # Opened first so an older store is migrated before it is copied.
     open_store(config).close()
     try:

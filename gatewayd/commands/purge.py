@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     policy = retention_policy(config)
     store = open_store(config)
     try:
-        if not args.dry_run:
+        if not args.dry_run and store.dialect == "sqlite":  # PostgreSQL's autovacuum looks after its own files
             try:
                 store.ensure_incremental_vacuum()
             except StoreError as exc:

@@ -213,13 +213,20 @@ class Sender:
                 try:
                     async with self._slots:
                         await self._handle(job_id)
-                except Exception:
+                except Exception as exc:
                     # A bug or a failing store: this job waits (a job already in
                     # "submitting" is reconciled later, never resent), the others
                     # go on after a pause, so a persistent failure cannot spin.
-                    log.exception("sender_job_failed", job_id=job_id, extension=extension)
+                    # The database away is no bug: its job is looked at again
+                    # soon, not after the long cap (docs/operations.md, Database outage).
+                    outage = isinstance(exc, StoreError)
+                    if outage:
+                        log.error("sender_store_unavailable", job_id=job_id, extension=extension, error=str(exc))
+                    else:
+                        log.exception("sender_job_failed", job_id=job_id, extension=extension)
+                    wait = self.tuning.backoff_base if outage else self.tuning.backoff_cap
                     with contextlib.suppress(Exception):
-                        await store.run(store.update_job, job_id, next_attempt_at=self.rt.clock() + self.tuning.backoff_cap)
+                        await store.run(store.update_job, job_id, next_attempt_at=self.rt.clock() + wait)
                     if await self.rt.sleep(self.tuning.backoff_base):
                         return
         finally:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from gatewayd.store.database import StoreError, StorePart
+from gatewayd.store.retention import document_bytes
 
 __all__ = ["DocumentFiles", "adopt", "foreign_owner", "refuse_link"]
 
@@ -230,6 +231,14 @@ class DocumentFiles(StorePart):
                 except FileNotFoundError:
                     pass
         return removed
+
+    def documents_size(self) -> int:
+        """Bytes of the documents kept: the files' sizes (a directory walk: call
+        it off the event loop and off the store's thread), or on PostgreSQL the
+        rows' recorded sizes (gatewayd_document_bytes, docs/operations.md)."""
+        if self._db.dialect == "postgresql":
+            return int(self._db.query("SELECT COALESCE(SUM(size), 0) FROM documents")[0][0])
+        return document_bytes(self.documents_dir)
 
     def pending_parts(self) -> set[str]:
         """The sha256 of every original a pending conversion still uses."""

@@ -63,6 +63,11 @@ class PostgresSettings:
     url: str
     password: str | None = field(default=None, repr=False)
     connect_timeout: float = 10.0  # a connection, or a pooled one, within this
+    # The pool retries a failed connection with a doubling delay; it gives up
+    # after this long and the next store call starts again at once, so a
+    # database back after a long outage is used within seconds, not after
+    # the last (minutes long) delay (docs/operations.md, Database outage).
+    reconnect_timeout: float = 10.0
     pool_size: int = 8
     threads: int = 4  # store calls running at once (``Database.run``)
     # A node frozen inside a transaction loses its session (and the writer
@@ -186,7 +191,7 @@ class PostgresDatabase:
         self._pool: ConnectionPool[Any] = ConnectionPool(
             settings.url, kwargs=kwargs, min_size=1, max_size=settings.pool_size, open=False,
             configure=self._configure, check=ConnectionPool.check_connection,
-            timeout=settings.connect_timeout, name="gatewayd",
+            timeout=settings.connect_timeout, reconnect_timeout=settings.reconnect_timeout, name="gatewayd",
         )
         try:
             self._pool.open(wait=True, timeout=settings.connect_timeout)

@@ -41,7 +41,7 @@ from gatewayd.logs import get_logger
 from gatewayd.mail.compose import to_bytes
 from gatewayd.provider.client import ProviderClient
 from gatewayd.runtime import Runtime
-from gatewayd.store import Job, ReceivedFax
+from gatewayd.store import Job, ReceivedFax, StoreError
 from gatewayd.web.accounts import Account, LoginThrottle, check_login, find_account
 from gatewayd.web.received_files import ReceivedFileMissing, received_pdf
 
@@ -336,20 +336,22 @@ class WebConsole:
 
     async def job_pdf(self, request: web.Request) -> web.Response:
         job = await self._job(request)
-        path = self.rt.store.document_path(job.document)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise web.HTTPNotFound(text="The document of this job is no longer kept.") from None
+            # Its file, or on PostgreSQL its row: in a thread, off the store's own.
+            data = await asyncio.to_thread(self.rt.store.read_document, job.document)
+        except StoreError as exc:
+            if _document_gone(exc):
+                raise web.HTTPNotFound(text="The document of this job is no longer kept.") from None
+            raise web.HTTPServiceUnavailable(text="The store does not answer; try again shortly.") from None
         return self._document(data, f"fax-job-{job.id}.pdf", "application/pdf")
 
     async def job_preview(self, request: web.Request) -> web.Response:
         job = await self._job(request)
         width = THUMB_WIDTH if request.query.get("size") == "thumb" else PREVIEW_WIDTH
-        path = self.rt.store.document_path(job.document)
+        store = self.rt.store
         try:
-            png = await self.previews.aget(job.document, width, path.read_bytes)
-        except (FileNotFoundError, PreviewError):
+            png = await self.previews.aget(job.document, width, lambda: store.read_document(job.document))
+        except (StoreError, PreviewError):
             raise web.HTTPNotFound(text="No preview for this document.") from None
         return self._document(png, f"fax-job-{job.id}.png", "image/png")
 
@@ -495,3 +497,8 @@ class WebConsole:
             raise web.HTTPNotFound()
         kind = "text/css" if name.endswith(".css") else "text/javascript"
         return web.Response(body=data, content_type=kind, headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _document_gone(exc: StoreError) -> bool:
+    """Whether ``read_document`` failed because the document is no longer kept (its file or row gone), not because the store is down."""
+    return exc.__cause__ is None or isinstance(exc.__cause__, FileNotFoundError)

@@ -250,6 +250,8 @@ def test_listener_store_and_stopping_problems() -> None:
 
 
 class BrokenStore:
+    dialect = "sqlite"  # the problem then reads "store: not answering" (PostgreSQL names the database)
+
     def __init__(self, how: str) -> None:
         self.how = how
 
