@@ -113,10 +113,8 @@ async def test_send_jobs_job_cancel_retry_on_postgresql(tmp_path: Path, pg_serve
 # store/received.py's listing and store/retention.py's purge steps on
 # PostgreSQL come with branch contract (issue 17, the store contract suite):
 # strict, so the merge that brings them turns these markers into failures to remove.
-NEEDS_CONTRACT = pytest.mark.xfail(strict=True, reason="received listing and purge steps on PostgreSQL: branch contract")
 
 
-@NEEDS_CONTRACT
 def test_received_and_purge_on_postgresql(tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     cfg = write(tmp_path, pg_url, pg_server.password)
     store = Store(tmp_path / "state", database_url=pg_url, database_password=pg_server.password)

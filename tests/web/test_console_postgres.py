@@ -12,7 +12,6 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
-import pytest
 from support.ports import free_port
 from support.postgres import PgServer
 from support.web import EXTENSION, PASSWORDS
@@ -30,7 +29,6 @@ from gatewayd.web.console import LOGIN_COOKIE
 # The console's session and job queries on PostgreSQL (store/web.py) come
 # with branch contract (issue 17): strict, so the merge that brings them
 # turns this marker into a failure to remove.
-@pytest.mark.xfail(strict=True, reason="console store queries on PostgreSQL: branch contract")
 async def test_job_document_download_and_preview_on_postgresql(tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     web_port = free_port()
     async with run_simulator() as sim:
