@@ -95,7 +95,9 @@ def build_leadership(rt: Runtime, *, ttl: float = DEFAULT_LEASE) -> Leadership:
         if not held:
             rt.health.forget(name)
 
-    return Leadership(rt.store, node, rt.stopping, ttl=ttl, on_change=changed)
+    leadership = Leadership(rt.store, node, rt.stopping, ttl=ttl, on_change=changed)
+    rt.lease_fence = leadership.fence
+    return leadership
 
 
 def build_services(rt: Runtime, *, lease: float | None = None) -> list[Service]:

@@ -125,6 +125,18 @@ class Leadership:
         self.monotonic = monotonic
         self.on_change = on_change
         self.held: dict[str, bool] = {}
+        self._tenures: dict[str, Tenure] = {}  # each lease's last hold on this node
+
+    def fence(self, name: str) -> bool:
+        """False when this node held ``name`` and its hold has run out by its own monotonic clock.
+
+        A leased service asks right before a step with an effect outside the
+        store (the outbox, before each email): after a freeze the clock has
+        moved on, and this says no before the lease loop has even noticed
+        (docs/deployment.md, Several nodes). A service not run under a lease
+        (``name`` never held here) is not fenced."""
+        tenure = self._tenures.get(name)
+        return tenure is None or tenure.left(self.monotonic()) > 0
 
     def lead(self, service: Service) -> Leased:
         """``service`` under the lease named after it."""
@@ -203,6 +215,7 @@ class Leased:
     async def _hold(self, tenure: Tenure) -> bool:
         """Run the service while the lease is renewed; True when the service ended by itself, False when the lease was lost."""
         lead = self.leadership
+        lead._tenures[self.name] = tenure
         task: asyncio.Task[None] = asyncio.create_task(self._run_service(), name=f"{self.name}-leased")
         failing = False
         try:
@@ -221,6 +234,7 @@ class Leased:
                     return False
                 failing = renewed is None
         finally:
+            tenure.until = float("-inf")  # the fence closes with the hold
             if not task.done():
                 task.cancel()
                 done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)

@@ -172,6 +172,9 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    # False once this node's hold on a leader lease ran out (gatewayd/leadership.py
+    # sets it); a leased service asks before a step with an effect outside the store.
+    lease_fence: Callable[[str], bool] = field(default=lambda _name: True)
 
     def low_storage(self) -> LowStorage | None:
         """Free space in the state directory below ``storage.min_free`` (None: enough, or the check is off)."""

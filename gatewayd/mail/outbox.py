@@ -122,7 +122,9 @@ class OutboxWorker(Worker):
         store = self.rt.store
         due = await store.run(store.due_mail, self.rt.clock(), self.batch)
         for mail in due:
-            if self.rt.stopping.is_set():
+            # Stopping, or (several nodes) this node's outbox lease may have
+            # passed to another node during a freeze: that node sends it.
+            if self.rt.stopping.is_set() or not self.rt.lease_fence(self.name):
                 break
             with bind_context(outbox_id=mail.id, mail_kind=mail.kind, ref=mail.ref):
                 await self.deliver(mail)

@@ -215,3 +215,28 @@ async def test_a_killed_holder_is_taken_over_after_its_lease_expires(make_store:
             proc.wait(10)
 
 
+
+
+# ----------------------------------------------------------------- the fence
+
+
+async def test_the_fence_closes_once_the_nodes_own_clock_has_passed_the_hold(tmp_path: Path) -> None:
+    """After a freeze the monotonic clock has jumped: ``fence`` (what a leased service asks
+    before an email goes out) says no at once, before the lease loop has looked at the store."""
+    store = Store(tmp_path / "state")
+    clock = [1000.0]
+    stopping = asyncio.Event()
+    leadership = Leadership(store, "a", stopping, ttl=TTL, monotonic=lambda: clock[0])
+    running = Running()
+    leased = leadership.lead(SpyService("outbox", "a", running, stopping))
+    assert leadership.fence("outbox")  # never held here: not run under a lease, not fenced
+    task = asyncio.create_task(leased.run())
+    try:
+        await wait_for(lambda: running.runs("outbox", "a"), what="the lease taken")
+        assert leadership.fence("outbox")
+        clock[0] += TTL  # frozen for a lease period: the loop has not run since
+        assert not leadership.fence("outbox")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+        store.close()
