@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.config import Config, MailConfig
@@ -51,11 +52,37 @@ def retry_delay(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> fl
     return backoff_delay(max(0, attempts) + 1, base=base, cap=cap, low=0.75, high=1.25)
 
 
+class DeliveryFenced(Exception):
+    """This node's outbox lease ran out before the message was handed over (several nodes): not sent."""
+
+
+class FencedSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, asking ``fence`` right before DATA.
+
+    A node frozen in the middle of a relay transaction (SIGSTOP, a VM pause)
+    for longer than its outbox lease finds, when it runs again, that the
+    other node holding the lease now may have sent this email: it sends no
+    DATA (the connection is closed; the relay has no message), and the
+    email stays pending for the lease holder (docs/deployment.md, Several
+    nodes). Only a freeze during DATA itself is left.
+    """
+
+    def __init__(self, *, fence: Callable[[], bool], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fence = fence
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> SMTPResponse:
+        if not self._fence():
+            raise DeliveryFenced("the outbox lease passed to another node during the relay transaction")
+        return await super().data(message, **kwargs)
+
+
 class SmtpRelay:
     """Sends one stored email to ``[mail].relay`` with aiosmtplib."""
 
-    def __init__(self, config_getter: Callable[[], Config]) -> None:
+    def __init__(self, config_getter: Callable[[], Config], fence: Callable[[], bool] = lambda: True) -> None:
         self._config = config_getter  # reads the current config each time (reload)
+        self._fence = fence
 
     def _tls_context(self, mail_cfg: MailConfig) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=mail_cfg.tls_ca_file or None)
@@ -76,7 +103,9 @@ class SmtpRelay:
             kwargs["username"] = cfg.username
             kwargs["password"] = cfg.password
         try:
-            errors, _response = await aiosmtplib.send(mail.message, sender=mail.mail_from, recipients=list(mail.recipients), **kwargs)
+            # aiosmtplib.send, with the fence before DATA.
+            async with FencedSMTP(fence=self._fence, **kwargs) as client:
+                errors, _response = await client.sendmail(mail.mail_from, list(mail.recipients), mail.message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             temporary = {r.recipient: f"{r.code} {r.message}" for r in exc.recipients if r.code < 500}
             permanent = {r.recipient: f"{r.code} {r.message}" for r in exc.recipients if r.code >= 500}
@@ -101,7 +130,7 @@ class OutboxWorker(Worker):
 
     def __init__(self, rt: Runtime, *, send: SendFunc | None = None, poll_interval: float = 15.0, batch: int = 20) -> None:
         self.rt = rt
-        self.send = send or SmtpRelay(lambda: rt.config)
+        self.send = send or SmtpRelay(lambda: rt.config, fence=lambda: rt.lease_fence(self.name))
         self.poll_interval = poll_interval
         self.batch = batch
 
@@ -134,6 +163,10 @@ class OutboxWorker(Worker):
         store = self.rt.store
         try:
             result = await self.send(mail)
+        except DeliveryFenced as exc:
+            # Not sent, not an attempt: the node now holding the outbox sends it.
+            log.warning("mail_fenced", error=str(exc))
+            return
         except TemporaryDeliveryError as exc:
             delay = retry_delay(mail.attempts)
             await store.run(store.mark_mail_retry, mail.id, str(exc), self.rt.clock() + delay)

@@ -21,7 +21,7 @@ def named_in_docs_config() -> set[str]:
 
 
 def test_docs_write_the_files_their_configuration_names() -> None:
-    assert named_in_docs_config() == written_by_docs() == {"provider-secret", "mail-password"}
+    assert named_in_docs_config() == written_by_docs() == {"provider-secret", "mail-password", "database-password"}
 
 
 def test_example_names_the_same_files() -> None:

@@ -146,3 +146,35 @@ async def test_a_mail_nobody_accepted_stays_pending(gateway: Gateway, sink: Mail
     assert len(delivered) == 1
     notices = [m for m in sink.messages if m.rcpt_tos == (ADMIN,)]
     assert len(notices) == 1 and a in notices[0].message["Subject"]
+
+
+async def test_a_node_whose_outbox_lease_ran_out_mid_transaction_sends_no_data(
+    gateway: Gateway, sim: ProviderSimulator, sink: MailSink, clock: OffsetClock
+) -> None:
+    """Several nodes (docs/deployment.md, Several nodes): the fence is asked right before DATA. A node
+    thawed after a freeze longer than its lease hands the relay nothing (the node now holding the
+    outbox sends it), records no attempt, and delivers once its fence is good again."""
+    fence_open = False
+    asked = 0
+
+    def fence(name: str) -> bool:
+        nonlocal asked
+        asked += 1
+        # Open for the worker's look before the mail, closed at DATA: the freeze fell mid-transaction.
+        return name == "outbox" and (fence_open or asked % 2 == 1)
+
+    gateway.rt.lease_fence = fence
+    gateway.start()
+    job_id = await gateway.submit()
+    sim.clock.advance(5)  # sent
+    await gateway.wait_job(job_id, lambda j: j.reported_at is not None)
+    await wait_for(lambda: asked >= 2, what="the fence asked before DATA")
+    await asyncio.sleep(0.3)
+    assert sink.messages == []
+    (row,) = report_rows(gateway)
+    assert (row.state, row.attempts) == ("pending", 0)
+    fence_open = True
+    (mail,) = await sink.wait_for(1)
+    assert mail.rcpt_tos == (SENDER,)
+    await wait_for(lambda: report_rows(gateway)[0].state == "sent", what="marked sent")
+    assert len(sink.messages) == 1
