@@ -287,3 +287,33 @@ def test_fpdf2_font_helpers() -> None:
     assert list(inspect.signature(out._tt_font_widths).parameters) == ["font"], (
         f"fpdf2 changed: _tt_font_widths is now {inspect.signature(out._tt_font_widths)} (gatewayd/documents/cover_writer.py)"
     )
+
+
+# --- fpdf2: gatewayd/documents/cover.py (_CoverFont.add_to) shares one parsed TTFFont per subset
+
+
+def test_fpdf2_ttffont_state_is_what_add_to_renews() -> None:
+    # add_to gives each cover a shallow copy of one parsed TTFFont and renews
+    # its per-document state (i, cw, missing_glyphs, biggest_size_pt, desc,
+    # subset); the rest must stay read-only. A new attribute in fpdf2 may be
+    # per-document state: look at it before widening this list.
+    from fpdf import FPDF
+    from fpdf.fonts import SubsetMap, TTFFont
+
+    from gatewayd.documents.cover import FONT_PATH
+
+    assert set(TTFFont.__slots__) == {
+        "i", "type", "name", "desc", "glyph_ids", "_hbfont", "sp", "ss", "up", "ut", "cw", "ttffile", "fontkey",
+        "emphasis", "scale", "subset", "cmap", "ttfont", "missing_glyphs", "biggest_size_pt", "color_font",
+        "unicode_range", "palette_index", "is_compressed", "is_cff", "is_cid_keyed", "is_symbol", "cff_ros",
+        "collection_font_number",
+    }, f"fpdf2 changed: TTFFont's attributes are now {sorted(TTFFont.__slots__)} (gatewayd/documents/cover.py, _CoverFont.add_to)"
+    assert list(inspect.signature(SubsetMap).parameters) == ["font"], (
+        f"fpdf2 changed: SubsetMap is now {inspect.signature(SubsetMap)} (gatewayd/documents/cover.py, _CoverFont.add_to)"
+    )
+    pdf = FPDF()
+    pdf.add_font("DejaVu", fname=str(FONT_PATH))
+    font = pdf.fonts["dejavu"]
+    assert isinstance(pdf.fonts, dict) and isinstance(font, TTFFont) and font.i == 1 and font.fontkey == "dejavu", (
+        "fpdf2 changed: FPDF.fonts is no longer {fontkey: TTFFont} numbered from 1 (gatewayd/documents/cover.py, _CoverFont.add_to)"
+    )
