@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import pikepdf
 
-from gatewayd.documents.cover import CoverPage, render_cover
+from gatewayd.documents.cover import CoverPage, render_cover, render_cover_pages
 from gatewayd.documents.errors import AttachmentRejected, BadImage, ConversionError, DocumentTooLarge, NoFaxDocument, TooManyPages
 from gatewayd.documents.faxres import render_at_fax_resolution
 from gatewayd.documents.geometry import fit_layout, page_dimensions
@@ -222,9 +222,7 @@ def build_parts(
         raise DocumentTooLarge(f"{body_pages + 1} pages, limit {max_pages}")
     made: list[FaxDocument] = []
     for cover in covers:
-        data = render_cover(cover, page_size=page_size, attachment_pages=body_pages)
-        with pikepdf.open(BytesIO(data)) as pdf:
-            pages = len(pdf.pages)
+        data, pages = render_cover_pages(cover, page_size=page_size, attachment_pages=body_pages)
         if body_pages + pages > max_pages:
             raise DocumentTooLarge(f"{body_pages + pages} pages, limit {max_pages}")
         if body_bytes + len(data) > max_bytes:

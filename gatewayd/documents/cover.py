@@ -23,7 +23,9 @@ from gatewayd.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "render_cover", "wants_cover"]
+__all__ = [
+    "CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "render_cover", "render_cover_pages", "wants_cover",
+]
 
 FONT_PATH = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 # Chinese, Japanese and Korean glyphs (fonts-wqy-zenhei): used per
@@ -210,11 +212,12 @@ class _CoverFont:
     def _parse(path: Path, family: str) -> Any:
         """``path`` parsed by fpdf2 once, for ``add_to``; False when it cannot be shared (then each cover parses it)."""
         from fpdf import FPDF
+        from fpdf.fonts import TTFFont
 
         scratch = FPDF()
         scratch.add_font(family, fname=str(path))
         font = scratch.fonts[family.lower()]
-        if type(font).__name__ != "TTFFont" or font.color_font is not None or font.is_cff:
+        if not isinstance(font, TTFFont) or font.color_font is not None or font.is_cff:
             return False
         font.ttfont.ensureDecompiled()
         font.ttfont.recalcBBoxes = False
@@ -283,7 +286,12 @@ def _one_line(pdf: Any, text: str, width: float) -> bool:
 
 
 def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> bytes:
-    """The cover page PDF (one page, two when the body is long; never more).
+    """The cover page PDF: ``render_cover_pages`` without the page count."""
+    return render_cover_pages(cover, page_size=page_size, attachment_pages=attachment_pages)[0]
+
+
+def render_cover_pages(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> tuple[bytes, int]:
+    """The cover page PDF (one page, two when the body is long; never more) and its page count.
 
     The layout: the office's logo, name and phone (``CoverLook``), "FAX",
     To, From, Date, Pages and Subject, the body, and the office's notice at
@@ -423,4 +431,6 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
         for text_line in lines[first:]:
             pdf.set_x(margin)
             pdf.cell(width, line_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    return bytes(pdf.output(output_producer_class=_COVER_FONT.writer()))
+    # The count is the layout's own (the cover's "Pages:" line says it too):
+    # no need to open the PDF again to count (docs/performance.md, Issue 19).
+    return bytes(pdf.output(output_producer_class=_COVER_FONT.writer())), pdf.pages_count

@@ -365,7 +365,7 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
                         raise MalformedMessage("too many parts")
                     for child, child_section, _ in nested:
                         _check_entity(child, child_section)
-                    visit(nested, forwarded=True)
+                    visit(nested, forwarded=True)  # noqa: F821 - bound while the walk runs (deleted after it: see below)
                     if len(attachments) + len(unsupported) > found:
                         continue
                 unsupported.append(UnsupportedPart(name, ctype, f"unsupported type {ctype}"))

@@ -148,10 +148,13 @@ class FaxEnvelope(Envelope):
 # ------------------------------------------------------------------ protocol
 
 
-@functools.cache
-def _names_found_by_aiosmtpd(cls: type, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+def _names_found_by_aiosmtpd(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     """The attributes of ``cls`` (its own and inherited) whose names start with ``prefixes``, found once per class."""
-    return tuple(name for name in dir(cls) if name.startswith(prefixes))
+    found: tuple[str, ...] | None = cls.__dict__.get("_aiosmtpd_names")
+    if found is None:
+        found = tuple(name for name in dir(cls) if name.startswith(prefixes))
+        cls._aiosmtpd_names = found  # type: ignore[attr-defined]  # the class's own: a subclass finds its own
+    return list(found)
 
 
 class FaxSMTP(SMTP):
@@ -164,7 +167,7 @@ class FaxSMTP(SMTP):
         # Issue 19). It keeps only those names, so they are all dir() lists,
         # found once per class (tests/foundation/test_private_hooks.py checks
         # that aiosmtpd still finds the same commands and mechanisms).
-        return list(_names_found_by_aiosmtpd(type(self), ("smtp_", "auth_")))
+        return _names_found_by_aiosmtpd(type(self), ("smtp_", "auth_"))
 
     def __init__(self, listener: SmtpListener, **kw: Any) -> None:
         self.listener = listener
@@ -517,7 +520,7 @@ class _Decisions:
     def __dir__(self) -> list[str]:
         # What aiosmtpd looks for on the handler of every new session: its
         # hooks ("handle_*") and AUTH mechanisms ("auth_*"); see FaxSMTP.__dir__.
-        return list(_names_found_by_aiosmtpd(type(self), ("handle_", "auth_")))
+        return _names_found_by_aiosmtpd(type(self), ("handle_", "auth_"))
 
     def __init__(self, listener: SmtpListener) -> None:
         self.listener = listener

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.corpus import pdftotext
 
 from gatewayd.documents import cover
 from gatewayd.documents.cover import CoverPage, render_cover
-from support.corpus import pdftotext
 
 
 def test_cyrillic_and_greek_draw_with_the_subset(tmp_path: Path) -> None:
@@ -158,3 +158,16 @@ def test_one_line_fields_drawn_as_cells_draw_what_fpdf2_s_line_breaking_draws(
         images.append([p.read_bytes() for p in sorted(tmp_path.glob(f"{name}-*.pgm"))])
     assert images[0] == images[1]
     assert pdftotext(cells, tmp_path) == pdftotext(broken, tmp_path)
+
+
+@pytest.mark.parametrize("body, pages", [("Please fax the attached document.", 1), ("A long body line. " * 700, 2)])
+def test_the_page_count_of_a_cover_is_the_count_of_its_pdf(body: str, pages: int) -> None:
+    # build_parts takes a cover's page count from its layout instead of
+    # opening the PDF again: it must be what the PDF holds.
+    import pikepdf
+
+    from gatewayd.documents.cover import render_cover_pages
+
+    data, counted = render_cover_pages(CoverPage("a@example.com", "+15551234567", "today", "Subject", body))
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        assert counted == len(pdf.pages) == pages
