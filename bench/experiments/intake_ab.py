@@ -8,7 +8,7 @@ alternating runs (A B A B) compare two versions on one machine under the
 same load. Each run: a private Postfix (smtp-source -s 20, then the bench's
 asyncio client for p50/p99), then gatewayd for each ``--variants`` entry
 ("1", "2" or "auto" processes, "default" for the configuration's own, ":asyncio"/":NAME" sets GATEWAYD_EVENT_LOOP for
-experiments, "@DIR" runs the gatewayd of another checkout DIR, e.g. a
+experiments, "+GATEWAYD_AB_NAME=VALUE" sets an experiment's switch, "@DIR" runs the gatewayd of another checkout DIR, e.g. a
 ``git worktree`` or ``git archive`` of the commit before a change, so a
 before/after of one lever runs interleaved in one run: ``--variants
 1@/tmp/before,1,auto@/tmp/before,auto --rounds 3``), with the CPU time of
@@ -26,17 +26,19 @@ from _common import (Gatewayd, Postfix, Simulator, fax_message, fmt_ms, hold_pro
                      percentile, run_clients, smtp_source, workdir, write_lf_message)
 
 def cpu_ticks(gw):
+    """(user, system) CPU seconds of gatewayd and its children (the listener processes)."""
     pids = [gw.proc.pid]
     for ch in Path(f"/proc/{gw.proc.pid}/task").glob("*/children"):
         pids += [int(c) for c in ch.read_text().split()]
-    total = 0
+    user = system = 0
     for pid in pids:
         try:
             f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
+            user += int(f[11])
+            system += int(f[12])
         except OSError:
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    return user / os.sysconf("SC_CLK_TCK"), system / os.sysconf("SC_CLK_TCK")
 
 def main():
     ap = argparse.ArgumentParser()
@@ -66,13 +68,20 @@ def main():
                 res, _ = asyncio.run(run_clients(pf.port, raw, sessions=20, messages=a.lat))
             ref = a.count / el
             lat = [r.latency for r in res]
-            seen.setdefault("postfix", []).append((ref, 1.0, percentile(lat, 99), 0.0))
+            seen.setdefault("postfix", []).append((ref, 1.0, percentile(lat, 99), 0.0, 0.0, 0.0))
             print(f"  postfix            {ref:7.1f} msgs/s   p50 {fmt_ms(percentile(lat,50))} p99 {fmt_ms(percentile(lat,99))}")
             for vv in a.variants.split(","):
                 spec, _, other = vv.partition("@")
+                spec, *envs = spec.split("+")
                 v, _, loop = spec.partition(":")
                 if loop:
                     os.environ["GATEWAYD_EVENT_LOOP"] = loop
+                for name in list(os.environ):
+                    if name.startswith("GATEWAYD_AB_"):
+                        del os.environ[name]
+                for env in envs:  # "+GATEWAYD_AB_NAME=VALUE": an experiment's switch in the environment of gatewayd
+                    name, _, value = env.partition("=")
+                    os.environ[name] = value
                 _common.REPO = Path(other).resolve() if other else own_repo
                 ov = {} if v == "default" else {"smtp": {"processes": int(v) if v.isdigit() else v}}
                 if a.body:
@@ -88,14 +97,16 @@ def main():
                 bad = [r.reply for r in res if not r.reply.startswith("250")]
                 lat = [r.latency for r in res]
                 rate = a.count / el
-                cpu = 1000 * (c1 - c0) / a.count
-                seen.setdefault(vv, []).append((rate, rate / ref, percentile(lat, 99), cpu))
+                user, system = (1000 * (b - a_) / a.count for a_, b in zip(c0, c1))
+                cpu = user + system
+                seen.setdefault(vv, []).append((rate, rate / ref, percentile(lat, 99), cpu, user, system))
                 print(f"  gatewayd {vv:12s} {rate:7.1f} msgs/s ({rate/ref:.2f}x)  p50 {fmt_ms(percentile(lat,50))} p99 {fmt_ms(percentile(lat,99))}"
-                      f"  cpu/msg {cpu:.2f} ms  jobs {jobs} bad {len(bad)} {bad[:2]}")
+                      f"  cpu/msg {cpu:.2f} ms (user {user:.2f}, sys {system:.2f})  jobs {jobs} bad {len(bad)} {bad[:2]}")
         _common.REPO = own_repo
         if a.rounds > 1:
             print(" medians")
             for vv, rows in seen.items():
                 med = [statistics.median(col) for col in zip(*rows)]
-                print(f"  {vv:20s} {med[0]:7.1f} msgs/s ({med[1]:.2f}x)  p99 {fmt_ms(med[2])}  cpu/msg {med[3]:.2f} ms")
+                print(f"  {vv:20s} {med[0]:7.1f} msgs/s ({med[1]:.2f}x)  p99 {fmt_ms(med[2])}  cpu/msg {med[3]:.2f} ms"
+                      f" (user {med[4]:.2f}, sys {med[5]:.2f})")
 main()

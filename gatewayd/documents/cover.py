@@ -24,7 +24,7 @@ from gatewayd.logs import get_logger
 log = get_logger(__name__)
 
 __all__ = [
-    "CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "render_cover", "render_cover_pages", "wants_cover",
+    "CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "is_quick", "render_cover", "render_cover_pages", "wants_cover",
 ]
 
 FONT_PATH = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -283,6 +283,22 @@ def cover_fonts(pdf: Any, text: str) -> None:
 def _one_line(pdf: Any, text: str, width: float) -> bool:
     """Whether ``text`` is one line that fits ``width`` (mm) in the current font, inside fpdf2's cell margins."""
     return "\n" not in text and pdf.get_string_width(text) <= width - 2 * pdf.c_margin
+
+
+# A cover is "quick" (~2 ms, docs/performance.md, Issue 19) when all its
+# text is in a per-process subset (no whole font, no CJK fallback: those take
+# from 10 ms to a second), it has no logo to decode and a short body.
+_QUICK_BODY_CHARS = 2000
+
+
+def is_quick(cover: CoverPage) -> bool:
+    """Whether ``cover`` draws in a couple of milliseconds: short, no logo, every character in a per-process font subset."""
+    look = cover.look
+    if look.logo or len(cover.body) > _QUICK_BODY_CHARS or len(look.notice) > _MAX_NOTICE_CHARS:
+        return False
+    text = "".join((cover.sender, cover.recipient, cover.recipient_name, cover.date, cover.subject, cover.body,
+                    look.organisation, look.phone, look.notice, _COVER_FIXED_TEXT, _TRUNCATED))
+    return _COVER_FONT.path_for(text) != FONT_PATH
 
 
 def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> bytes:
