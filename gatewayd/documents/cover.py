@@ -168,6 +168,21 @@ class _CoverFont:
                 return made[0]
         return FONT_PATH
 
+    def ready_for(self, text: str) -> bool:
+        """Whether ``text`` draws with a subset already made and parsed: nothing slow is left to do once per process.
+
+        Making the subsets (~0.3 s) and parsing one (~0.1 s) happen at a
+        process's first covers, in a build thread (``is_quick`` is False until then).
+        """
+        wanted = set(text)
+        for name in ("latin", "cover"):  # path_for's order
+            if name not in self._made:
+                return False
+            made = self._made[name]
+            if made is not None and wanted <= made[1]:
+                return self._parsed.get(made[0]) not in (None, False)
+        return False
+
     def add_to(self, pdf: Any, family: str, path: Path) -> None:
         """Add ``path`` to ``pdf`` as ``family``: a subset made here from its font parsed once per process, else ``add_font``.
 
@@ -286,8 +301,9 @@ def _one_line(pdf: Any, text: str, width: float) -> bool:
 
 
 # A cover is "quick" (~2 ms, docs/performance.md, Issue 19) when all its
-# text is in a per-process subset (no whole font, no CJK fallback: those take
-# from 10 ms to a second), it has no logo to decode and a short body.
+# text is in a per-process subset already made and parsed (no whole font, no
+# CJK fallback: those take from 10 ms to a second), it has no logo to decode
+# and a short body.
 _QUICK_BODY_CHARS = 2000
 
 
@@ -298,7 +314,7 @@ def is_quick(cover: CoverPage) -> bool:
         return False
     text = "".join((cover.sender, cover.recipient, cover.recipient_name, cover.date, cover.subject, cover.body,
                     look.organisation, look.phone, look.notice, _COVER_FIXED_TEXT, _TRUNCATED))
-    return _COVER_FONT.path_for(text) != FONT_PATH
+    return _COVER_FONT.ready_for(text)
 
 
 def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> bytes:

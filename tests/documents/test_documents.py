@@ -565,6 +565,7 @@ async def test_builder_draws_a_few_quick_covers_inline_and_the_rest_in_threads(m
     pdf = make_pdf(1)
     builder = DocumentBuilder(inline_bytes=len(pdf), inline_covers=2)
     latin = CoverPage("a@example.com", "+15551234567", "today", "Invoice 42", "Please fax the attached document.")
+    render_cover(latin)  # the process's first cover makes and parses the subset (is_quick is False until then)
     parts = await builder.build_parts([att("a.pdf", pdf)], covers=[latin, latin])
     assert threads[-1] == threading.get_ident() and len(parts.covers) == 2  # quick: on the loop's thread
     await builder.build_parts([att("a.pdf", pdf)], covers=[latin] * 3)
@@ -581,12 +582,18 @@ async def test_builder_draws_a_few_quick_covers_inline_and_the_rest_in_threads(m
     assert len(threads) == 6
 
 
-def test_quick_covers_are_short_without_a_logo_and_drawn_with_a_subset(tmp_path: Path) -> None:
+def test_quick_covers_are_short_without_a_logo_and_drawn_with_a_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gatewayd.documents.cover import CoverLook, is_quick
 
     logo = tmp_path / "logo.png"
     Image.new("RGB", (20, 10), "white").save(logo)
     base = CoverPage("Zoë <zoe@example.com>", "+15551234567", "today", "Счёт № 42 — café", "Please fax it.")
+    fresh = cover_module._CoverFont()
+    monkeypatch.setattr(cover_module, "_COVER_FONT", fresh)
+    assert not is_quick(base)  # a process's first cover makes and parses the subset (~0.4 s): in a thread
+    fresh.path_for(base.subject)  # the subsets made, not yet parsed
+    assert not is_quick(base)
+    render_cover(base)
     assert is_quick(base)
     assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, "x" * 2001))
     assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, base.body, look=CoverLook(logo=str(logo))))
