@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import pikepdf
 
-from gatewayd.documents.cover import CoverPage, render_cover
+from gatewayd.documents.cover import CoverPage, is_quick, render_cover, render_cover_pages
 from gatewayd.documents.errors import AttachmentRejected, BadImage, ConversionError, DocumentTooLarge, NoFaxDocument, TooManyPages
 from gatewayd.documents.faxres import render_at_fax_resolution
 from gatewayd.documents.geometry import fit_layout, page_dimensions
@@ -222,9 +222,7 @@ def build_parts(
         raise DocumentTooLarge(f"{body_pages + 1} pages, limit {max_pages}")
     made: list[FaxDocument] = []
     for cover in covers:
-        data = render_cover(cover, page_size=page_size, attachment_pages=body_pages)
-        with pikepdf.open(BytesIO(data)) as pdf:
-            pages = len(pdf.pages)
+        data, pages = render_cover_pages(cover, page_size=page_size, attachment_pages=body_pages)
         if body_pages + pages > max_pages:
             raise DocumentTooLarge(f"{body_pages + pages} pages, limit {max_pages}")
         if body_bytes + len(data) > max_bytes:
@@ -246,18 +244,20 @@ class DocumentBuilder:
     """Runs ``build_document`` in worker threads, at most ``max_concurrent`` at once.
 
     Attachments that are all PDFs, ``inline_bytes`` in all at most, with no
-    cover page, are built on the calling thread: a hand-off costs more.
+    cover page or at most ``inline_covers`` quick ones (``cover.is_quick``),
+    are built on the calling thread: a hand-off costs more.
 
     Conversions hold decoded images in memory; the bound keeps a burst of
     messages from multiplying that. A slot is held until its thread really
     ends, even when the caller is cancelled (a thread cannot be stopped).
     """
 
-    def __init__(self, max_concurrent: int = 2, *, inline_bytes: int = 0) -> None:
+    def __init__(self, max_concurrent: int = 2, *, inline_bytes: int = 0, inline_covers: int = 0) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._slots = asyncio.Semaphore(max_concurrent)
         self.inline_bytes = inline_bytes
+        self.inline_covers = inline_covers
 
     async def build(
         self,
@@ -293,6 +293,13 @@ class DocumentBuilder:
             body = await self.build(attachments, cover=None, page_size=page_size, max_pages=max_pages,
                                     max_bytes=max_bytes, unsupported=unsupported)
             return FaxParts(body=body, covers=())
+        if (self.inline_covers and len(covers) <= self.inline_covers and all(a.kind == "pdf" for a in attachments)
+                and sum(len(a.data) for a in attachments) <= self.inline_bytes and all(is_quick(c) for c in covers)):
+            # A few quick covers (~2 ms each) and PDFs: the hand-off to a
+            # thread and its GIL switches cost more than they save, and
+            # the GIL gives a thread no second core (docs/performance.md, Issue 19).
+            return build_parts(attachments, covers=covers, page_size=page_size, max_pages=max_pages,
+                               max_bytes=max_bytes, unsupported=unsupported)
         return await self._bounded(build_parts, attachments, covers=covers, page_size=page_size, max_pages=max_pages,
                                    max_bytes=max_bytes, unsupported=unsupported)
 

@@ -8,6 +8,7 @@ own cover, naming only that recipient.
 from __future__ import annotations
 
 import atexit
+import copy
 import datetime as dt
 import logging
 import shutil
@@ -22,7 +23,9 @@ from gatewayd.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "render_cover", "wants_cover"]
+__all__ = [
+    "CJK_FONT_PATH", "FONT_PATH", "CoverLook", "CoverPage", "cover_fonts", "is_quick", "render_cover", "render_cover_pages", "wants_cover",
+]
 
 FONT_PATH = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 # Chinese, Japanese and Korean glyphs (fonts-wqy-zenhei): used per
@@ -125,6 +128,7 @@ class _CoverFont:
         self._made: dict[str, tuple[Path, frozenset[str]] | None] = {}
         self._whole: frozenset[str] | None = None
         self._writer: Any = None
+        self._parsed: dict[Path, Any] = {}
 
     def writer(self) -> Any:
         """fpdf2's writer for covers: it embeds the subsets made here as they are (``cover_writer``)."""
@@ -163,6 +167,77 @@ class _CoverFont:
             if made is not None and wanted <= made[1]:
                 return made[0]
         return FONT_PATH
+
+    def ready_for(self, text: str) -> bool:
+        """Whether ``text`` draws with a subset already made and parsed: nothing slow is left to do once per process.
+
+        Making the subsets (~0.3 s) and parsing one (~0.1 s) happen at a
+        process's first covers, in a build thread (``is_quick`` is False until then).
+        """
+        wanted = set(text)
+        for name in ("latin", "cover"):  # path_for's order
+            if name not in self._made:
+                return False
+            made = self._made[name]
+            if made is not None and wanted <= made[1]:
+                return self._parsed.get(made[0]) not in (None, False)
+        return False
+
+    def add_to(self, pdf: Any, family: str, path: Path) -> None:
+        """Add ``path`` to ``pdf`` as ``family``: a subset made here from its font parsed once per process, else ``add_font``.
+
+        fpdf2's ``add_font`` parses the file with fontTools for every
+        document (~1.3 ms of a Latin cover's ~4.6, docs/performance.md,
+        Issue 19). For a subset made here, each cover gets a shallow copy of
+        one parsed ``TTFFont`` instead, with fresh per-document state: its
+        number in this document, the glyphs it uses (``SubsetMap``), the
+        characters it lacks, the widths map (a defaultdict: reading fills
+        it) and the descriptor (the writer sets the embedded stream on it).
+        What stays shared is only read: the cmap, the glyph ids and the
+        fontTools font, every table it needs decompiled at parse time and
+        its file closed. fpdf2's own ``TTFFont.__deepcopy__`` shares the
+        same attributes (tests/foundation/test_private_hooks.py guards them).
+        """
+        if not self.is_subset(path) or not getattr(self.writer(), "embeds_whole", False):
+            # fpdf2's own writer subsets the parsed font in place: never share it then.
+            pdf.add_font(family, fname=str(path))
+            return
+        template = self._parsed.get(path)
+        if template is None:
+            with self._lock:
+                template = self._parsed.get(path)
+                if template is None:
+                    template = self._parse(path, family)
+                    self._parsed[path] = template
+        if template is False:
+            pdf.add_font(family, fname=str(path))
+            return
+        from fpdf.fonts import SubsetMap
+
+        font = copy.copy(template)
+        font.i = len(pdf.fonts) + 1
+        font.cw = copy.copy(template.cw)
+        font.missing_glyphs = []
+        font.biggest_size_pt = 0
+        font.desc = copy.copy(template.desc)
+        font.subset = SubsetMap(font)
+        pdf.fonts[font.fontkey] = font
+
+    @staticmethod
+    def _parse(path: Path, family: str) -> Any:
+        """``path`` parsed by fpdf2 once, for ``add_to``; False when it cannot be shared (then each cover parses it)."""
+        from fpdf import FPDF
+        from fpdf.fonts import TTFFont
+
+        scratch = FPDF()
+        scratch.add_font(family, fname=str(path))
+        font = scratch.fonts[family.lower()]
+        if not isinstance(font, TTFFont) or font.color_font is not None or font.is_cff:
+            return False
+        font.ttfont.ensureDecompiled()
+        font.ttfont.recalcBBoxes = False
+        font.ttfont.close()  # every table is read: no file is held, nothing is read later
+        return font
 
     @staticmethod
     def _make(source: Path, name: str, ranges: tuple[tuple[int, int], ...]) -> tuple[Path, frozenset[str]] | None:
@@ -204,7 +279,7 @@ def cover_fonts(pdf: Any, text: str) -> None:
     """Add the font "DejaVu" to an ``FPDF`` for ``text``, with the CJK font as per-character fallback when needed."""
     if not FONT_PATH.is_file():
         raise FileNotFoundError(f"cover page font {FONT_PATH} is missing (install fonts-dejavu-core)")
-    pdf.add_font("DejaVu", fname=str(_COVER_FONT.path_for(text)))
+    _COVER_FONT.add_to(pdf, "DejaVu", _COVER_FONT.path_for(text))
     if CJK_FONT_PATH.is_file() and _COVER_FONT.lacks(text):
         # fontTools warns that the collection's bitmap strikes are not subset
         # (they are dropped, the outlines are kept): noise on every such cover.
@@ -220,8 +295,35 @@ def cover_fonts(pdf: Any, text: str) -> None:
             font.ttfont.recalcBBoxes = False
 
 
+def _one_line(pdf: Any, text: str, width: float) -> bool:
+    """Whether ``text`` is one line that fits ``width`` (mm) in the current font, inside fpdf2's cell margins."""
+    return "\n" not in text and pdf.get_string_width(text) <= width - 2 * pdf.c_margin
+
+
+# A cover is "quick" (~2 ms, docs/performance.md, Issue 19) when all its
+# text is in a per-process subset already made and parsed (no whole font, no
+# CJK fallback: those take from 10 ms to a second), it has no logo to decode
+# and a short body.
+_QUICK_BODY_CHARS = 2000
+
+
+def is_quick(cover: CoverPage) -> bool:
+    """Whether ``cover`` draws in a couple of milliseconds: short, no logo, every character in a per-process font subset."""
+    look = cover.look
+    if look.logo or len(cover.body) > _QUICK_BODY_CHARS or len(look.notice) > _MAX_NOTICE_CHARS:
+        return False
+    text = "".join((cover.sender, cover.recipient, cover.recipient_name, cover.date, cover.subject, cover.body,
+                    look.organisation, look.phone, look.notice, _COVER_FIXED_TEXT, _TRUNCATED))
+    return _COVER_FONT.ready_for(text)
+
+
 def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> bytes:
-    """The cover page PDF (one page, two when the body is long; never more).
+    """The cover page PDF: ``render_cover_pages`` without the page count."""
+    return render_cover_pages(cover, page_size=page_size, attachment_pages=attachment_pages)[0]
+
+
+def render_cover_pages(cover: CoverPage, *, page_size: str = "A4", attachment_pages: int = 0) -> tuple[bytes, int]:
+    """The cover page PDF (one page, two when the body is long; never more) and its page count.
 
     The layout: the office's logo, name and phone (``CoverLook``), "FAX",
     To, From, Date, Pages and Subject, the body, and the office's notice at
@@ -298,7 +400,12 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
             pdf.ln(field_h)
             continue
         pdf.cell(label_w, field_h, label)
-        pdf.multi_cell(width - label_w, field_h, value, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        if _one_line(pdf, value, width - label_w):
+            # fpdf2's line breaking measures each line again per character
+            # added (~0.2 ms a field); a value that fits is one cell, the same line.
+            pdf.cell(width - label_w, field_h, value, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        else:
+            pdf.multi_cell(width - label_w, field_h, value, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(2)
     pdf.set_line_width(0.3)
     pdf.line(margin, pdf.get_y(), margin + width, pdf.get_y())
@@ -318,9 +425,12 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
     if body:
         truncated = len(body) > _MAX_BODY_CHARS
         body = body[:_MAX_BODY_CHARS]
-        wrapped = pdf.multi_cell(width, line_h, body, align="L", dry_run=True, output=MethodReturnValue.LINES)
-        assert isinstance(wrapped, list)  # output=LINES gives the lines alone (typed as any output's union)
-        lines = wrapped
+        if _one_line(pdf, body, width):
+            lines = [body]
+        else:
+            wrapped = pdf.multi_cell(width, line_h, body, align="L", dry_run=True, output=MethodReturnValue.LINES)
+            assert isinstance(wrapped, list)  # output=LINES gives the lines alone (typed as any output's union)
+            lines = wrapped
         first = max(0, int((notice_top - pdf.get_y()) // line_h))
         second = int((page_h_mm - 2 * margin) // line_h)
         if truncated or len(lines) > first + second:
@@ -353,4 +463,6 @@ def render_cover(cover: CoverPage, *, page_size: str = "A4", attachment_pages: i
         for text_line in lines[first:]:
             pdf.set_x(margin)
             pdf.cell(width, line_h, text_line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    return bytes(pdf.output(output_producer_class=_COVER_FONT.writer()))
+    # The count is the layout's own (the cover's "Pages:" line says it too):
+    # no need to open the PDF again to count (docs/performance.md, Issue 19).
+    return bytes(pdf.output(output_producer_class=_COVER_FONT.writer())), pdf.pages_count

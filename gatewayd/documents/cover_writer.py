@@ -49,6 +49,9 @@ def make_writer(embedded: EmbeddedFonts, whole: Callable[[Path], bool]) -> type[
     """An ``output_producer_class`` for ``FPDF.output`` that embeds the font files ``whole`` says yes to as they are."""
 
     class _CoverWriter(OutputProducer):
+        # Fonts it embeds whole are only read, never subset in place: ``cover._CoverFont.add_to`` may share them.
+        embeds_whole = True
+
         def _add_fonts(self, *args: Any, **kwargs: Any) -> Any:
             fonts = self.fpdf.fonts
             ours = {

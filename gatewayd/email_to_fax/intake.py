@@ -46,6 +46,10 @@ log = get_logger(__name__)
 # hand-off to a thread cost more than it saved (docs/performance.md: 1.3x
 # the intake rate at 1 MB, 1.25x at 100 KB).
 INLINE_BYTES = 2 * 1024 * 1024
+# With such PDFs, up to this many quick cover pages (~2 ms each:
+# ``documents.cover.is_quick``) are drawn on the event loop too: 1.2x the
+# intake rate with the default cover page, a third less p99 (docs/performance.md, Issue 19).
+INLINE_COVERS = 2
 
 # A note longer than this is cut: it goes into a report's body, not a database dump.
 _MAX_NOTE = 2000
@@ -78,7 +82,7 @@ class Intake:
                  office: bool = False) -> None:
         """``office``: LibreOffice is there (the daemon checked at start); ``documents.office`` may still turn it off."""
         self.rt = rt
-        self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes)
+        self.builder = builder or DocumentBuilder(max_concurrent=2, inline_bytes=inline_bytes, inline_covers=INLINE_COVERS)
         self.inline_bytes = inline_bytes
         self.office = office
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.corpus import pdftotext
 
 from gatewayd.documents import cover
 from gatewayd.documents.cover import CoverPage, render_cover
-from support.corpus import pdftotext
 
 
 def test_cyrillic_and_greek_draw_with_the_subset(tmp_path: Path) -> None:
@@ -106,3 +106,68 @@ def test_the_subset_embedded_whole_draws_what_fpdf2_s_own_subset_draws(
     assert len(images[0]) == (1 if "café" in subject else 2)
     assert images[0] == images[1]
     assert pdftotext(ours, tmp_path) == pdftotext(theirs, tmp_path)
+
+
+def test_covers_drawn_at_once_in_threads_are_the_covers_drawn_one_at_a_time() -> None:
+    # Each cover copies one parsed font per process and renews what a
+    # document changes (_CoverFont.add_to); covers are drawn in worker
+    # threads, so two at once must not see each other's glyphs or streams.
+    # A tiny switch interval makes the threads interleave inside fpdf2.
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    pages = [
+        CoverPage("Zoë <zoe@example.com>", f"+7 812 309-26-{i:02d}", "today", subject, body * (1 + i % 3))
+        for i, (subject, body) in enumerate([
+            ("Invoice 42", "Please fax the attached document."),
+            ("Счёт № 42", "Прошу оплатить счёт до пятницы."),
+            ("Ελληνικά", "Καλημέρα, ορίστε το έγγραφο."),
+            ("Quote", "Kind regards, ÆØÅ ß € ™ «ok»\n" * 40),
+        ] * 4)
+    ]
+    alone = [render_cover(page) for page in pages]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(render_cover, pages * 3))
+    finally:
+        sys.setswitchinterval(interval)
+    assert together == alone * 3
+
+
+@pytest.mark.parametrize("subject, body", [
+    ("Invoice 42", "Please fax the attached document."),
+    ("A subject long enough to wrap onto a second line of the subject field, so it is wrapped by fpdf2", "x" * 95),
+    ("Ärger → ok ✓ Ω Ж", "Ärger → ok ✓ Ω Ж"),  # the whole font, through fpdf2's own writer
+])
+def test_one_line_fields_drawn_as_cells_draw_what_fpdf2_s_line_breaking_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, subject: str, body: str,
+) -> None:
+    # A field or body that fits on one line is drawn as one cell, without
+    # fpdf2's line breaking (docs/performance.md, Issue 19): poppler must
+    # render the same pixels and read the same text as through multi_cell.
+    page = CoverPage("Zoë <zoe@example.com>", "+7 812 309-26-31", "today", subject, body)
+    cells = render_cover(page)
+    monkeypatch.setattr(cover, "_one_line", lambda *args: False)
+    broken = render_cover(page)
+    images = []
+    for name, pdf in (("cells", cells), ("broken", broken)):
+        (tmp_path / f"{name}.pdf").write_bytes(pdf)
+        subprocess.run(["pdftoppm", "-r", "150", "-gray", str(tmp_path / f"{name}.pdf"), str(tmp_path / name)], check=True)
+        images.append([p.read_bytes() for p in sorted(tmp_path.glob(f"{name}-*.pgm"))])
+    assert images[0] == images[1]
+    assert pdftotext(cells, tmp_path) == pdftotext(broken, tmp_path)
+
+
+@pytest.mark.parametrize("body, pages", [("Please fax the attached document.", 1), ("A long body line. " * 700, 2)])
+def test_the_page_count_of_a_cover_is_the_count_of_its_pdf(body: str, pages: int) -> None:
+    # build_parts takes a cover's page count from its layout instead of
+    # opening the PDF again: it must be what the PDF holds.
+    import pikepdf
+
+    from gatewayd.documents.cover import render_cover_pages
+
+    data, counted = render_cover_pages(CoverPage("a@example.com", "+15551234567", "today", "Subject", body))
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        assert counted == len(pdf.pages) == pages

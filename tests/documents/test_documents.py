@@ -550,6 +550,59 @@ async def test_builder_builds_small_pdfs_inline_and_the_rest_in_threads(monkeypa
     assert len(threads) == 4
 
 
+async def test_builder_draws_a_few_quick_covers_inline_and_the_rest_in_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Quick covers (cover.is_quick: per-process font subset, no logo, short
+    # body) beside small PDFs are drawn on the loop's thread; anything else
+    # with a cover (the CJK fallback font takes up to a second) in a thread.
+    threads: list[int] = []
+    real = builder_module.build_parts
+
+    def spy(*args: object, **kwargs: object) -> object:
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builder_module, "build_parts", spy)
+    pdf = make_pdf(1)
+    builder = DocumentBuilder(inline_bytes=len(pdf), inline_covers=2)
+    latin = CoverPage("a@example.com", "+15551234567", "today", "Invoice 42", "Please fax the attached document.")
+    render_cover(latin)  # the process's first cover makes and parses the subset (is_quick is False until then)
+    parts = await builder.build_parts([att("a.pdf", pdf)], covers=[latin, latin])
+    assert threads[-1] == threading.get_ident() and len(parts.covers) == 2  # quick: on the loop's thread
+    await builder.build_parts([att("a.pdf", pdf)], covers=[latin] * 3)
+    assert threads[-1] != threading.get_ident()  # more than inline_covers
+    await builder.build_parts([att("a.pdf", pdf), att("b.pdf", pdf)], covers=[latin])
+    assert threads[-1] != threading.get_ident()  # over inline_bytes in all
+    await builder.build_parts([att("p.png", make_image("PNG", (20, 20)))], covers=[latin])
+    assert threads[-1] != threading.get_ident()  # images: decoding may take long
+    cjk = CoverPage("a@example.com", "+15551234567", "today", "請求書", "請求書を添付します。")
+    await builder.build_parts([att("a.pdf", pdf)], covers=[cjk])
+    assert threads[-1] != threading.get_ident()  # the CJK fallback font
+    await DocumentBuilder(inline_bytes=len(pdf)).build_parts([att("a.pdf", pdf)], covers=[latin])
+    assert threads[-1] != threading.get_ident()  # inline_covers is 0 unless asked for
+    assert len(threads) == 6
+
+
+def test_quick_covers_are_short_without_a_logo_and_drawn_with_a_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatewayd.documents.cover import CoverLook, is_quick
+
+    logo = tmp_path / "logo.png"
+    Image.new("RGB", (20, 10), "white").save(logo)
+    base = CoverPage("Zoë <zoe@example.com>", "+15551234567", "today", "Счёт № 42 — café", "Please fax it.")
+    fresh = cover_module._CoverFont()
+    monkeypatch.setattr(cover_module, "_COVER_FONT", fresh)
+    assert not is_quick(base)  # a process's first cover makes and parses the subset (~0.4 s): in a thread
+    fresh.path_for(base.subject)  # the subsets made, not yet parsed
+    assert not is_quick(base)
+    render_cover(base)
+    assert is_quick(base)
+    assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, "x" * 2001))
+    assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, base.body, look=CoverLook(logo=str(logo))))
+    assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, "請求書"))  # CJK fallback
+    assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, "✓"))  # the whole DejaVu
+    assert not is_quick(CoverPage(base.sender, base.recipient, base.date, base.subject, base.body,
+                                  look=CoverLook(organisation="ACME ✓")))
+
+
 async def test_builder_bounds_concurrency_even_when_callers_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
     lock = threading.Lock()
     running = 0

@@ -287,3 +287,66 @@ def test_fpdf2_font_helpers() -> None:
     assert list(inspect.signature(out._tt_font_widths).parameters) == ["font"], (
         f"fpdf2 changed: _tt_font_widths is now {inspect.signature(out._tt_font_widths)} (gatewayd/documents/cover_writer.py)"
     )
+
+
+# --- fpdf2: gatewayd/documents/cover.py (_CoverFont.add_to) shares one parsed TTFFont per subset
+
+
+def test_fpdf2_ttffont_state_is_what_add_to_renews() -> None:
+    # add_to gives each cover a shallow copy of one parsed TTFFont and renews
+    # its per-document state (i, cw, missing_glyphs, biggest_size_pt, desc,
+    # subset); the rest must stay read-only. A new attribute in fpdf2 may be
+    # per-document state: look at it before widening this list.
+    from fpdf import FPDF
+    from fpdf.fonts import SubsetMap, TTFFont
+
+    from gatewayd.documents.cover import FONT_PATH
+
+    assert set(TTFFont.__slots__) == {
+        "i", "type", "name", "desc", "glyph_ids", "_hbfont", "sp", "ss", "up", "ut", "cw", "ttffile", "fontkey",
+        "emphasis", "scale", "subset", "cmap", "ttfont", "missing_glyphs", "biggest_size_pt", "color_font",
+        "unicode_range", "palette_index", "is_compressed", "is_cff", "is_cid_keyed", "is_symbol", "cff_ros",
+        "collection_font_number",
+    }, f"fpdf2 changed: TTFFont's attributes are now {sorted(TTFFont.__slots__)} (gatewayd/documents/cover.py, _CoverFont.add_to)"
+    assert list(inspect.signature(SubsetMap).parameters) == ["font"], (
+        f"fpdf2 changed: SubsetMap is now {inspect.signature(SubsetMap)} (gatewayd/documents/cover.py, _CoverFont.add_to)"
+    )
+    pdf = FPDF()
+    pdf.add_font("DejaVu", fname=str(FONT_PATH))
+    font = pdf.fonts["dejavu"]
+    assert isinstance(pdf.fonts, dict) and isinstance(font, TTFFont) and font.i == 1 and font.fontkey == "dejavu", (
+        "fpdf2 changed: FPDF.fonts is no longer {fontkey: TTFFont} numbered from 1 (gatewayd/documents/cover.py, _CoverFont.add_to)"
+    )
+
+
+# --- aiosmtpd: gatewayd/email_to_fax/smtp.py lists only what SMTP.__init__ looks for in dir()
+
+
+def test_aiosmtpd_finds_the_same_commands_mechanisms_and_hooks_through_the_short_dir() -> None:
+    # FaxSMTP.__dir__ and _Decisions.__dir__ list only the "smtp_", "auth_"
+    # and "handle_" names, which aiosmtpd's SMTP.__init__ looks up with dir()
+    # and inspect.getmembers() for every session. What it finds must be what
+    # the full dir() gives: every command, every AUTH mechanism, every hook.
+    import types
+
+    from gatewayd.email_to_fax.smtp import FaxSMTP, _Decisions
+
+    async def make() -> FaxSMTP:
+        listener = types.SimpleNamespace(sessions=set())
+        listener.decisions = _Decisions(listener)  # type: ignore[arg-type]
+        return FaxSMTP(listener, hostname="gw", loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    session = asyncio.run(make())
+    full = object.__dir__(session)
+    assert set(session._smtp_methods) == {n.removeprefix("smtp_") for n in full if n.startswith("smtp_")}, (
+        "aiosmtpd changed: SMTP.__init__ no longer finds every smtp_* command through dir() (gatewayd/email_to_fax/smtp.py, FaxSMTP.__dir__)"
+    )
+    assert {"QUIT", "DATA", "EHLO", "MAIL", "RCPT", "AUTH", "STARTTLS"} <= set(session._smtp_methods)
+    own = {n.removeprefix("auth_").replace("__", "-") for n in full if n.startswith("auth_")}
+    assert set(session._auth_methods) == own and {"LOGIN", "PLAIN"} <= own, (
+        "aiosmtpd changed: SMTP.__init__ no longer finds the auth_* mechanisms through inspect.getmembers() (FaxSMTP.__dir__)"
+    )
+    hooks = {n.removeprefix("handle_") for n in object.__dir__(session.event_handler) if n.startswith("handle_")}
+    assert set(session._handle_hooks) == hooks and {"EHLO", "MAIL", "RCPT"} <= hooks, (
+        "aiosmtpd changed: SMTP.__init__ no longer finds the handle_* hooks through dir(handler) (_Decisions.__dir__)"
+    )
