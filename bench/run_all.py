@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_documents.py", "bench_provider_economy.py", "bench_purge.py", "bench_memory.py", "bench_intake.py", "bench_office.py"]
+SCRIPTS = ["bench_documents.py", "bench_provider_economy.py", "bench_purge.py", "bench_memory.py", "bench_intake.py", "bench_office.py", "bench_nodes.py"]
 
 
 def main() -> int:
