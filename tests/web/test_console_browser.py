@@ -2,26 +2,30 @@
 PDF through /send and watch it reach "sent", retry a failed job, cancel a
 queued one, open a received fax and its preview; another user's job is a
 404; a POST without the CSRF token is refused; wrong passwords are
-throttled. Screenshots of each page go to docs/web/."""
+throttled. Screenshots of each page are taken on every run; they go to
+docs/web/ only when GATEWAYD_SCREENSHOTS=docs/web is set (docs/web.md), so
+a test run leaves the checkout as it was."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import httpx
+from support.web import EXTENSION, PASSWORDS  # type: ignore[import-not-found]
 
 from gatewayd.demo import sample_pdf, sample_tiff
 from gatewayd.store import NewJob
 
-from support.web import EXTENSION, PASSWORDS  # type: ignore[import-not-found]
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "web"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / os.environ["GATEWAYD_SCREENSHOTS"] if os.environ.get("GATEWAYD_SCREENSHOTS") else Path(tempfile.gettempdir()) / "gatewayd-screenshots"
 
 
 async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    DOCS.mkdir(exist_ok=True)
+    DOCS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
 
 
