@@ -26,6 +26,7 @@ from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandE
 from gatewayd.commands.terminal import safe_text
 from gatewayd.config import Config, config_path, config_warnings, redact_url
 from gatewayd.jobstates import JOB_STATES
+from gatewayd.leadership import NodeNameInUse
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.passwords import hash_password
 from gatewayd.store import Job, JobEvent, JobNotFound, Lease, StoreError
@@ -120,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.info("gatewayd_stopped", during="start-up")
         return EXIT_OK
-    except StoreError as exc:
+    except (StoreError, NodeNameInUse) as exc:
         log.error("gatewayd_start_failed", error=str(exc))
         return EXIT_FAILURE
     except Exception:

@@ -36,7 +36,7 @@ from gatewayd.email_to_fax.tracker import Tracker
 from gatewayd.fax_to_email.poller import InboundPoller
 from gatewayd.health import Health
 from gatewayd.http import HttpServer
-from gatewayd.leadership import DEFAULT_LEASE, Leadership
+from gatewayd.leadership import DEFAULT_LEASE, Leadership, NodeName, node_token
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.memory import release_free_memory
@@ -109,8 +109,10 @@ def build_services(rt: Runtime, *, lease: float | None = None) -> list[Service]:
     (docs/deployment.md, Several nodes): ``lead(...)`` below. ``lease``: their
     period; storage.lease (30 s by default) when not given.
     """
-    services: list[Service] = []
-    lead = build_leadership(rt, ttl=rt.config.storage.lease if lease is None else lease).lead
+    ttl = rt.config.storage.lease if lease is None else lease
+    # First: this node's name is its own (two nodes with one name would both hold its leases).
+    services: list[Service] = [NodeName(rt.store, rt.config.storage.node_name, node_token(rt.config.state_dir), rt.stopping, ttl=ttl)]
+    lead = build_leadership(rt, ttl=ttl).lead
     # Each flow adds its components here; keep the order: listeners last, so
     # workers are running before the first message is accepted.
     # --- wiring: email to fax

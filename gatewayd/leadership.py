@@ -34,16 +34,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Service
 from gatewayd.store import Taken
 
-__all__ = ["DEFAULT_LEASE", "LeaseStore", "Leased", "Leadership", "Tenure"]
+__all__ = ["DEFAULT_LEASE", "LeaseStore", "Leased", "Leadership", "NodeName", "NodeNameInUse", "Tenure", "node_token"]
 
 log = get_logger(__name__)
 
@@ -277,3 +280,82 @@ class Leased:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.leadership.stopping.wait(), timeout=seconds)
         return self.leadership.stopping.is_set()
+
+
+class NodeNameInUse(Exception):
+    """Another running gatewayd has this node's ``storage.node_name``."""
+
+
+def node_token(state_dir: Path) -> str:
+    """This node's own token, kept in its state directory: a restart of the same
+    node (same state directory) is itself, a second machine with the same
+    ``node_name`` is not."""
+    path = state_dir / "node-token"
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text(encoding="ascii").strip()
+        if token:
+            return token
+    token = secrets.token_hex(8)
+    tmp = path.with_name(f".node-token-{os.getpid()}")
+    tmp.write_text(token + "\n", encoding="ascii")
+    os.replace(tmp, path)
+    return path.read_text(encoding="ascii").strip()  # another process may have won the rename: its token
+
+
+class NodeName:
+    """Service "node": holds the lease ``node:<node_name>`` for this process's lifetime.
+
+    Two nodes with the same name would both believe they hold every lease
+    named for that node (each worker's, each extension's): one fax sent by
+    both. At start this takes the name's own lease, with a holder made of the
+    name and the token in this node's state directory; if another holder
+    keeps it past one lease period, the start fails with ``NodeNameInUse``
+    (docs/deployment.md, Several nodes). A restart of the same node finds its
+    own holder and goes on at once.
+    """
+
+    name = "node"
+
+    def __init__(self, store: LeaseStore, node: str, token: str, stopping: asyncio.Event, *, ttl: float = DEFAULT_LEASE) -> None:
+        self.store = store
+        self.node = node
+        self.holder = f"{node}#{token}"
+        self.lease = f"node:{node}"
+        self.stopping = stopping
+        self.ttl = ttl
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.ttl + self.ttl / 3
+        seen = ""
+        while True:
+            taken = await self.store.run(self.store.take_lease, self.lease, self.holder, self.ttl)
+            if taken.held:
+                return
+            holder = taken.lease.holder if taken.lease is not None else ""
+            if holder != seen:
+                seen = holder
+                log.warning("node_name_held", node=self.node, holder=holder, hint="waiting one lease period for it to expire")
+            if time.monotonic() >= deadline:
+                raise NodeNameInUse(
+                    f"storage.node_name {self.node!r} is in use by another running gatewayd ({holder}): give each node its own name"
+                )
+            await asyncio.sleep(self.ttl / 6)
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=self.ttl / 3)
+            if self.stopping.is_set():
+                return
+            try:
+                taken = await self.store.run(self.store.take_lease, self.lease, self.holder, self.ttl)
+            except Exception as exc:  # the store is away: the other leases say so too
+                log.warning("node_name_renew_failed", node=self.node, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if not taken.held:
+                log.error("node_name_in_use", node=self.node, holder=taken.lease.holder if taken.lease is not None else "",
+                          hint="another gatewayd took this node's name while this one could not renew it: give each node its own name")
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.run(self.store.release_lease, self.lease, self.holder)
