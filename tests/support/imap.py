@@ -52,6 +52,7 @@ from gatewayd.email_to_fax.imap import ImapIntake
 from gatewayd.email_to_fax.imap_session import ImapTuning
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.store import Store
+from support.accounts import unprivileged_account
 from support.gateway import build_gateway
 from support.ports import free_port  # noqa: F401 (also a public name here)
 
@@ -85,7 +86,7 @@ def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gatewayd test CA")])
     ca = (
@@ -122,12 +123,7 @@ def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def _run_as() -> pwd.struct_passwd:
-    if os.getuid() == 0:
-        return pwd.getpwnam("nobody")
-    try:
-        return pwd.getpwuid(os.getuid())
-    except KeyError:
-        raise AssertionError(f"uid {os.getuid()} has no passwd entry: Dovecot's non-root mode needs a user name") from None
+    return unprivileged_account("Dovecot's non-root mode")
 
 
 @dataclass
@@ -146,7 +142,7 @@ class Dovecot:
     account: pwd.struct_passwd = field(default_factory=_run_as)
 
     @classmethod
-    def create(cls) -> "Dovecot":
+    def create(cls) -> Dovecot:
         require_dovecot()
         base = Path(tempfile.mkdtemp(prefix="gatewayd-dovecot-"))
         ca, cert, key = make_ca_and_cert(base)

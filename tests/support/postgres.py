@@ -52,6 +52,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from support.accounts import unprivileged_account
 from support.ports import PortClash, free_port, retry_on_port_clash
 
 PG_PACKAGE = "postgresql-15"
@@ -83,12 +84,7 @@ def pg_bindir() -> Path:
 
 
 def _run_as() -> pwd.struct_passwd:
-    if os.getuid() == 0:
-        return pwd.getpwnam("nobody")
-    try:
-        return pwd.getpwuid(os.getuid())
-    except KeyError:
-        raise AssertionError(f"uid {os.getuid()} has no passwd entry: initdb needs a user name") from None
+    return unprivileged_account("initdb")
 
 
 @dataclass
