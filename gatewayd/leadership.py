@@ -296,6 +296,7 @@ def node_token(state_dir: Path) -> str:
         if token:
             return token
     token = secrets.token_hex(8)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the store makes it too; a test may build services first
     tmp = path.with_name(f".node-token-{os.getpid()}")
     tmp.write_text(token + "\n", encoding="ascii")
     os.replace(tmp, path)
