@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gatewayd.config.database import url_passwords
 from gatewayd.config.model import INBOUND_WINDOW_SLACK, Config, InboundConfig
 from gatewayd.config.section import _Reader
 from gatewayd.config.values import _show
+from gatewayd.dburl import url_passwords
 
 # Placeholders of config.example.toml: refused by every load, so an unedited
 # copy never runs (docs/configuration.md, Placeholders).

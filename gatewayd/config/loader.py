@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from gatewayd.config.checks import cross_check, find_placeholders
 from gatewayd.config.contacts import read_contacts
-from gatewayd.config.database import MAX_LEASE, MIN_LEASE, parse_database_url, url_passwords
+from gatewayd.config.database import MAX_LEASE, MIN_LEASE, parse_database_url
 from gatewayd.config.model import (
     Config,
     ConfigError,
@@ -73,6 +73,7 @@ from gatewayd.config.values import (
     parse_regex,
     parse_size,
 )
+from gatewayd.dburl import url_passwords
 from gatewayd.passwords import is_password_hash
 from gatewayd.provider.paths import PathProblem, check_path, merged_paths
 

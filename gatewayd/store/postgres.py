@@ -39,16 +39,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from gatewayd.dburl import redact_url
 from gatewayd.store.database import Rows, StoreError
 from gatewayd.store.migrations import MIGRATIONS
 
-__all__ = ["WRITER_LOCK", "PostgresDatabase", "PostgresSettings", "postgres_ddl", "redact_url", "to_pyformat"]
+__all__ = ["WRITER_LOCK", "PostgresDatabase", "PostgresSettings", "postgres_ddl", "to_pyformat"]
 
 T = TypeVar("T")
 
@@ -76,21 +76,6 @@ class PostgresSettings:
     lock_timeout: float = 30.0
     statement_timeout: float = 120.0
     application_name: str = "gatewayd"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without any password in it (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an unreadable database_url)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}@{host}"
-    query = re.sub(r"(?i)(^|&)password=[^&]*", r"\1password=...", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 @functools.lru_cache(maxsize=1024)
