@@ -27,6 +27,7 @@ from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.mailsink import MailSink, SunkMail
 from gatewayd.provider.client import ProviderClient
 from gatewayd.store import Store
+from support.clock import OffsetClock  # noqa: F401 (also a public name here)
 from support.gateway import build_gateway
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,19 +202,6 @@ def config_data(sim: Any, sink: MailSink, state_dir: Path, **sections: dict[str,
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data
-
-
-class OffsetClock:
-    """Wall clock that tests can move forward (outbox backoff) without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 class Monotonic:

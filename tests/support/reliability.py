@@ -27,6 +27,7 @@ from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.email_to_fax.report import Reporter
 from gatewayd.runtime import Runtime
 from gatewayd.store import Store
+from support.clock import OffsetClock  # noqa: F401 (also a public name here)
 from support.backends import Backend
 from support.e2f import wait_for
 from support.gateway import InProcessGateway
@@ -228,19 +229,6 @@ async def start_daemon(workdir: Path, data: dict[str, Any], *, name: str = "gate
 
 
 # --------------------------------------------------------------- in-process
-
-
-class OffsetClock:
-    """Wall clock the test moves forward (outbox backoff) instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 class InProcess:

@@ -31,6 +31,7 @@ from gatewayd.mailsink import MailSink
 from gatewayd.provider.client import ProviderClient
 from gatewayd.provider.simulator import ProviderSimulator
 from gatewayd.store import SUBMITTED, Job, NewJob, Store
+from support.clock import OffsetClock  # noqa: F401 (also a public name here)
 from support.gateway import InProcessGateway, build_gateway
 
 SENDER = "alice@example.test"
@@ -38,19 +39,6 @@ ADMIN = "admin@example.test"
 FROM = "Fax Gateway <fax-gateway@gw.test>"
 NUMBER = "+78123092631"
 DST = "78123092631"
-
-
-class OffsetClock:
-    """Wall-clock time plus a jump a test can add (outbox backoff without waiting)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 def make_pdf(pages: int = 1) -> bytes:
