@@ -44,8 +44,10 @@ def format_problems(path: str, problems: list[str]) -> str:
 
 
 def open_store(config: Config) -> Store:
-    """The state directory's store, for commands that run beside the daemon."""
-    if not config.state_dir.exists():
+    """The store the configuration names, for commands that run beside the daemon (or on any node)."""
+    # SQLite: no state directory, no store yet. PostgreSQL: the store is the
+    # database, reachable from any machine with the configuration.
+    if not config.storage.database_url and not config.state_dir.exists():
         raise CommandError(f"no state directory at {config.state_dir} (has the daemon run yet?)")
     try:
         return store_from_config(config)

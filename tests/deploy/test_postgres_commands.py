@@ -152,6 +152,15 @@ async def sim_fax(sim: Any, job_id: int) -> int:
     return int(sent.id)
 
 
+def test_jobs_on_a_machine_where_no_daemon_ran_yet(tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
+    """On PostgreSQL the queue is in the database: an administrator's machine with the configuration and
+    no state directory of its own lists it (on SQLite the command says the daemon has not run yet)."""
+    cfg = write(tmp_path, pg_url, pg_server.password)
+    assert not (tmp_path / "state").exists()
+    out = ok(gatewayd("jobs", "-c", str(cfg)))
+    assert out.splitlines()[0].split()[:3] == ["ID", "CREATED", "STATE"], out
+
+
 def test_backup_says_it_does_not_apply_to_postgresql(tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     cfg = write(tmp_path, pg_url, pg_server.password)
     result = gatewayd("backup", str(tmp_path / "copy"), "-c", str(cfg))
