@@ -45,7 +45,9 @@ from gatewayd.config.model import (
 from gatewayd.config.paths import DEFAULT_CONFIG_PATH, SYSTEM_CONFIG_DIR, SYSTEM_STATE_DIR, config_path
 from gatewayd.config.secrets import CREDENTIAL_PREFIX
 from gatewayd.config.values import (
+    MAX_AUTO_PROCESSES,
     MAX_SMTP_PROCESSES,
+    auto_processes,
     contact_number,
     is_email_address,
     is_loopback_host,
@@ -65,7 +67,9 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "EXAMPLE_PASSWORD_HASH",
     "INBOUND_WINDOW_SLACK",
+    "MAX_AUTO_PROCESSES",
     "MAX_SMTP_PROCESSES",
+    "auto_processes",
     "PLACEHOLDER_MARK",
     "PROVIDER_MAX_BYTES",
     "SYSTEM_CONFIG_DIR",

@@ -60,6 +60,7 @@ from gatewayd.config.values import (
     _provider_url,
     _show,
     _str_no_newline,
+    auto_processes,
     is_loopback_host,
     is_node_name,
     parse_domain,
@@ -213,7 +214,7 @@ class _Loader(_Reader):
             domains=s.get_list("domains", d.domains, parse_domain),
             max_message_size=s.get("max_message_size", d.max_message_size, parse_size),
             max_connections=s.get("max_connections", d.max_connections, _positive_int),
-            processes=s.get("processes", d.processes, _process_count),
+            processes=s.get("processes", None, _process_count) or auto_processes(),  # "auto" by default
             tls_cert=s.file("tls_cert"),
             tls_key=s.file("tls_key"),
             require_tls=s.get("require_tls", False, kind=bool),

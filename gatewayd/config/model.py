@@ -73,8 +73,10 @@ class SmtpConfig:
     hostname: str = ""  # resolved at load to the FQDN when empty
     domains: tuple[str, ...] = ("fax.example.com",)
     max_message_size: int = 25_000_000
-    max_connections: int = 100  # per listener process
-    processes: int = 1  # listener processes (SO_REUSEPORT); more than 1 uses more cores
+    max_connections: int = 100  # sessions at once, shared out between the listener processes
+    # Listener processes (SO_REUSEPORT). A file without the key gets "auto"
+    # (one per core, at most 4) from the loader; a Config built in code, 1.
+    processes: int = 1
     tls_cert: str = ""
     tls_key: str = ""
     require_tls: bool = False

@@ -177,12 +177,27 @@ def _positive_int(v: Any) -> int:
 
 
 MAX_SMTP_PROCESSES = 64
+MAX_AUTO_PROCESSES = 4  # what "auto" (the default) starts at most
+
+
+def auto_processes() -> int:
+    """``smtp.processes = "auto"`` (the default): one per core this process may run on, at most 4.
+
+    The cores are the CPU affinity (systemd's ``CPUAffinity=``, a container's
+    cpuset), not every core of the machine. Past 4, each process's ~50-150 MiB
+    (docs/smtp.md, "Listener processes") buys less than it costs on a
+    gateway; more can be set explicitly."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_PROCESSES, cores))
 
 
 def _process_count(v: Any) -> int:
-    """An integer from 1 to 64, or "auto": one per core (``os.cpu_count()``), at most 64."""
+    """An integer from 1 to 64, or "auto" (``auto_processes``)."""
     if v == "auto":
-        return max(1, min(MAX_SMTP_PROCESSES, os.cpu_count() or 1))
+        return auto_processes()
     if isinstance(v, bool) or not isinstance(v, int):
         raise _Bad(f'expected an integer or "auto", got {_show(v)}')
     if not 1 <= v <= MAX_SMTP_PROCESSES:

@@ -29,9 +29,10 @@ Stock aiosmtpd behaviour replaced here, and why:
   listener's own small executor (``PasswordChecks``), never on the loop nor
   in the shared default thread pool. Offered only over TLS or to trusted
   networks; a few failures close the session, and an address with too many
-  recent failures gets ``454`` without a password check (``ClientThrottle``).
+  recent failures gets ``454`` without a password check (``ClientLimits``).
 * Per client address: at most ``smtp.max_connections_per_client``
-  connections (not for ``trusted_networks``); and every session ends after
+  connections (not for ``trusted_networks``), counted over every listener
+  process by the main one (``ClientLimits``); and every session ends after
   ``SmtpTuning.max_session_time`` or ``max_commands``, however busy it
   keeps the idle timer (docs/smtp.md, "Limits per client").
 * STARTTLS required: ``530 5.7.0 must issue STARTTLS first``.
@@ -82,8 +83,8 @@ from gatewayd.email_to_fax.policy import (
     recipient_key,
     split_recipient,
 )
-from gatewayd.email_to_fax.smtp_processes import ListenerProcesses, WorkerError
-from gatewayd.email_to_fax.throttle import ClientThrottle
+from gatewayd.email_to_fax.smtp_processes import LimitsUnavailable, ListenerProcesses, WorkerError
+from gatewayd.email_to_fax.throttle import ClientLimits, ClientThrottle, LocalClientLimits
 from gatewayd.logs import bind_context, get_logger
 from gatewayd.memory import TRIM_AFTER_BYTES, release_free_memory
 from gatewayd.passwords import hash_password, verify_password
@@ -94,6 +95,8 @@ log = get_logger(__name__)
 TEMPORARY = TemporaryFailure().smtp_reply  # "451 4.3.0 temporary failure, try again"
 TOO_MANY_CONNECTIONS = "421 4.7.0 too many connections"
 TOO_MANY_FROM_CLIENT = "421 4.7.0 too many connections from your address"
+# The main process did not say whether the address may have one more session (docs/smtp.md).
+LIMITS_UNAVAILABLE = "421 4.3.0 service busy, try again later"
 AUTH_THROTTLED = "454 4.7.0 too many failed authentications, try later"
 SESSION_LIMIT = "421 4.7.0 session limit reached, closing connection"
 SHUTTING_DOWN = "421 4.3.2 service shutting down, try again later"
@@ -178,8 +181,8 @@ class FaxSMTP(SMTP):
         self.data_reply_due = False  # 354 sent: the next reply ends the transaction
         self.commands = 0
         self.expired = False  # max_session_time or max_commands reached
-        self.counted_ip: str | None = None  # the address counted in the listener's ClientThrottle
-        self.refused = False  # over the per-client limit: answered 421 and closed at connection_made
+        self.counted_ip: str | None = None  # the address counted in the listener's ClientLimits
+        self.refused = False  # over the per-client limit: answered 421 and closed before the greeting
         self._session_timer: asyncio.TimerHandle | None = None
         super().__init__(listener.decisions, **kw)
         listener.sessions.add(self)  # counted from creation, so max_connections holds under bursts
@@ -202,8 +205,6 @@ class FaxSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
-        if first and not self._admit(transport):
-            return
         super().connection_made(transport)
         if first:
             assert self.session is not None  # aiosmtpd made it in connection_made
@@ -236,37 +237,47 @@ class FaxSMTP(SMTP):
             log.warning("smtp_session_limit", peer=self.peer_ip, phase=self.phase)
             asyncio.ensure_future(self.goodbye(SESSION_LIMIT))
 
-    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+    async def _handle_client(self) -> None:
+        # aiosmtpd's session task: the greeting comes only once the client's
+        # address is admitted (maybe asked of the main process).
+        if await self._admitted():
+            await super()._handle_client()
+
+    async def _admitted(self) -> bool:
         """Count the client's address; one 421 line and closed when it has too many connections.
 
         Only a stranger is limited: a relay in ``trusted_networks`` (Postfix in
         front) legitimately opens many (docs/smtp.md, "Limits per client")."""
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        if self.listener.sender_policy().is_trusted(ip):
+        if self.trusted:
             return True
-        if self.listener.throttle.opened(ip):
-            self.counted_ip = ip
-            return True
+        ip = self.peer_ip
+        try:
+            if await self.listener.limits.open(ip):
+                self.counted_ip = ip
+                return True
+            reply = TOO_MANY_FROM_CLIENT
+            log.warning("smtp_too_many_connections_from_client", peer=ip,
+                        limit=self.listener.rt.config.smtp.max_connections_per_client)
+        except LimitsUnavailable as exc:  # refused for now rather than unlimited
+            reply = LIMITS_UNAVAILABLE
+            log.error("smtp_client_limits_unavailable", peer=ip, error=str(exc))
         self.refused = True
         self.listener.sessions.discard(self)
         self.listener.count_reply("421")
-        log.warning("smtp_too_many_connections_from_client", peer=ip, limit=self.listener.throttle.max_connections_per_client)
+        transport = self.transport
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(TOO_MANY_FROM_CLIENT.encode("ascii") + b"\r\n")
+        transport.write(reply.encode("ascii") + b"\r\n")
         transport.close()
         return False
 
     def connection_lost(self, error: Exception | None) -> None:
         self.listener.sessions.discard(self)
-        if self.refused:
-            return  # never started (_admit)
         if self.counted_ip is not None:
-            self.listener.throttle.closed(self.counted_ip)
+            self.listener.limits.close(self.counted_ip)
             self.counted_ip = None
         if self._session_timer is not None:
             self._session_timer.cancel()
-        if isinstance(self.envelope, FaxEnvelope):
+        if isinstance(self.envelope, FaxEnvelope) and not self.refused:
             self.listener.decisions.log_abandoned(self, self.envelope)
         super().connection_lost(error)
 
@@ -376,8 +387,13 @@ class FaxSMTP(SMTP):
             return result  # aiosmtpd already answered (bad base64, "*")
         login, password = result.auth_data
         name = login.decode("utf-8", "replace")
-        throttle = self.listener.throttle
-        if throttle.auth_blocked(self.peer_ip):
+        limits = self.listener.limits
+        try:
+            blocked = await limits.auth_blocked(self.peer_ip)
+        except LimitsUnavailable as exc:
+            log.error("smtp_client_limits_unavailable", peer=self.peer_ip, error=str(exc))
+            return AuthResult(success=False, handled=False, message=TEMPORARY)
+        if blocked:
             # No scrypt run for an address that keeps failing (docs/smtp.md, "Limits per client").
             log.warning("smtp_auth_throttled", peer=self.peer_ip, user=name[:64])
             return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
@@ -390,7 +406,7 @@ class FaxSMTP(SMTP):
             log.info("smtp_auth_ok", peer=self.peer_ip, user=name)
             return AuthResult(success=True, auth_data=name)
         self.failed_auths += 1
-        throttle.auth_failed(self.peer_ip)
+        limits.auth_failed(self.peer_ip)
         log.warning("smtp_auth_failed", peer=self.peer_ip, user=name[:64], failures=self.failed_auths)
         if self.failed_auths >= self.listener.tuning.max_auth_failures:
             await self.push(AUTH_FAILED)
@@ -695,19 +711,27 @@ class SmtpListener:
         tls_context: ssl.SSLContext | None = None,
         sockets: Sequence[socket.socket] | None = None,
         processes: ListenerProcesses | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         """``sockets``: serve these (an SMTP listener process, handed them by
         the main process) instead of binding ``smtp.listen``. ``processes``:
         the other listener processes (main process only, ``smtp.processes`` > 1;
-        the daemon builds them), started once this listener is bound."""
+        the daemon builds them), started once this listener is bound.
+        ``limits``: where the per-client limits are counted (a listener
+        process asks the main one); by default here, in ``throttle``."""
         self.rt = rt
         self.intake = intake
         self.tuning = tuning or SmtpTuning()
         self.decisions = _Decisions(self)
         # Bytes of message being parsed and converted at once, over all
-        # sessions; the budget is shared between the listener processes.
-        sharing = max(1, rt.config.smtp.processes)
-        self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // sharing))
+        # sessions, and sessions at once: both are shared out between the
+        # listener processes that run (a listener process is handed sockets;
+        # the main one is handed the others).
+        if sockets is not None:
+            self.sharing = max(1, rt.config.smtp.processes)
+        else:
+            self.sharing = 1 + (processes.count if processes is not None else 0)
+        self.intake_gate = IntakeGate(max(1, self.tuning.intake_budget // self.sharing))
         self.sessions: set[FaxSMTP] = set()
         self.servers: list[asyncio.Server] = []
         self.closing = False
@@ -722,6 +746,9 @@ class SmtpListener:
             auth_failures_per_client=cfg.auth_failures_per_client,
             auth_failure_window=cfg.auth_failure_window,
         )
+        self.limits: ClientLimits = limits if limits is not None else LocalClientLimits(self.client_throttle)
+        if processes is not None:
+            processes.throttle = self.client_throttle  # it answers the other processes' questions
         self.password_checks = PasswordChecks(self.tuning.password_workers)
 
     # -- policy, rebuilt when the configuration object is replaced (SIGHUP)
@@ -737,6 +764,11 @@ class SmtpListener:
                 auth_failure_window=cfg.auth_failure_window,
             )
         return self._policy_for[1], self._policy_for[2]
+
+    def client_throttle(self) -> ClientThrottle:
+        """The per-client counts of this process, their limits those of the running configuration."""
+        self._policies()
+        return self.throttle
 
     def sender_policy(self) -> SenderPolicy:
         return self._policies()[0]
@@ -787,9 +819,10 @@ class SmtpListener:
         if self.closing:
             self.count_reply("421")
             return _Refuse(SHUTTING_DOWN)
-        if len(self.sessions) >= cfg.max_connections:
+        limit = -(-cfg.max_connections // self.sharing)  # this process's part, rounded up
+        if len(self.sessions) >= limit:
             self.count_reply("421")
-            log.warning("smtp_too_many_connections", limit=cfg.max_connections)
+            log.warning("smtp_too_many_connections", limit=limit, processes=self.sharing)
             return _Refuse(TOO_MANY_CONNECTIONS)
         return FaxSMTP(
             self,

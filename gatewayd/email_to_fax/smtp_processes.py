@@ -27,7 +27,11 @@ The main process (``ListenerProcesses``):
 
 A worker (``python -m gatewayd.email_to_fax.smtp_worker``) sends back
 what only the main process can act on: "wake the sender" after a commit,
-and its SMTP reply counts for ``/metrics``. It stops when the main process
+and its SMTP reply counts for ``/metrics``. It asks the main process the
+per-client limits (``RemoteClientLimits``: may this address open one more
+session, has it failed AUTH too often): the main process counts them for
+every process (gatewayd/email_to_fax/throttle.py), and gives back the
+sessions a worker had counted when that worker ends. It stops when the main process
 goes away (the socket pair closes; also ``PR_SET_PDEATHSIG``). This module
 is the main process's side and the channel both sides speak.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import pickle
 import signal
@@ -44,11 +49,14 @@ import struct
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gatewayd.backoff import backoff_delay
 from gatewayd.config import Config
+from gatewayd.email_to_fax.throttle import ClientThrottle
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
 
@@ -59,10 +67,15 @@ _MAX_FRAME = 16 << 20  # a configuration is a few KB; anything larger is a bug
 READY_TIMEOUT = 60.0  # a worker imports everything before it says ready
 REPORT_EVERY = 1.0  # seconds between reports (reply counts, or just "alive") to the main process
 WORKER_MODULE = "gatewayd.email_to_fax.smtp_worker"  # a worker's entry point (``python -m``)
+LIMITS_TIMEOUT = 10.0  # seconds a worker waits for the main process to answer a per-client question
 
 
 class WorkerError(Exception):
     """A listener process could not be started."""
+
+
+class LimitsUnavailable(Exception):
+    """A listener process could not get an answer about a client's limits from the main process."""
 
 
 class ListenerTuning(Protocol):
@@ -130,6 +143,7 @@ class _Worker:
     started_at: float = 0.0
     last_seen: float = 0.0  # monotonic time of its last message
     ready: asyncio.Future[int] | None = None
+    counted: Counter[str] = field(default_factory=Counter)  # its sessions counted per client address
 
 
 @dataclass
@@ -145,6 +159,8 @@ class ListenerProcesses:
     workers: list[_Worker] = field(default_factory=list)
     stopping: bool = False
     office: bool = False  # LibreOffice is there for the workers' intake (gatewayd/documents/office.py)
+    # The main listener's per-client counts, which count for every process (set by SmtpListener).
+    throttle: Callable[[], ClientThrottle] = field(default_factory=lambda: _no_throttle)
 
     async def start(self, addresses: list[tuple[str, int]]) -> None:
         """Start every worker on ``addresses`` (the ones the main process's
@@ -205,6 +221,19 @@ class ListenerProcesses:
                 elif kind == "replies":
                     for code, n in dict(rest[0]).items():
                         metrics.smtp_replies.labels(str(code)).inc(n)
+                elif kind == "client_open":
+                    request, address = rest
+                    allowed = self.throttle().opened(str(address))
+                    if allowed:
+                        worker.counted[str(address)] += 1
+                    self._answer(worker, ("client_open", request, allowed))
+                elif kind == "client_close":
+                    self._client_closed(worker, str(rest[0]))
+                elif kind == "auth_blocked":
+                    request, address = rest
+                    self._answer(worker, ("auth_blocked", request, self.throttle().auth_blocked(str(address))))
+                elif kind == "auth_failed":
+                    self.throttle().auth_failed(str(rest[0]))
                 elif kind == "ready":
                     if worker.ready is not None and not worker.ready.done():
                         worker.ready.set_result(int(rest[0]))
@@ -218,6 +247,23 @@ class ListenerProcesses:
         finally:
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_exception(WorkerError(f"SMTP listener process {worker.index} exited before listening"))
+            # Its sessions ended with it (or will, unanswered): they no longer count.
+            for address in list(worker.counted):
+                for _ in range(worker.counted[address]):
+                    self._client_closed(worker, address)
+
+    def _client_closed(self, worker: _Worker, address: str) -> None:
+        if worker.counted[address] <= 0:
+            return  # not counted (or already given back): never below what the worker holds
+        worker.counted[address] -= 1
+        if worker.counted[address] == 0:
+            del worker.counted[address]
+        self.throttle().closed(address)
+
+    @staticmethod
+    def _answer(worker: _Worker, message: tuple[Any, ...]) -> None:
+        if worker.writer is not None and not worker.writer.is_closing():
+            worker.writer.write(frame(message))
 
     def reconfigure(self, config: Config) -> None:
         """A reload hook: every worker takes the configuration the main process now runs."""
@@ -314,6 +360,76 @@ class ListenerProcesses:
         for worker in self.workers:
             await self._close_channel(worker)
         log.info("smtp_processes_stopped", processes=len(procs))
+
+
+def _no_throttle() -> ClientThrottle:
+    raise RuntimeError("ListenerProcesses.throttle was not set by the listener")
+
+
+# ------------------------------------------------------------- worker side
+
+
+class RemoteClientLimits:
+    """``ClientLimits`` of a listener process: the main process counts, asked over the channel.
+
+    A question the main process does not answer within ``timeout`` raises
+    ``LimitsUnavailable`` (the session is refused, for now: the limits are
+    not waived). A session that ended before its answer came gives a late
+    "yes" straight back, so nothing stays counted."""
+
+    def __init__(self, writer: asyncio.StreamWriter, *, timeout: float = LIMITS_TIMEOUT) -> None:
+        self._writer = writer
+        self._timeout = timeout
+        self._requests = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[bool]] = {}
+
+    def answer(self, request: int, value: object) -> None:
+        """The main process's answer to ``request`` (from the channel's reader)."""
+        future = self._pending.pop(int(request), None)
+        if future is not None and not future.done():
+            future.set_result(bool(value))
+
+    def _send(self, message: tuple[Any, ...]) -> bool:
+        if self._writer.is_closing():
+            return False
+        self._writer.write(frame(message))
+        return True
+
+    async def _ask(self, kind: str, address: str) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        request = next(self._requests)
+        if not self._send((kind, request, address)):
+            raise LimitsUnavailable("the channel to the main process is closed")
+        self._pending[request] = future
+        return future
+
+    async def open(self, address: str) -> bool:
+        future = await self._ask("client_open", address)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError:
+            future.add_done_callback(lambda f: self._give_back(f, address))
+            raise LimitsUnavailable(f"no answer from the main process within {self._timeout:g} s") from None
+        except asyncio.CancelledError:  # the session went while waiting
+            future.add_done_callback(lambda f: self._give_back(f, address))
+            raise
+
+    def _give_back(self, future: asyncio.Future[bool], address: str) -> None:
+        if not future.cancelled() and future.result():
+            self.close(address)
+
+    def close(self, address: str) -> None:
+        self._send(("client_close", address))
+
+    async def auth_blocked(self, address: str) -> bool:
+        future = await self._ask("auth_blocked", address)
+        try:
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            raise LimitsUnavailable(f"no answer from the main process within {self._timeout:g} s") from None
+
+    def auth_failed(self, address: str) -> None:
+        self._send(("auth_failed", address))
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:

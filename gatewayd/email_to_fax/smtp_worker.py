@@ -4,7 +4,8 @@ main process starts as ``python -m gatewayd.email_to_fax.smtp_worker``.
 It takes its sockets and configuration from the main process over the
 control channel (gatewayd/email_to_fax/smtp_processes.py describes both
 sides), runs the same ``SmtpListener`` and ``Intake`` as the main process,
-and reports back "wake the sender" and its SMTP reply counts.
+asks it the per-client limits, and reports back "wake the sender" and its
+SMTP reply counts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 
 from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.smtp import SmtpListener
-from gatewayd.email_to_fax.smtp_processes import REPORT_EVERY, frame, receive
+from gatewayd.email_to_fax.smtp_processes import REPORT_EVERY, RemoteClientLimits, frame, receive
 from gatewayd.health import Health
 from gatewayd.logs import bind_context, get_logger, setup_logging
 from gatewayd.metrics import Metrics
@@ -71,7 +72,9 @@ async def _worker_main(control_fd: int) -> int:
         # (with SIGTERM) when it stops, not before. It also sends every reload.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        listener = SmtpListener(rt, Intake(rt, office=bool(start.get("office"))), tuning=start["tuning"], sockets=sockets)
+        limits = RemoteClientLimits(writer)
+        listener = SmtpListener(rt, Intake(rt, office=bool(start.get("office"))), tuning=start["tuning"], sockets=sockets,
+                                limits=limits)
         try:
             await listener.start()
         except Exception as exc:
@@ -86,7 +89,9 @@ async def _worker_main(control_fd: int) -> int:
             try:
                 while True:
                     kind, *rest = await receive(reader)
-                    if kind == "config":
+                    if kind in ("client_open", "auth_blocked"):
+                        limits.answer(rest[0], rest[1])
+                    elif kind == "config":
                         rt.config = rest[0]
                         setup_logging(rt.config.log.level, rt.config.log.format)
                         for hook in rt.reload_hooks:

@@ -4,9 +4,12 @@ A listener that faces a network must not let one address take every
 connection slot, nor try passwords (16 MiB of scrypt each) as fast as it
 can reconnect (docs/smtp.md, "Limits per client"; docs/security.md,
 "Hardening (issue 14, items 5-11)"). Each ``SmtpListener`` owns one
-``ClientThrottle``; with ``smtp.processes`` > 1 every listener process
-counts on its own. The memory it takes is bounded: at most ``max_tracked``
-addresses with recent failures are remembered, the oldest forgotten first.
+``ClientThrottle``. With ``smtp.processes`` > 1 the main process's is the
+one that counts for all: the other listener processes ask it over their
+channel (``ClientLimits``; gatewayd/email_to_fax/smtp_processes.py), so a
+client gets the same limits however the kernel spreads its connections.
+The memory it takes is bounded: at most ``max_tracked`` addresses with
+recent failures are remembered, the oldest forgotten first.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["ClientThrottle"]
+__all__ = ["ClientLimits", "ClientThrottle", "LocalClientLimits"]
 
 
 class ClientThrottle:
@@ -94,3 +98,43 @@ class ClientThrottle:
     def tracked(self) -> int:
         """Addresses remembered for their AUTH failures."""
         return len(self._failures)
+
+
+class ClientLimits(Protocol):
+    """What a session asks of the per-client limits, wherever they are counted."""
+
+    async def open(self, address: str) -> bool:
+        """Count a new connection from ``address``; False (not counted) when it has too many."""
+        ...
+
+    def close(self, address: str) -> None:
+        """A connection counted by ``open`` ended."""
+        ...
+
+    async def auth_blocked(self, address: str) -> bool:
+        """True when ``address`` failed AUTH too often lately (no password is checked)."""
+        ...
+
+    def auth_failed(self, address: str) -> None: ...
+
+
+class LocalClientLimits:
+    """``ClientLimits`` counted in this process (one listener process, or the main one).
+
+    ``throttle`` is called for each question: the listener brings the
+    throttle's limits up to date with a reload first."""
+
+    def __init__(self, throttle: Callable[[], ClientThrottle]) -> None:
+        self._throttle = throttle
+
+    async def open(self, address: str) -> bool:
+        return self._throttle().opened(address)
+
+    def close(self, address: str) -> None:
+        self._throttle().closed(address)
+
+    async def auth_blocked(self, address: str) -> bool:
+        return self._throttle().auth_blocked(address)
+
+    def auth_failed(self, address: str) -> None:
+        self._throttle().auth_failed(address)

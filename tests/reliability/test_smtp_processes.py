@@ -22,6 +22,7 @@ Every process a test starts is killed by pid in ``finally``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -59,6 +60,7 @@ from support.reliability import (
 )
 
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
+from gatewayd.passwords import hash_password
 from gatewayd.provider.simulator import run_simulator
 
 WORKER_MODULE = "gatewayd.email_to_fax.smtp_worker"
@@ -497,6 +499,113 @@ async def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path, back
             code, _ = await second.terminate()
             assert code == 0, second.log_tail()
         assert backend.integrity() == "ok"
+
+
+TOO_MANY_FROM_CLIENT = "421 4.7.0 too many connections from your address"
+
+
+async def greet(port: int) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A new connection and its first reply line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    line = await read_reply(reader, 10)
+    return line, reader, writer
+
+
+def close_all(conns: list[tuple[str, asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _line, _reader, writer in conns:
+        writer.close()
+
+
+@pytest.mark.timeout(90)
+async def test_per_client_limits_count_over_every_process(tmp_path: Path) -> None:
+    # docs/smtp.md, "Limits per client": the main process counts for all, so a
+    # client has the same limit however the kernel spreads its connections, and
+    # the sessions of a worker that dies are given back.
+    limit = 6
+    async with run_simulator() as sim:
+        data = processes_config(tmp_path, sim)
+        data["smtp"].update({"trusted_networks": ["192.0.2.0/24"], "max_connections_per_client": limit})
+        async with gateway(tmp_path, data) as daemon:
+            port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
+            worker = started_workers(daemon)[0]
+            for _attempt in range(6):
+                held = [await greet(port) for _ in range(limit)]
+                assert all(line.startswith("220 ") for line, _, _ in held), [line for line, _, _ in held]
+                await asyncio.sleep(0.2)  # /proc/net/tcp shows the server ends
+                owners = socket_owners({daemon.proc.pid, worker}, port)
+                mine = [c for c in held if owners.get(c[2].get_extra_info("sockname")[1]) == worker]
+                if mine and len(mine) < limit:
+                    break  # both processes hold some of the client's sessions
+                close_all(held)
+                await asyncio.sleep(0.3)
+            else:
+                raise AssertionError("six rounds of connections all landed in one process")
+            # One more, whichever process takes it: refused.
+            extra = [await greet(port) for _ in range(4)]
+            assert [line for line, _, _ in extra] == [TOO_MANY_FROM_CLIENT] * 4
+            close_all(extra)
+            # One closed (in the main process or the worker): one slot again.
+            held[0][2].close()
+            await asyncio.sleep(0.5)  # its close reaches the main process
+            again = await greet(port)
+            assert again[0].startswith("220 "), again[0]
+            held[0] = again
+            await asyncio.sleep(0.2)
+            owners = socket_owners({daemon.proc.pid, worker}, port)
+            # The worker dies holding some of them: they are given back, no more.
+            still_mine = [c for c in held if owners.get(c[2].get_extra_info("sockname")[1]) == worker]
+            os.kill(worker, signal.SIGKILL)
+            await wait_event(daemon, "smtp_process_exited", 10)
+            await asyncio.sleep(0.5)
+            freed = len(still_mine)
+            after = [await greet(port) for _ in range(freed + 2)]
+            lines = [line for line, _, _ in after]
+            assert sum(line.startswith("220 ") for line in lines) == freed, (freed, lines)
+            assert lines.count(TOO_MANY_FROM_CLIENT) == 2, lines
+            close_all(after)
+            close_all(held)
+
+
+@pytest.mark.timeout(90)
+async def test_max_connections_is_shared_out(tmp_path: Path) -> None:
+    # docs/smtp.md, Limits: smtp.max_connections is the whole listener's; with
+    # 2 processes each takes its half (rounded up), so 6 clients at once get 2 sessions at most.
+    async with run_simulator() as sim:
+        data = processes_config(tmp_path, sim)
+        data["smtp"]["max_connections"] = 2
+        async with gateway(tmp_path, data) as daemon:
+            port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
+            conns = [await greet(port) for _ in range(6)]
+            lines = [line for line, _, _ in conns]
+            accepted = sum(line.startswith("220 ") for line in lines)
+            assert 1 <= accepted <= 2, lines
+            assert lines.count("421 4.7.0 too many connections") == 6 - accepted, lines
+            limits = {e.get("limit") for e in events(daemon, "smtp_too_many_connections")}
+            assert limits == {1}, daemon.log_tail()
+            close_all(conns)
+
+
+@pytest.mark.timeout(90)
+async def test_auth_failures_count_over_every_process(tmp_path: Path) -> None:
+    async with run_simulator() as sim:
+        data = processes_config(tmp_path, sim)
+        data["smtp"].update({"users": [{"name": "scanner", "password_hash": hash_password("right")}],
+                             "auth_failures_per_client": 3, "auth_failure_window": "10m"})
+        wrong = "AUTH PLAIN " + base64.b64encode(b"\0scanner\0wrong").decode()
+        async with gateway(tmp_path, data) as daemon:
+            port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
+            replies = []
+            for _ in range(9):  # a new connection for each attempt: the kernel spreads them
+                line, reader, writer = await greet(port)
+                assert line.startswith("220 "), line
+                writer.write(b"EHLO client.test\r\n")
+                assert (await read_reply(reader, 10)).startswith("250")
+                writer.write(wrong.encode() + b"\r\n")
+                replies.append((await read_reply(reader, 30))[:3])
+                writer.close()
+            assert replies == ["535"] * 3 + ["454"] * 6, replies
+            owners = {e.get("smtp_process") or 0 for e in events(daemon, "smtp_auth_throttled")}
+            assert owners, daemon.log_tail()
 
 
 # SQLite only: it stores nothing; the listener processes' start and stop are

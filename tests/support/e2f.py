@@ -77,6 +77,7 @@ def config_data(state_dir: Path, *, base_url: str = "http://127.0.0.1:9/api/ver1
         "provider": provider,
         "smtp": {
             "listen": f"127.0.0.1:{smtp_port}",
+            "processes": 1,  # one listener process: tests read its sessions and metrics (the default, "auto": test_smtp_processes.py)
             "hostname": "gw.test",
             "domains": [DOMAIN],
             "max_message_size": "5MB",

@@ -67,7 +67,7 @@ def base_config(state_dir: Path) -> dict[str, Any]:
             "client_secret": "test-client-secret-123",
             "extension": 100,
         },
-        "smtp": {"hostname": "gw.test"},  # no FQDN lookup in tests
+        "smtp": {"hostname": "gw.test", "processes": 1},  # no FQDN lookup in tests; one listener process: tests read its sessions and metrics (the default, "auto": test_smtp_processes.py)
         "storage": {"state_dir": str(state_dir)},
         "http": {"listen": ""},
         "inbound": {"enabled": False},

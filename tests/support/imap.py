@@ -433,7 +433,7 @@ def config_data(
     return {
         "provider": {"base_url": base_url, "client_id": "demo", "client_secret": "demo", "extension": 122, "timeout": "5s"},
         "smtp": {"listen": f"127.0.0.1:{smtp_port or free_port()}", "hostname": "gw.test", "domains": ["fax.example.com"],
-                 "max_message_size": "5MB"},
+                 "max_message_size": "5MB", "processes": 1},  # one listener process: tests read its sessions and metrics (the default, "auto": test_smtp_processes.py)
         "senders": [{"match": ["*@example.com"]}],
         "imap": {
             "enabled": True,

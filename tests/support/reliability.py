@@ -52,7 +52,7 @@ def config_data(state_dir: Path, *, sim: Any, smtp_port: int, relay: str = "127.
         "provider": {"base_url": sim.base_url, "token_url": sim.token_url, "client_id": "demo", "client_secret": "demo",
                      "extension": 122, "timeout": "5s", "status_poll_interval": "1s", "retry_delay": "1s"},
         "smtp": {"listen": f"127.0.0.1:{smtp_port}", "hostname": "gw.test", "domains": [DOMAIN], "max_message_size": "5MB",
-                 "trusted_networks": ["127.0.0.1/32"]},
+                 "trusted_networks": ["127.0.0.1/32"], "processes": 1},  # one listener process: tests read its sessions and metrics (the default, "auto": test_smtp_processes.py)
         "senders": [{"match": ["*@example.com"]}],
         "documents": {"cover_page": "never"},
         "inbound": {"enabled": False},

@@ -54,7 +54,8 @@ def gateway_config(state_dir: Path, ports: Ports, *, provider_url: str = DISCARD
             "retry_delay": "2s",
             "timeout": "5s",
         },
-        "smtp": {"listen": f"127.0.0.1:{ports.smtp}", "hostname": "gw.test", "domains": [DOMAIN]},
+        "smtp": {"listen": f"127.0.0.1:{ports.smtp}", "hostname": "gw.test", "domains": [DOMAIN],
+                 "processes": 1},  # one listener process: tests read its sessions and metrics (the default, "auto": test_smtp_processes.py)
         "senders": senders if senders is not None else [{"match": ["*@allowed.test"]}],
         "inbound": inbound if inbound is not None else {"enabled": False},
         "mail": {"relay": relay, "from": "Fax Gateway <fax@gw.test>"},

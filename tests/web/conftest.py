@@ -56,6 +56,7 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
                 "provider": {"base_url": sim.base_url, "token_url": sim.token_url, "client_id": "demo", "client_secret": "demo",
                              "extension": EXTENSION, "status_poll_interval": "1s", "auto_retries": 0},
                 "smtp": {"listen": f"127.0.0.1:{free_port()}", "hostname": "gw.test", "domains": ["fax.example.com"],
+                         "processes": 1,  # one listener process: tests read its sessions and metrics (the default, "auto": test_smtp_processes.py)
                          "users": [
                              {"name": "admin@example.com", "password_hash": hash_password(PASSWORDS["admin@example.com"]), "role": "admin"},
                              {"name": "bob@example.com", "password_hash": hash_password(PASSWORDS["bob@example.com"]), "inbound": [EXTENSION]},
