@@ -76,6 +76,9 @@ def node_overrides(state: Path, node: str, url: str, password: str, *, hold: boo
         "storage": storage,
         "senders": [{"match": [sender], "extension": ext} for sender, ext in zip(SENDERS, EXTENSIONS, strict=True)],
         "provider": {"extension": EXTENSIONS[0], "status_poll_interval": "1s"},
+        # One listener process per node: this bench compares nodes (docs/performance.md), and
+        # several nodes on one 2-core machine each with "auto" processes would only contend.
+        "smtp": {"processes": 1},
     }
 
 
