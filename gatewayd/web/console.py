@@ -19,7 +19,7 @@ import hmac
 import re
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -180,15 +180,20 @@ class WebConsole:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = exc
-            if exc.status >= 400:
-                text = exc.text or ""
-                message = exc.reason if text.startswith(f"{exc.status}:") or not text else text
-                response = self._page(request, "error.html", status=exc.status, message=message)
+            if exc.status < 400:  # a redirect: raised on to aiohttp with the headers below
+                self._secure(exc.headers)
+                raise
+            text = exc.text or ""
+            message = exc.reason if text.startswith(f"{exc.status}:") or not text else text
+            response = self._page(request, "error.html", status=exc.status, message=message)
         except Exception:
             log.exception("web_request_failed", path=request.path)
             response = self._page(request, "error.html", status=500, message="Something went wrong; the details are in the gateway's log.")
-        h = response.headers
+        self._secure(response.headers)
+        return response
+
+    def _secure(self, h: MutableMapping[str, str]) -> None:
+        """The headers every answer carries (docs/web.md)."""
         h["Content-Security-Policy"] = CSP
         h["X-Content-Type-Options"] = "nosniff"
         h["Referrer-Policy"] = "no-referrer"
@@ -196,7 +201,6 @@ class WebConsole:
         h.setdefault("Cache-Control", "no-store")
         if self.tls:
             h["Strict-Transport-Security"] = "max-age=31536000"
-        return response
 
     @web.middleware
     async def _session(self, request: web.Request, handler: Handler) -> web.StreamResponse:
