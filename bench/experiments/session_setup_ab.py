@@ -3,7 +3,7 @@
 Run from the root of a checkout: ``.venv/bin/python bench/experiments/session_setup_ab.py``
 (docs/performance.md, Issue 19, continued: lever 3). Not product code.
 """
-import asyncio, time, statistics, types, sys
+import asyncio, time, statistics, types
 from gatewayd.email_to_fax import smtp as S
 async def main():
     loop = asyncio.get_running_loop()

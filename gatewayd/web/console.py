@@ -19,7 +19,7 @@ import hmac
 import re
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
+from multidict import MultiDictProxy  # aiohttp's own dependency: the type of request.post()
 
 from gatewayd import jobcontrol
 from gatewayd.config import is_email_address
@@ -57,6 +58,14 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# What the session middleware (``_session``) leaves on each request for the
+# pages: typed keys, as aiohttp asks (a string key warns, NotAppKeyWarning;
+# web.RequestKey needs aiohttp 3.14, the floor in pyproject.toml).
+ACCOUNT = web.RequestKey[Account | None]("account")  # None: not logged in
+CSRF = web.RequestKey[str]("csrf")  # the session's form token ("" without one)
+SESSION_HASH = web.RequestKey[str]("session_hash")  # only when logged in
+FORM = web.RequestKey[MultiDictProxy[str | bytes | bytearray | web.FileField]]("form")  # a POST whose token matched
 
 
 def _hash(token: str) -> str:
@@ -171,15 +180,20 @@ class WebConsole:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = exc
-            if exc.status >= 400:
-                text = exc.text or ""
-                message = exc.reason if text.startswith(f"{exc.status}:") or not text else text
-                response = self._page(request, "error.html", status=exc.status, message=message)
+            if exc.status < 400:  # a redirect: raised on to aiohttp with the headers below
+                self._secure(exc.headers)
+                raise
+            text = exc.text or ""
+            message = exc.reason if text.startswith(f"{exc.status}:") or not text else text
+            response = self._page(request, "error.html", status=exc.status, message=message)
         except Exception:
             log.exception("web_request_failed", path=request.path)
             response = self._page(request, "error.html", status=500, message="Something went wrong; the details are in the gateway's log.")
-        h = response.headers
+        self._secure(response.headers)
+        return response
+
+    def _secure(self, h: MutableMapping[str, str]) -> None:
+        """The headers every answer carries (docs/web.md)."""
         h["Content-Security-Policy"] = CSP
         h["X-Content-Type-Options"] = "nosniff"
         h["Referrer-Policy"] = "no-referrer"
@@ -187,12 +201,11 @@ class WebConsole:
         h.setdefault("Cache-Control", "no-store")
         if self.tls:
             h["Strict-Transport-Security"] = "max-age=31536000"
-        return response
 
     @web.middleware
     async def _session(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["account"] = None
-        request["csrf"] = ""
+        request[ACCOUNT] = None
+        request[CSRF] = ""
         token = request.cookies.get(SESSION_COOKIE, "")
         if token:
             store = self.rt.store
@@ -200,32 +213,35 @@ class WebConsole:
             if session is not None:
                 account = find_account(self.rt.config, session.account)
                 if account is not None:  # removed by a reload: logged out
-                    request["account"] = account
-                    request["csrf"] = session.csrf
-                    request["session_hash"] = session.token_hash
+                    request[ACCOUNT] = account
+                    request[CSRF] = session.csrf
+                    request[SESSION_HASH] = session.token_hash
         public = request.path in ("/login",) or request.path.startswith("/static/")
-        if request["account"] is None and not public:
+        if request[ACCOUNT] is None and not public:
             if request.method == "POST":
                 raise web.HTTPForbidden(text="Not logged in (or the session ended): log in again.")
             raise web.HTTPSeeOther("/login")
         if request.method == "POST" and request.path != "/login":
             form = await request.post()
             sent = form.get("csrf", "")
-            if not isinstance(sent, str) or not hmac.compare_digest(sent, request["csrf"]):
+            if not isinstance(sent, str) or not hmac.compare_digest(sent, request[CSRF]):
                 raise web.HTTPForbidden(text="The form's security token is missing or wrong: reload the page and try again.")
-            request["form"] = form
+            request[FORM] = form
         return await handler(request)
 
     # ------------------------------------------------------------ helpers
 
     def _page(self, request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
         html = self.env.get_template(template).render(
-            account=request.get("account"), csrf=request.get("csrf", ""), path=request.path, **context,
+            account=request.get(ACCOUNT), csrf=request.get(CSRF, ""), path=request.path, **context,
         )
         return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
     def _account(self, request: web.Request) -> Account:
-        return request["account"]
+        account = request[ACCOUNT]
+        if account is None:  # _session lets no such request reach a page; were one to, it is not logged in
+            raise web.HTTPSeeOther("/login")
+        return account
 
     async def _job(self, request: web.Request) -> Job:
         store = self.rt.store
@@ -265,7 +281,7 @@ class WebConsole:
         return response
 
     async def login_form(self, request: web.Request) -> web.Response:
-        if request["account"] is not None:
+        if request[ACCOUNT] is not None:
             raise web.HTTPSeeOther("/jobs")
         return self._login_page(request)
 
@@ -301,7 +317,7 @@ class WebConsole:
 
     async def logout(self, request: web.Request) -> web.Response:
         store = self.rt.store
-        await store.run(store.delete_session, request["session_hash"])
+        await store.run(store.delete_session, request[SESSION_HASH])
         response = _redirect("/login")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
@@ -378,7 +394,7 @@ class WebConsole:
         return self._page(request, "send.html", error="", number="", subject="", note="")
 
     async def send(self, request: web.Request) -> web.Response:
-        form = request["form"]
+        form = request[FORM]
         account = self._account(request)
         number = str(form.get("number", "")).strip()[:64]
         subject = str(form.get("subject", "")).strip()[:200]
@@ -445,7 +461,7 @@ class WebConsole:
 
     async def received_email(self, request: web.Request) -> web.Response:
         fax = await self._fax(request)
-        address = str(request["form"].get("address", "")).strip()
+        address = str(request[FORM].get("address", "")).strip()
         if not is_email_address(address):
             return self._page(request, "received_one.html", status=400, fax=fax, notice="",
                               error=f"Not an email address: {address[:100]!r}")

@@ -11,7 +11,6 @@ from support.corpus import good_message, make_pdf, pdftotext
 from support.e2f import DOMAIN, NUMBER_1, NUMBER_2, RawSMTP, load, merge, pdfinfo, run_gateway, wait_for
 from PIL import Image
 
-from gatewayd.config import ConfigError
 from gatewayd.email_to_fax.policy import contact_problems
 from gatewayd.documents.cover import CJK_FONT_PATH
 

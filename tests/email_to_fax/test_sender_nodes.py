@@ -77,6 +77,17 @@ def dead_node_job(store: Store, extension: int = 122, number: str = NUMBER_1) ->
     return job_id
 
 
+@pytest.fixture
+def dead_job(open_store: Callable[[], Store]) -> int:
+    """``dead_node_job`` on extension 122, put there through a Store of its own (closed
+    again): the node under test opens the database afresh, as after a restart."""
+    store = open_store()
+    try:
+        return dead_node_job(store)
+    finally:
+        store.close()
+
+
 def submitted(store: Store, ids: list[int]) -> bool:
     return all(store.get_job(i).state == "submitted" for i in ids)
 
@@ -102,15 +113,12 @@ async def test_two_nodes_share_the_work_and_send_each_job_once(tmp_path: Path, s
 
 
 async def test_a_dead_nodes_job_is_reconciled_by_the_taker_then_sent_once(tmp_path: Path, sim_data: dict, sim: Any,
-                                                                         open_store: Callable[[], Store]) -> None:
+                                                                         open_store: Callable[[], Store], dead_job: int) -> None:
     config = load(tmp_path, sim_data)
-    store = open_store()
-    job_id = dead_node_job(store)
-    store.close()
     async with node(config, sim, open_store(), "b") as b:
-        await wait_for(lambda: submitted(b.rt.store, [job_id]), what="the job sent by b")
-        events = [e.reason for e in b.rt.store.job_events(job_id)]
-        claimer = b.rt.store.claimed_by(job_id)
+        await wait_for(lambda: submitted(b.rt.store, [dead_job]), what="the job sent by b")
+        events = [e.reason for e in b.rt.store.job_events(dead_job)]
+        claimer = b.rt.store.claimed_by(dead_job)
     assert sim.count_requests("POST", POST) == 1
     # Looked at the provider's list (twice) before the one POST: never blindly.
     assert sim.count_requests("GET", POST) >= 2
@@ -119,17 +127,14 @@ async def test_a_dead_nodes_job_is_reconciled_by_the_taker_then_sent_once(tmp_pa
 
 
 async def test_a_fax_the_dead_node_sent_is_adopted_not_resent(tmp_path: Path, sim_data: dict, sim: Any,
-                                                              open_store: Callable[[], Store]) -> None:
+                                                              open_store: Callable[[], Store], dead_job: int) -> None:
     config = load(tmp_path, sim_data)
-    store = open_store()
-    job_id = dead_node_job(store)
-    store.close()
     # Node a's POST reached the provider before it died.
     async with ProviderClient(sim.base_url, sim.token_url, "demo", "demo") as client:
         created = await client.send_fax(122, NUMBER_1[1:], make_pdf(1))
     async with node(config, sim, open_store(), "b") as b:
-        await wait_for(lambda: submitted(b.rt.store, [job_id]), what="the job adopted by b")
-        job = b.rt.store.get_job(job_id)
+        await wait_for(lambda: submitted(b.rt.store, [dead_job]), what="the job adopted by b")
+        job = b.rt.store.get_job(dead_job)
     assert job.provider_id == created.id
     assert sim.count_requests("POST", POST) == 1
 
@@ -185,11 +190,8 @@ async def test_a_node_frozen_between_claim_and_post_does_not_post(tmp_path: Path
 
 
 async def test_a_node_that_lost_the_extension_while_reconciling_changes_nothing(tmp_path: Path, sim_data: dict, sim: Any,
-                                                                               open_store: Callable[[], Store]) -> None:
+                                                                               open_store: Callable[[], Store], dead_job: int) -> None:
     config = load(tmp_path, sim_data)
-    store = open_store()
-    job_id = dead_node_job(store)
-    store.close()
     async with node(config, sim, open_store(), "b") as b:
         real, lease = b.rt.provider, LEASE_PREFIX + "122"
 
@@ -209,7 +211,7 @@ async def test_a_node_that_lost_the_extension_while_reconciling_changes_nothing(
         await wait_for(lambda: sim.count_requests("GET", POST) >= 1, what="b's look at the list")
         await wait_for(lambda: b.rt.store.leases()[0].holder == "c", what="c holding the extension")
         await wait_for(lambda: "sender-122" not in {t.get_name() for t in asyncio.all_tasks()}, what="b's drain over")
-        job = b.rt.store.get_job(job_id)
+        job = b.rt.store.get_job(dead_job)
         b.rt.provider = real
     # Left as node a claimed it, for c to reconcile: b neither noted a miss nor requeued.
     assert job.state == "submitting" and job.reason == "submitting to the provider"

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support.e2f import NUMBER_1, PYTHON, REPO, RawSMTP, clean_env, load, wait_for, write_config
+from support.e2f import PYTHON, REPO, RawSMTP, clean_env, load, wait_for, write_config
 from support.office import WORDS, _sent, message, pdftotext, run_office_gateway
 
 from gatewayd.email_to_fax.report import report_body

@@ -18,15 +18,13 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, syntax
-from tomli_w import dumps as to_toml
+from tomli_w import dumps as to_toml  # noqa: F401 (also a public name here)
 
 from gatewayd.config import Config, load_config_data
-from gatewayd.daemon import Runtime
 from gatewayd.fax_to_email.poller import InboundPoller
 from gatewayd.mail.outbox import OutboxWorker
 from gatewayd.mailsink import MailSink, SunkMail
 from gatewayd.provider.client import ProviderClient
-from gatewayd.store import Store
 from support.clock import OffsetClock  # noqa: F401 (also a public name here)
 from support.gateway import build_gateway
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
 from collections.abc import AsyncIterator
@@ -11,19 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from support.gateway import in_process
-from support.e2f import wait_for, DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool, with_port_zero
+from support.e2f import wait_for, DOMAIN, FAST_SENDER, NUMBER_1, SENDER, Gateway, require_tool
 
 from gatewayd.config import Config
-from gatewayd.daemon import build_office, build_smtp_listener
 from gatewayd.email_to_fax.converter import ConverterService
-from gatewayd.email_to_fax.intake import Intake
 from gatewayd.email_to_fax.sender import Sender
-from gatewayd.email_to_fax.smtp import SmtpTuning
-from gatewayd.health import Health
-from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
-from gatewayd.runtime import Runtime
-from gatewayd.store import Store
 
 # The words each document carries; pdftotext of the fax must show them.
 WORDS = {

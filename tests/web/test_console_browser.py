@@ -184,6 +184,10 @@ async def test_csrf_and_headers(console, browser) -> None:  # type: ignore[no-un
     token = await page.get_attribute("input[name=csrf]", "value")
     resp = await page.request.post(f"{console.url}/send", multipart={**files, "csrf": token}, max_redirects=0)
     assert resp.status == 303
+    # Redirects carry the same headers as pages (docs/web.md).
+    assert resp.headers["content-security-policy"] == headers["content-security-policy"]
+    assert resp.headers["x-frame-options"] == "DENY" and resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["cache-control"] == "no-store"
     # Logout is a POST with the token too; afterwards the session is gone from the store.
     await page.goto(f"{console.url}/jobs")
     async with page.expect_navigation():
