@@ -93,13 +93,14 @@ def direct_font(template: Any, compressed_file: bytes, file_length: int) -> Dire
                  f" /DescendantFonts [{_CIDFONT} 0 R] /ToUnicode {_TOUNICODE} 0 R >>").encode(),
         _CIDFONT: (f"<< /Type /Font /Subtype /CIDFontType2 /BaseFont {name}"
                    " /CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >>"
-                   f" /FontDescriptor {_DESCRIPTOR} 0 R /DW {desc.missing_width}"
+                   f" /FontDescriptor {_DESCRIPTOR} 0 R /DW {int(desc.missing_width)}"
                    f" /W [1 [{' '.join(str(widths[chr(code)]) for code in chars)}]]"
                    f" /CIDToGIDMap {_GIDMAP} 0 R >>").encode(),
         _TOUNICODE: _stream("".join(to_unicode).encode("ascii")),
-        _DESCRIPTOR: (f"<< /Type /FontDescriptor /FontName {name} /Ascent {desc.ascent} /Descent {desc.descent}"
-                      f" /CapHeight {desc.cap_height} /Flags {desc.flags} /FontBBox {desc.font_b_box}"
-                      f" /ItalicAngle {desc.italic_angle} /StemV {desc.stem_v} /MissingWidth {desc.missing_width}"
+        _DESCRIPTOR: (f"<< /Type /FontDescriptor /FontName {name} /Ascent {int(desc.ascent)} /Descent {int(desc.descent)}"
+                      f" /CapHeight {int(desc.cap_height)} /Flags {int(getattr(desc.flags, 'value', desc.flags))}"
+                      f" /FontBBox [{' '.join(str(int(v)) for v in str(desc.font_b_box).strip('[]').split())}]"
+                      f" /ItalicAngle {int(desc.italic_angle)} /StemV {int(desc.stem_v)} /MissingWidth {int(desc.missing_width)}"
                       f" /FontFile2 {_FONTFILE} 0 R >>").encode(),
         _GIDMAP: _stream(gid_map),
         _FONTFILE: (b"<< /Filter /FlateDecode /Length %d /Length1 %d >>\nstream\n" % (len(compressed_file), file_length)
