@@ -200,6 +200,8 @@ class _CoverFont:
         template = self._parsed.get(path)
         if template is None or template is False or not getattr(self._writer, "embeds_whole", False):
             return None
+        if not FONT_PATH.is_file():
+            return None  # an installation error: fpdf2's path (cover_fonts) says so, the listener answers 451
         found = self._direct.get(path)
         if found is None:
             with self._lock:
