@@ -222,7 +222,7 @@ class DirectCanvas:
         widths = self._font.widths
         return sum(widths[c] for c in text) * self.font_size_pt * 0.001 / _K
 
-    def cell(self, w: float, h: float, text: str = "", align: Any = "L", new_x: Any = "RIGHT", new_y: Any = "TOP") -> None:
+    def cell(self, w: float, h: float, text: str = "", *, align: Any = "L", new_x: Any = "RIGHT", new_y: Any = "TOP") -> None:
         """``FPDF.cell`` (``_render_styled_text_line``): the text on its baseline, inside the cell's margins."""
         if w == 0:
             w = self.w - self.r_margin - self.x
@@ -245,7 +245,7 @@ class DirectCanvas:
         self._lasth = h
         self._move(w, h, new_x, new_y)
 
-    def multi_cell(self, w: float, h: float, text: str = "", align: Any = "L", new_x: Any = "RIGHT", new_y: Any = "NEXT",
+    def multi_cell(self, w: float, h: float, text: str = "", *, align: Any = "L", new_x: Any = "RIGHT", new_y: Any = "NEXT",
                    dry_run: bool = False, output: Any = None) -> list[str] | None:
         """``FPDF.multi_cell``, left aligned: the lines of ``_wrap``, each a cell; with ``dry_run``, only the lines."""
         if _name(align) != "L":
