@@ -87,6 +87,8 @@ def test_the_subset_embedded_whole_draws_what_fpdf2_s_own_subset_draws(
     import pikepdf
     from fpdf.output import OutputProducer
 
+    # fpdf2 draws both (a quick cover is otherwise written by cover_direct: tests/documents/test_cover_direct.py).
+    monkeypatch.setattr(cover._COVER_FONT, "direct_font", lambda text: None)
     page = CoverPage("Zoë <zoe@example.com>", "+7 812 309-26-31", "today", subject, body)
     ours = render_cover(page)
     assert render_cover(page) == ours  # deterministic
@@ -147,6 +149,8 @@ def test_one_line_fields_drawn_as_cells_draw_what_fpdf2_s_line_breaking_draws(
     # A field or body that fits on one line is drawn as one cell, without
     # fpdf2's line breaking (docs/performance.md, Issue 19): poppler must
     # render the same pixels and read the same text as through multi_cell.
+    # Through fpdf2 (quick covers are otherwise written by cover_direct).
+    monkeypatch.setattr(cover._COVER_FONT, "direct_font", lambda text: None)
     page = CoverPage("Zoë <zoe@example.com>", "+7 812 309-26-31", "today", subject, body)
     cells = render_cover(page)
     monkeypatch.setattr(cover, "_one_line", lambda *args: False)

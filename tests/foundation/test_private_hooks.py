@@ -319,6 +319,39 @@ def test_fpdf2_ttffont_state_is_what_add_to_renews() -> None:
     )
 
 
+# --- fpdf2: gatewayd/documents/cover_direct.py answers fpdf2's calls with fpdf2's arithmetic
+
+
+def test_fpdf2_s_layout_numbers_and_font_attributes_are_what_cover_direct_copies() -> None:
+    # DirectCanvas copies fpdf2's constants for unit="mm", its float
+    # tolerance, its word-wrap rule (only " " breaks among the characters a
+    # cover keeps) and reads a parsed TTFFont's widths, glyph ids, name and
+    # descriptor. tests/documents/test_cover_direct.py compares the pixels;
+    # this names what changed when they differ.
+    from fpdf import FPDF
+    from fpdf.line_break import BREAKING_SPACE_SYMBOLS
+    from fpdf.util import FloatTolerance
+
+    from gatewayd.documents import cover_direct
+    from gatewayd.documents.cover import FONT_PATH
+
+    pdf = FPDF(unit="mm")
+    assert (pdf.k, pdf.c_margin, pdf.l_margin, pdf.line_width, pdf.font_size_pt, pdf.str_alias_nb_pages) == (
+        cover_direct._K, cover_direct._DEFAULT_MARGIN / 10.0, cover_direct._DEFAULT_MARGIN, 0.567 / cover_direct._K, 12, "{nb}",
+    ), "fpdf2 changed: its mm scale, margins, line width, font size or page-count alias (gatewayd/documents/cover_direct.py)"
+    assert FloatTolerance.TOLERANCE == cover_direct._TOLERANCE, "fpdf2 changed: FloatTolerance (gatewayd/documents/cover_direct.py)"
+    assert [c for c in BREAKING_SPACE_SYMBOLS if c.isprintable()] == [" "], (
+        "fpdf2 changed: it breaks lines at other printable characters (gatewayd/documents/cover_direct.py, _wrap)"
+    )
+    pdf.add_font("DejaVu", fname=str(FONT_PATH))
+    font = pdf.fonts["dejavu"]
+    assert isinstance(font.cw[ord("A")], int) and isinstance(font.glyph_ids[ord("A")], int) and font.name, (
+        "fpdf2 changed: TTFFont.cw, glyph_ids or name (gatewayd/documents/cover_direct.py, direct_font)"
+    )
+    for name in ("ascent", "descent", "cap_height", "flags", "font_b_box", "italic_angle", "stem_v", "missing_width"):
+        assert hasattr(font.desc, name), f"fpdf2 changed: its font descriptor has no {name} (gatewayd/documents/cover_direct.py)"
+
+
 # --- aiosmtpd: gatewayd/email_to_fax/smtp.py lists only what SMTP.__init__ looks for in dir()
 
 
