@@ -393,9 +393,8 @@ def render_cover_pages(cover: CoverPage, *, page_size: str = "A4", attachment_pa
     margin, line_h, field_h, notice_h = 20.0, 5.6, 6.5, 3.8
     # A quick cover is written without fpdf2, by a canvas that answers the
     # same calls with fpdf2's arithmetic: same pixels, ~1 ms less
-    # (cover_direct; docs/performance.md, Issue 19, session 5). fpdf2 would
-    # put the page count where the text says "{nb}": left to fpdf2.
-    direct = _COVER_FONT.direct_font(text) if is_quick(cover) and "{nb}" not in text else None
+    # (cover_direct; docs/performance.md, Issue 19, session 5).
+    direct = _COVER_FONT.direct_font(text) if is_quick(cover) else None
     pdf: Any
     if direct is not None:
         from gatewayd.documents.cover_direct import DirectCanvas
@@ -403,6 +402,9 @@ def render_cover_pages(cover: CoverPage, *, page_size: str = "A4", attachment_pa
         pdf = DirectCanvas(direct, orientation="P", unit="mm", format=(page_w / _MM, page_h_mm))
     else:
         pdf = FPDF(orientation="P", unit="mm", format=(page_w / _MM, page_h_mm))
+        # fpdf2 would put the page count wherever the sender's text says
+        # "{nb}"; a cover shows what was written (its own count is drawn as text).
+        pdf.alias_nb_pages("")
     pdf.set_auto_page_break(False)
     pdf.set_margins(margin, margin, margin)
     pdf.set_creation_date(_FIXED_DATE)  # the same cover gives the same bytes

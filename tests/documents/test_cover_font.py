@@ -25,6 +25,13 @@ def test_cyrillic_and_greek_draw_with_the_subset(tmp_path: Path) -> None:
     assert text in found and "Иван <ivan@example.com>" in found and "Прошу оплатить." in found
 
 
+@pytest.mark.parametrize("extra", ["", " ✓", " " + "x" * 2001], ids=["quick", "whole font", "long body"])
+def test_the_text_nb_is_shown_as_written(tmp_path: Path, extra: str) -> None:
+    # fpdf2 replaces "{nb}" with the page count by default: a cover shows what the sender wrote.
+    found = pdftotext(render_cover(CoverPage("a@example.com", "123", "today", "see {nb} pages", "{nb} copies" + extra)), tmp_path)
+    assert "see {nb} pages" in found and "{nb} copies" in found
+
+
 def test_a_character_outside_the_subset_draws_with_the_whole_font(tmp_path: Path) -> None:
     text = "Armenian Բարեւ, Georgian გამარჯობა"
     assert cover._COVER_FONT.path_for(text) == cover.FONT_PATH

@@ -336,9 +336,9 @@ def test_fpdf2_s_layout_numbers_and_font_attributes_are_what_cover_direct_copies
     from gatewayd.documents.cover import FONT_PATH
 
     pdf = FPDF(unit="mm")
-    assert (pdf.k, pdf.c_margin, pdf.l_margin, pdf.line_width, pdf.font_size_pt, pdf.str_alias_nb_pages) == (
-        cover_direct._K, cover_direct._DEFAULT_MARGIN / 10.0, cover_direct._DEFAULT_MARGIN, 0.567 / cover_direct._K, 12, "{nb}",
-    ), "fpdf2 changed: its mm scale, margins, line width, font size or page-count alias (gatewayd/documents/cover_direct.py)"
+    assert (pdf.k, pdf.c_margin, pdf.l_margin, pdf.line_width, pdf.font_size_pt) == (
+        cover_direct._K, cover_direct._DEFAULT_MARGIN / 10.0, cover_direct._DEFAULT_MARGIN, 0.567 / cover_direct._K, 12,
+    ), "fpdf2 changed: its mm scale, margins, line width or font size (gatewayd/documents/cover_direct.py)"
     assert FloatTolerance.TOLERANCE == cover_direct._TOLERANCE, "fpdf2 changed: FloatTolerance (gatewayd/documents/cover_direct.py)"
     assert [c for c in BREAKING_SPACE_SYMBOLS if c.isprintable()] == [" "], (
         "fpdf2 changed: it breaks lines at other printable characters (gatewayd/documents/cover_direct.py, _wrap)"
