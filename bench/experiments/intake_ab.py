@@ -15,7 +15,8 @@ before/after of one lever runs interleaved in one run: ``--variants
 all its processes from /proc per message; ``--rounds`` repeats the whole
 sequence and prints each variant's median.
 ``--body`` sends a one-line body with the default ``cover_page = "auto"``
-(a cover page each). Not product code; figures in docs/performance.md.
+(a cover page each); ``--defaults`` also sets ``log.level = "info"`` (JSON),
+the shipped default (the bench's base logs warnings only). Not product code; figures in docs/performance.md.
 """
 import argparse, asyncio, os, statistics, sys, time
 from pathlib import Path
@@ -45,6 +46,8 @@ def main():
     ap.add_argument("--count", type=int, default=500)
     ap.add_argument("--lat", type=int, default=150)
     ap.add_argument("--body", action="store_true", help="message with a body, cover_page default (auto)")
+    ap.add_argument("--defaults", action="store_true",
+                    help="the shipped configuration where the bench's base differs: cover_page auto, log info (json)")
     ap.add_argument("--variants", default="1,auto")
     ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
@@ -84,8 +87,10 @@ def main():
                     os.environ[name] = value
                 _common.REPO = Path(other).resolve() if other else own_repo
                 ov = {} if v == "default" else {"smtp": {"processes": int(v) if v.isdigit() else v}}
-                if a.body:
+                if a.body or a.defaults:
                     ov["documents"] = {"cover_page": "auto"}
+                if a.defaults:
+                    ov["log"] = {"level": "info", "format": "json"}
                 with Gatewayd(root / f"gw-{time.monotonic_ns()}", sim.base_url, overrides=ov) as gw:
                     smtp_source(gw.port, f, sessions=20, messages=40)
                     c0 = cpu_ticks(gw)

@@ -107,6 +107,43 @@ def test_aiosmtpd_smtp_timeout_cb() -> None:
     )
 
 
+def test_aiosmtpd_smtp_getaddr() -> None:
+    # FaxSMTP._getaddr is aiosmtpd's without the class it defines per call:
+    # the same answers for what MAIL and RCPT may carry.
+    from gatewayd.email_to_fax.smtp import FaxSMTP
+
+    assert params(SMTP._getaddr) == ["self", "arg"], (
+        f"aiosmtpd changed: {SMTP_PY} overrides SMTP._getaddr(arg); its signature is now {inspect.signature(SMTP._getaddr)}"
+    )
+    for name in ("smtp_MAIL", "smtp_RCPT"):
+        assert "self._getaddr(" in inspect.getsource(getattr(SMTP, name)), (
+            f"aiosmtpd changed: {SMTP_PY} expects SMTP.{name} to parse its address with self._getaddr"
+        )
+    theirs, ours = smtp_instance(), smtp_instance()
+    ours.__class__ = type("Ours", (SMTP,), {"_getaddr": FaxSMTP._getaddr})
+    long_local = "a" * 65 + "@example.com"
+    for arg in ["", "<a@example.com>", "<a@example.com> SIZE=10", "a@example.com", "<>", "<@x,@y:a@example.com>",
+                "<a b@example.com>", "<\"a b\"@example.com>", "junk<", "<a@[127.0.0.1]>", f"<{long_local}>",
+                "<a@example.com", "<<a@example.com>>", "a@b@c", " <a@example.com>"]:
+        assert ours._getaddr(arg) == theirs._getaddr(arg), arg
+    ours.local_part_limit = theirs.local_part_limit = 64
+    assert ours._getaddr(f"<{long_local}>") == theirs._getaddr(f"<{long_local}>") == (None, None)
+
+
+def test_aiosmtpd_smtp_handle_client() -> None:
+    # FaxSMTP._handle_client asks the per-client limits before aiosmtpd's greets.
+    assert inspect.iscoroutinefunction(SMTP._handle_client) and params(SMTP._handle_client) == ["self"], (
+        f"aiosmtpd changed: {SMTP_PY} overrides SMTP._handle_client(); its signature is now "
+        f"{inspect.signature(SMTP._handle_client)}"
+    )
+    assert "self._handle_client()" in inspect.getsource(SMTP.connection_made), (
+        f"aiosmtpd changed: {SMTP_PY} expects SMTP.connection_made to start self._handle_client()"
+    )
+    assert "220 " in inspect.getsource(SMTP._handle_client), (
+        f"aiosmtpd changed: {SMTP_PY} expects SMTP._handle_client to send the greeting"
+    )
+
+
 def test_aiosmtpd_smtp_authenticate() -> None:
     assert hasattr(SMTP, "_authenticate"), f"aiosmtpd changed: {SMTP_PY} relies on SMTP._authenticate"
     assert params(SMTP._authenticate) == ["self", "mechanism", "auth_data"], (
