@@ -14,7 +14,6 @@ import logging
 import shutil
 import tempfile
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +131,7 @@ class _CoverFont:
         self._made: dict[str, tuple[Path, frozenset[str]] | None] = {}
         self._whole: frozenset[str] | None = None
         self._writer: Any = None
+        self._embedded: Any = None  # cover_writer.EmbeddedFonts: each subset compressed once, for both writers
         self._parsed: dict[Path, Any] = {}
         self._direct: dict[Path, DirectFont] = {}
 
@@ -142,7 +142,8 @@ class _CoverFont:
                 if self._writer is None:
                     from gatewayd.documents.cover_writer import EmbeddedFonts, make_writer
 
-                    self._writer = make_writer(EmbeddedFonts(), self.is_subset)
+                    self._embedded = EmbeddedFonts()
+                    self._writer = make_writer(self._embedded, self.is_subset)
         return self._writer
 
     def is_subset(self, path: Path) -> bool:
@@ -198,19 +199,19 @@ class _CoverFont:
         """
         path = self.path_for(text)
         template = self._parsed.get(path)
-        if template is None or template is False or not getattr(self._writer, "embeds_whole", False):
+        if template is None or template is False or self._embedded is None or not getattr(self._writer, "embeds_whole", False):
             return None
         if not FONT_PATH.is_file():
             return None  # an installation error: fpdf2's path (cover_fonts) says so, the listener answers 451
         found = self._direct.get(path)
         if found is None:
+            stream, length = self._embedded.stream(path)  # made with the writer above
             with self._lock:
                 found = self._direct.get(path)
                 if found is None:
                     from gatewayd.documents.cover_direct import direct_font
 
-                    raw = path.read_bytes()
-                    found = direct_font(template, zlib.compress(raw), len(raw))
+                    found = direct_font(template, stream, length)
                     self._direct[path] = found
         return found
 

@@ -59,10 +59,10 @@ def fpdf2_only() -> Iterator[None]:
         yield
 
 
-def direct_and_fpdf2(page: CoverPage, page_size: str, attachment_pages: int) -> tuple[tuple[bytes, int], tuple[bytes, int]]:
-    render_cover_pages(page, page_size=page_size)  # a process's first cover makes and parses the subset
-    assert is_quick(page)
-    made = []
+@contextmanager
+def counting_direct() -> Iterator[list[int]]:
+    """A list that gets an item for each cover written by ``cover_direct``."""
+    made: list[int] = []
     real = cover_direct.DirectCanvas
 
     def spy(*args: object, **kwargs: object) -> cover_direct.DirectCanvas:
@@ -70,6 +70,13 @@ def direct_and_fpdf2(page: CoverPage, page_size: str, attachment_pages: int) -> 
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     with mock.patch.object(cover_direct, "DirectCanvas", spy):
+        yield made
+
+
+def direct_and_fpdf2(page: CoverPage, page_size: str, attachment_pages: int) -> tuple[tuple[bytes, int], tuple[bytes, int]]:
+    render_cover_pages(page, page_size=page_size)  # a process's first cover makes and parses the subset
+    assert is_quick(page)
+    with counting_direct() as made:
         direct = render_cover_pages(page, page_size=page_size, attachment_pages=attachment_pages)
     assert made == [1], "the quick cover was not written by cover_direct"
     with fpdf2_only():
@@ -153,14 +160,7 @@ def test_what_is_not_quick_is_left_to_fpdf2(tmp_path: Path) -> None:
     Image.new("RGB", (20, 10), "white").save(logo)
     base = CoverPage("a@example.com", "+15551234567", "today", "Invoice 42", "Please fax the attached document.")
     render_cover_pages(base)
-    made = []
-    real = cover_direct.DirectCanvas
-
-    def spy(*args: object, **kwargs: object) -> cover_direct.DirectCanvas:
-        made.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    with mock.patch.object(cover_direct, "DirectCanvas", spy):
+    with counting_direct() as made:
         render_cover_pages(base)
         assert made == [1]
         for page in (
