@@ -163,7 +163,8 @@ def summarise_config(c: Config, *, schema: str = "") -> str:
         f"configuration {c.source}: valid",
         f"  provider    {c.provider.base_url} (token {c.provider.token_url}), client {c.provider.client_id}, default extension {c.provider.extension or 'none'}",
         f"  smtp        listen {', '.join(map(str, c.smtp.listen))}; domains {', '.join(c.smtp.domains)}; auth {c.smtp.auth}; "
-        f"TLS {'on' if c.smtp.tls_enabled else 'off'}{' (required)' if c.smtp.require_tls else ''}; {len(c.smtp.users)} account(s)",
+        f"TLS {'on' if c.smtp.tls_enabled else 'off'}{' (required)' if c.smtp.require_tls else ''}; {len(c.smtp.users)} account(s); "
+        f"{c.smtp.processes} listener process{'es' if c.smtp.processes > 1 else ''}",
         f"  trusted     {', '.join(map(str, c.smtp.trusted_networks)) or 'none'}",
         f"  senders     {len(c.senders)} rule(s)" + "".join(f"\n                [{r.index}] {', '.join(r.match)} -> extension {r.extension or c.provider.extension}" for r in c.senders),
         f"  numbers     region {c.numbers.default_region}; allow {', '.join(c.numbers.allow) or 'all'}; deny {', '.join(c.numbers.deny) or 'none'}; "

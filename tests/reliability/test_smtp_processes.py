@@ -59,6 +59,7 @@ from support.reliability import (
     wait_until,
 )
 
+from gatewayd.config import auto_processes
 from gatewayd.email_to_fax.smtp import SmtpListener, SmtpTuning
 from gatewayd.passwords import hash_password
 from gatewayd.provider.simulator import run_simulator
@@ -659,3 +660,5 @@ def test_check_config_refuses_bad_process_counts(tmp_path: Path, value: Any) -> 
 def test_check_config_takes_good_process_counts(tmp_path: Path, value: Any) -> None:
     result = check_config(tmp_path, value)
     assert result.returncode == 0, (result.stdout, result.stderr)
+    count = auto_processes() if value == "auto" else value
+    assert f"; {count} listener process{'es' if count > 1 else ''}\n" in result.stdout, result.stdout
