@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gatewayd.config import Config, ConfigError, load_config
-from gatewayd.documents.office import OfficeConverter, office_problem, office_settings
+from gatewayd.documents.office import OfficeConverter, office_settings, office_unavailable
 from gatewayd.documents.preview import Previews
 from gatewayd.email_to_fax.converter import ConverterService
 from gatewayd.email_to_fax.imap import ImapIntake
@@ -74,14 +74,12 @@ def build_smtp_listener(
 def build_office(rt: Runtime) -> tuple[OfficeConverter | None, str]:
     """The LibreOffice converter pool, or None and why (docs/documents.md, Office documents)."""
     docs = rt.config.documents
-    if not docs.office:
-        return None, "office documents are not converted on this gateway (documents.office = false)"
-    settings = office_settings(docs)
-    problem = office_problem(settings)
+    problem = office_unavailable(docs)
     if problem:
-        log.warning("office_documents_unavailable", reason=problem)
+        if docs.office:
+            log.warning("office_documents_unavailable", reason=problem)
         return None, problem
-    return OfficeConverter(settings), ""
+    return OfficeConverter(office_settings(docs)), ""
 
 
 def build_leadership(rt: Runtime, *, ttl: float = DEFAULT_LEASE) -> Leadership:
@@ -140,7 +138,8 @@ def build_services(rt: Runtime, *, lease: float | None = None) -> list[Service]:
     if rt.config.web.listen is not None:
         from gatewayd.web.console import WebConsole  # Jinja2 and pdfium load only when the console is on
 
-        services.append(WebConsole(rt))
+        # It takes office documents where the SMTP intake does (the same decision).
+        services.append(WebConsole(rt, office=office is not None))
     return services
 
 

@@ -5,7 +5,8 @@ policy, the document builder (files recognised by their bytes, not their
 names), the hourly limit, and ``Intake.accept``, which writes the document
 and the job to the state directory. The running daemon's sender picks the
 job up on its next look at the store (within seconds); the daemon need not
-be told.
+be told. Office documents are stored as they came, for the daemon's
+converter (its next look: within 30 seconds), as from email.
 
 Who may use it: whoever can write the state directory, i.e. an
 administrator. So ``--from`` is optional:
@@ -30,6 +31,8 @@ import sys
 
 from gatewayd.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load, open_store
 from gatewayd.config import Config, is_email_address
+from gatewayd.documents.office import office_unavailable
+from gatewayd.documents.officekinds import OFFICE_KINDS
 from gatewayd.email_to_fax.errors import InsufficientStorage, IntakeRefused, SenderNotAuthorised
 from gatewayd.email_to_fax.intake import Intake, message_from_files
 from gatewayd.email_to_fax.parse import ParsedMessage
@@ -98,11 +101,17 @@ def main(args: argparse.Namespace) -> int:
 async def _accept(config: Config, store: Store, parsed: ParsedMessage, authorisation: Authorisation, destination: Destination) -> list[int]:
     # Queues only: the daemon's sender sends (so no provider client here).
     rt = Runtime(config=config, store=store, provider=NoProvider(), metrics=Metrics(), health=Health())
-    return await Intake(rt).accept(
+    # Office documents are taken as the daemon's intakes take them on this
+    # machine (the same decision); the daemon's converter converts them,
+    # LibreOffice is never started here (docs/documents.md, Office documents).
+    # Looked for only when a file needs it: the probe runs a few processes.
+    office = any(a.kind in OFFICE_KINDS for a in parsed.attachments) and not office_unavailable(config.documents)
+    return await Intake(rt, office=office).accept(
         b"",
         authorisation=authorisation,
         destinations=[destination],
         source="cli",
         report_to=authorisation.report_to,
         parsed=parsed,
+        every_file=True,
     )

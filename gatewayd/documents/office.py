@@ -36,7 +36,7 @@ from pathlib import Path
 from gatewayd.config import DocumentsConfig
 from gatewayd.logs import get_logger
 
-__all__ = ["OfficeConverter", "OfficeFailed", "OfficeSettings", "office_problem", "office_settings"]
+__all__ = ["OfficeConverter", "OfficeFailed", "OfficeSettings", "office_problem", "office_settings", "office_unavailable"]
 
 log = get_logger(__name__)
 
@@ -97,6 +97,17 @@ def office_problem(settings: OfficeSettings) -> str | None:
         why = sandbox.stderr.decode("utf-8", "replace").strip()[:200]
         return f"cannot make the converter's network sandbox (unshare --net --map-root-user: {why})"
     return None
+
+
+def office_unavailable(documents: DocumentsConfig) -> str:
+    """Why office documents are not converted on this machine, or "" when they are.
+
+    The one decision: the daemon's (``build_office``, for its intakes and
+    console) and ``gatewayd send``'s. It only looks for LibreOffice, never starts it.
+    """
+    if not documents.office:
+        return "office documents are not converted on this gateway (documents.office = false)"
+    return office_problem(office_settings(documents)) or ""
 
 
 class _Converter:

@@ -10,12 +10,30 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal, get_args
 
-__all__ = ["OFFICE_KINDS", "OfficeKind", "sniff_office"]
+__all__ = ["OFFICE_KINDS", "OFFICE_TYPES", "OfficeKind", "sniff_office"]
 
 OfficeKind = Literal["doc", "xls", "ppt", "docx", "xlsx", "pptx", "odt", "ods", "odp", "rtf", "html", "txt"]
 OFFICE_KINDS: tuple[str, ...] = get_args(OfficeKind)
+# Each kind's registered media type: what a file given without one
+# (``gatewayd send``, the console) is declared as, and so named when refused.
+OFFICE_TYPES: Mapping[OfficeKind, str] = MappingProxyType({
+    "doc": "application/msword",
+    "xls": "application/vnd.ms-excel",
+    "ppt": "application/vnd.ms-powerpoint",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "odt": "application/vnd.oasis.opendocument.text",
+    "ods": "application/vnd.oasis.opendocument.spreadsheet",
+    "odp": "application/vnd.oasis.opendocument.presentation",
+    "rtf": "application/rtf",
+    "html": "text/html",
+    "txt": "text/plain",
+})
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Stream names in the OLE2 directory (UTF-16LE), one per application.

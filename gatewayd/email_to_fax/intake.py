@@ -29,9 +29,9 @@ from gatewayd.config import Config
 from gatewayd.documents.builder import DocumentBuilder, DocumentPart, FaxDocument, FaxParts
 from gatewayd.documents.cover import CoverLook, CoverPage, wants_cover
 from gatewayd.documents.errors import DocumentTooLarge
-from gatewayd.documents.officekinds import OFFICE_KINDS
+from gatewayd.documents.officekinds import OFFICE_KINDS, OFFICE_TYPES
 from gatewayd.email_to_fax.errors import AttachmentRejected, InsufficientStorage, IntakeRefused, NoFaxDocument, TemporaryFailure
-from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, office_as_unsupported, parse_message, safe_filename
+from gatewayd.email_to_fax.parse import Attachment, ParsedMessage, office_as_unsupported, office_part, parse_message, safe_filename
 from gatewayd.email_to_fax.policy import Authorisation, Destination, RateLimiter
 from gatewayd.filekinds import sniff_kind
 from gatewayd.logs import get_logger
@@ -86,6 +86,11 @@ class Intake:
         self.inline_bytes = inline_bytes
         self.office = office
 
+    @property
+    def office_on(self) -> bool:
+        """Office documents are taken (converted after the 250) here and now: LibreOffice is there and ``documents.office`` is on."""
+        return self.office and self.rt.config.documents.office
+
     @_intake_edge
     async def accept(
         self,
@@ -98,11 +103,15 @@ class Intake:
         intake_key: str | None = None,
         parsed: ParsedMessage | None = None,
         crlf_checked: bool = False,
+        every_file: bool = False,
     ) -> list[int]:
         """Store the message as one job per destination; returns the job ids.
 
         ``crlf_checked``: the caller has already refused bare LF line endings
-        (``parse_message`` does not check again).
+        (``parse_message`` does not check again). ``every_file``: the user
+        chose each file (``gatewayd send``, the web console), so one that
+        would not be faxed refuses them all, in the words of the email
+        path, rather than faxing the rest.
 
         Raises an ``IntakeRefused`` subclass; never anything else (except
         cancellation): unexpected failures are logged and become 451.
@@ -139,8 +148,13 @@ class Intake:
             await store.run(limiter.check_all, authorisation, len(destinations))
 
         docs = config.documents
-        if any(a.kind in OFFICE_KINDS for a in parsed.attachments) and not (self.office and docs.office):
+        if any(a.kind in OFFICE_KINDS for a in parsed.attachments) and not self.office_on:
+            before = len(parsed.unsupported)
             parsed = office_as_unsupported(parsed)
+            if every_file and parsed.attachments:
+                # With none left, the builder refuses as for email: "no fax document: ...".
+                first = parsed.unsupported[before]
+                raise AttachmentRejected(first.filename, first.reason)
         covers: list[CoverPage] = []
         if wants_cover(docs.cover_page, parsed.body_text):
             # One cover per recipient, naming that recipient only (docs/documents.md, Cover page).
@@ -280,20 +294,29 @@ _KIND_TYPES = MappingProxyType({
 
 
 def attachment_from_bytes(filename: str, data: bytes) -> Attachment:
-    """An attachment recognised by its magic bytes, as the email path does."""
+    """An attachment recognised by its bytes, as the email path does (HTML and text also by the name's extension).
+
+    An office document is declared as its kind's media type; ``Intake``
+    takes it for the converter, or refuses it where that is off.
+    """
     name = safe_filename(filename, "document")
+    if not data:
+        raise AttachmentRejected(name, "empty file")
     kind = sniff_kind(data)
-    if kind is None:
-        # Office documents only come by email for now: the converter runs in the daemon.
-        raise AttachmentRejected(name, "not a PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP file")
-    return Attachment(filename=name, kind=kind, data=data, declared_type=_KIND_TYPES[kind])
+    if kind is not None:
+        return Attachment(filename=name, kind=kind, data=data, declared_type=_KIND_TYPES[kind])
+    found = office_part(data, "", name, None)
+    if found is None:
+        raise AttachmentRejected(name, "not a PDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, office or text document")
+    office, data = found
+    return Attachment(filename=name, kind=office, data=data, declared_type=OFFICE_TYPES[office])
 
 
 def message_from_files(paths: Sequence[str | Path], *, sender: str = "", subject: str = "", body: str = "") -> ParsedMessage:
     """The ``ParsedMessage`` ``gatewayd send`` hands to ``Intake.accept``.
 
     Raises OSError for a file that cannot be read, ``AttachmentRejected`` for
-    one that is not a faxable kind, ``NoFaxDocument`` for no files.
+    one that is empty or none of the kinds the email path takes, ``NoFaxDocument`` for no files.
     """
     if not paths:
         raise NoFaxDocument("no files given")

@@ -62,6 +62,7 @@ __all__ = [
     "ParsedMessage",
     "UnsupportedPart",
     "office_as_unsupported",
+    "office_part",
     "parse_message",
     "safe_filename",
 ]
@@ -390,12 +391,11 @@ def _parse(raw: bytes, *, max_parts: int, max_depth: int) -> ParsedMessage:
         if kind is not None:
             attachments.append(Attachment(name, kind, data, ctype))
             return
-        office = sniff_office(data, ctype, raw_name or "")
-        if office is not None:
+        found = office_part(data, ctype, raw_name or "", part.get_content_charset() if part is not None else None)
+        if found is not None:
+            office, data = found
             if raw_name is None:
                 name = safe_filename(None, f"attachment-{number}.{office}")
-            if office == "txt":
-                data = _utf8_text(data, part.get_content_charset() if part is not None else None)
             attachments.append(Attachment(name, office, data, ctype))
             return
         claimed = _CLAIMED_TYPES.get(ctype) or _CLAIMED_EXTENSIONS.get(_extension(raw_name))
@@ -453,6 +453,18 @@ def _bounded(texts: list[str], limit: int) -> list[str]:
         out.append(text[:limit])
         limit -= len(out[-1])
     return out
+
+
+def office_part(data: bytes, declared_type: str, filename: str, charset: str | None) -> tuple[OfficeKind, bytes] | None:
+    """The office kind of an attachment and the bytes the converter gets (text as UTF-8), or None.
+
+    The email path's recognition (``sniff_office``), also used for the files
+    ``gatewayd send`` and the web console are given.
+    """
+    office = sniff_office(data, declared_type, filename)
+    if office is None:
+        return None
+    return office, _utf8_text(data, charset) if office == "txt" else data
 
 
 def office_as_unsupported(parsed: ParsedMessage) -> ParsedMessage:

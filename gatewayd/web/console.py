@@ -87,11 +87,12 @@ class WebConsole:
 
     name = "web"
 
-    def __init__(self, rt: Runtime, *, provider_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(self, rt: Runtime, *, provider_factory: Callable[[], Any] | None = None, office: bool = False) -> None:
+        """``office``: LibreOffice is there (daemon.build_services decides, as for the SMTP intake)."""
         self.rt = rt
         self.previews = Previews(rt.config.state_dir)
         self.throttle = LoginThrottle()
-        self.intake = Intake(rt)
+        self.intake = Intake(rt, office=office)
         # Cancel and retry talk to the provider with a client of their own
         # (as `gatewayd cancel` does): the daemon's client is shared with
         # the sender and tracker and replaced on reload.
@@ -391,7 +392,7 @@ class WebConsole:
     # -------------------------------------------------------------- send
 
     async def send_form(self, request: web.Request) -> web.Response:
-        return self._page(request, "send.html", error="", number="", subject="", note="")
+        return self._page(request, "send.html", error="", number="", subject="", note="", office=self.intake.office_on)
 
     async def send(self, request: web.Request) -> web.Response:
         form = request[FORM]
@@ -402,7 +403,8 @@ class WebConsole:
         files = [f for f in form.getall("document", []) if isinstance(f, web.FileField) and f.filename]
 
         def refuse(text: str) -> web.Response:
-            return self._page(request, "send.html", status=400, error=text, number=number, subject=subject, note=note)
+            return self._page(request, "send.html", status=400, error=text, number=number, subject=subject, note=note,
+                              office=self.intake.office_on)
 
         config = self.rt.config
         try:
@@ -413,7 +415,10 @@ class WebConsole:
             # The same decision as an SMTP client logged in as this account (docs/security.md).
             authorisation = SenderPolicy(config).authorise_smtp(envelope_sender=sender, user=account.name, client_ip="")
             if not files:
-                return refuse("Choose at least one document (PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP).")
+                kinds = "PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP"
+                if self.intake.office_on:
+                    kinds = "PDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, Word, Excel, PowerPoint, OpenDocument, RTF, HTML or text"
+                return refuse(f"Choose at least one document ({kinds}).")
             attachments = tuple(attachment_from_bytes(f.filename, f.file.read()) for f in files)
             parsed = ParsedMessage(
                 subject=subject, message_id=None, from_addr=sender or None, from_display=None, date=None,
@@ -421,7 +426,7 @@ class WebConsole:
                 header_addresses=MappingProxyType({}), authentication_results=(),
             )
             ids = await self.intake.accept(b"", authorisation=authorisation, destinations=[destination], source="web",
-                                           report_to=authorisation.report_to, parsed=parsed)
+                                           report_to=authorisation.report_to, parsed=parsed, every_file=True)
         except IntakeRefused as exc:
             return refuse(exc.text)
         log.info("web_send", account=account.name, job_ids=ids)

@@ -48,14 +48,14 @@ async def test_refusals_and_usage_errors(tmp_path: Path, data: dict) -> None:
     Store(tmp_path / "state").close()  # the daemon has run once
     pdf = tmp_path / "a.pdf"
     pdf.write_bytes(make_pdf(1))
-    text = tmp_path / "notes.txt"
-    text.write_text("not a fax document\n")
+    other = tmp_path / "notes.bin"  # no kind the email path takes (a text file is taken: tests/office/test_send_office.py)
+    other.write_bytes(b"\x00\x01not a fax document\n")
 
     cases = [
         (["send", "abc", str(pdf)], 1, "gatewayd send: <abc>: not a fax number\n"),
         (["send", NUMBER_2, str(pdf)], 1, f"gatewayd send: {NUMBER_2}: destination not allowed\n"),
         (["send", NUMBER_1, str(pdf), "--from", "mallory@evil.example"], 1, "gatewayd send: sender not authorised\n"),
-        (["send", NUMBER_1, str(text)], 1, "gatewayd send: notes.txt: not a PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP file\n"),
+        (["send", NUMBER_1, str(other)], 1, "gatewayd send: notes.bin: not a PDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, office or text document\n"),
         (["send", NUMBER_1, str(tmp_path / "missing.pdf")], 2, None),
         (["send", NUMBER_1, str(pdf), "--from", "not an address"], 2, None),
     ]

@@ -47,12 +47,17 @@ def soffice_convert(src: Path, target: str, outdir: Path) -> Path:
     return out
 
 
+def make_text_document(directory: Path, kind: str, words: str) -> bytes:
+    """A one-paragraph ``kind`` (docx, odt, ...) holding ``words``, made by a cold soffice."""
+    src = directory / f"{kind}-source.fodt"
+    src.write_text(_FODT.format(words=words), encoding="utf-8")
+    return soffice_convert(src, kind, directory).read_bytes()
+
+
 def make_documents(directory: Path) -> dict[str, bytes]:
     docs: dict[str, bytes] = {}
     for kind in ("docx", "odt"):
-        src = directory / f"{kind}-source.fodt"
-        src.write_text(_FODT.format(words=WORDS[kind]), encoding="utf-8")
-        docs[kind] = soffice_convert(src, kind, directory).read_bytes()
+        docs[kind] = make_text_document(directory, kind, WORDS[kind])
     csv = directory / "sheet.csv"
     csv.write_text(f"item,count\n{WORDS['xlsx']},7\n", encoding="utf-8")
     docs["xlsx"] = soffice_convert(csv, "xlsx", directory).read_bytes()

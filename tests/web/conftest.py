@@ -46,7 +46,13 @@ class Console:
 
 
 @pytest.fixture
-async def console(tmp_path: Path) -> AsyncIterator[Console]:
+def console_documents() -> dict[str, Any]:
+    """The console gateway's ``[documents]``; a test parametrizes it to change them."""
+    return {}
+
+
+@pytest.fixture
+async def console(tmp_path: Path, console_documents: dict[str, Any]) -> AsyncIterator[Console]:
     web_port = free_port()
     # Fast status clock: a fax is "sent" a fraction of a second after upload.
     async with run_simulator(send_delays=(0.5, 1.0)) as sim:
@@ -67,6 +73,7 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
                 "storage": {"state_dir": str(tmp_path / "state")},
                 "http": {"listen": ""},
                 "web": {"listen": f"127.0.0.1:{web_port}"},
+                "documents": console_documents,
                 "log": {"level": "warning", "format": "console"},
             }, env={})
             daemon = Daemon(config, notifier=Notifier(None))

@@ -1,7 +1,8 @@
 """The web console in a real headless Chromium (docs/web.md): log in, send a
 PDF through /send and watch it reach "sent", retry a failed job, cancel a
 queued one, open a received fax and its preview; another user's job is a
-404; a POST without the CSRF token is refused; wrong passwords are
+404; a DOCX sent through /send is converted by the daemon's converter, and
+refused in the email path's words where office documents are off; a POST without the CSRF token is refused; wrong passwords are
 throttled. Screenshots of each page are taken on every run; they go to
 docs/web/ only when GATEWAYD_SCREENSHOTS=docs/web is set (docs/web.md), so
 a test run leaves the checkout as it was."""
@@ -9,12 +10,16 @@ a test run leaves the checkout as it was."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
+from support.office import make_text_document, pdftotext  # type: ignore[import-not-found]
 from support.web import EXTENSION, PASSWORDS  # type: ignore[import-not-found]
 
 from gatewayd.demo import sample_pdf, sample_tiff
@@ -213,3 +218,59 @@ async def test_wrong_passwords_are_throttled(console, browser) -> None:  # type:
         token = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
         r = await client.post("/login", data={"username": "admin@example.com", "password": PASSWORDS["admin@example.com"], "csrf": token})
         assert r.status_code == 429
+
+
+
+DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+async def _send_page(console, browser):  # type: ignore[no-untyped-def]
+    """Logged in as admin on /send: the page, its CSRF token and its accept= list."""
+    page = await (await browser()).new_page()
+    await log_in(page, console.url, "admin@example.com")
+    await page.goto(f"{console.url}/send")
+    return page, await page.get_attribute("input[name=csrf]", "value"), await page.get_attribute("input[name=document]", "accept")
+
+
+def _docx_form(data: bytes) -> dict:
+    return {"number": "+78123092631", "subject": "", "note": "", "document": {"name": "letter.docx", "mimeType": DOCX_TYPE, "buffer": data}}
+
+
+async def test_send_takes_an_office_document(console, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    words = "Console albatross letter"
+    docx = make_text_document(tmp_path, "docx", words)
+    page, token, accept = await _send_page(console, browser)
+    assert ".docx" in accept.split(","), accept
+    empty = await page.request.post(f"{console.url}/send", multipart={"number": "+78123092631", "csrf": token}, max_redirects=0)
+    assert "Choose at least one document (PDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, Word, Excel, PowerPoint, OpenDocument, RTF, HTML or text)." in await empty.text()
+    resp = await page.request.post(f"{console.url}/send", multipart={**_docx_form(docx), "csrf": token}, max_redirects=0)
+    assert resp.status == 303, await resp.text()
+    job_id = int(resp.headers["location"].rsplit("/", 1)[1])
+    store = console.store
+    events = await store.run(store.job_events, job_id)
+    assert events[0].to_state == "converting"  # stored for the daemon's converter, as from email
+    # The daemon's converter makes it into the fax.
+    faxes = await wait_for(lambda: _faxes(console, job_id), timeout=180)
+    assert words in " ".join(pdftotext(faxes[0].document, tmp_path).split())
+
+
+async def _faxes(console, job_id: int):  # type: ignore[no-untyped-def]
+    return [f for f in console.sim.sent_faxes() if f.filename == f"fax-{job_id}.pdf"]
+
+
+@pytest.mark.parametrize("console_documents", [{"office": False}])
+async def test_send_refuses_an_office_document_when_office_is_off(console, browser) -> None:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()  # a DOCX as sniff_office sees one: refused before anything reads it further
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("word/document.xml", "<w:document/>")
+    page, token, accept = await _send_page(console, browser)
+    assert ".docx" not in accept.split(","), accept
+    empty = await page.request.post(f"{console.url}/send", multipart={"number": "+78123092631", "csrf": token}, max_redirects=0)
+    assert "Choose at least one document (PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP)." in await empty.text()
+    resp = await page.request.post(f"{console.url}/send", multipart={**_docx_form(buf.getvalue()), "csrf": token}, max_redirects=0)
+    assert resp.status == 400
+    text = await resp.text()
+    # The email path's words (tests/office/test_send_office.py compares them with an SMTP reply).
+    assert f"no fax document: no attachment of a supported type (letter.docx: unsupported type {DOCX_TYPE})" in text, text
+    assert await console.store.run(console.store.list_jobs) == []
