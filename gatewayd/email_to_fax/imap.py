@@ -435,7 +435,8 @@ class ImapIntake:
             return True  # a bounce address: never answered
         config = self.rt.config
         store = self.rt.store
-        message = to_bytes(_reply_message(config, ident, authorisation.report_to, refusals, queued, numbers))
+        message = to_bytes(_reply_message(config, ident, authorisation.report_to, refusals, queued, numbers,
+                                          kinds=self.intake.kinds_taken))
         try:
             fresh = await store.run(
                 store.imap_queue_reply_once, key, bare_address(config.mail.from_), [authorisation.report_to], message,
@@ -457,7 +458,8 @@ def _example_address(addresses: Sequence[str]) -> str:
 
 
 def _reply_message(
-    config: Any, ident: _Identity, to: str, refusals: Sequence[IntakeRefused], queued: Sequence[int], numbers: Sequence[str]
+    config: Any, ident: _Identity, to: str, refusals: Sequence[IntakeRefused], queued: Sequence[int], numbers: Sequence[str],
+    *, kinds: str,
 ) -> Any:
     imap = config.imap
     subject = ident.subject or "(no subject)"
@@ -478,7 +480,7 @@ def _reply_message(
         f"Subject:    {subject}\n"
         f"Message-ID: {ident.message_id or '-'}\n\n"
         f"Write to {_example_address(imap.addresses)} (one address per number); attach\n"
-        "PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP files.\n\n"
+        f"{kinds} files.\n\n"
         f"{closing}"
     )
     msg = new_message(mail_from=config.mail.from_, to=[to], subject=title, in_reply_to=ident.message_id)

@@ -91,6 +91,13 @@ class Intake:
         """Office documents are taken (converted after the 250) here and now: LibreOffice is there and ``documents.office`` is on."""
         return self.office and self.rt.config.documents.office
 
+    @property
+    def kinds_taken(self) -> str:
+        """The kinds of document taken here and now, in words for people (the console, the IMAP reply)."""
+        if self.office_on:
+            return "PDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, Word, Excel, PowerPoint, OpenDocument, RTF, HTML or text"
+        return "PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP"
+
     @_intake_edge
     async def accept(
         self,

@@ -415,10 +415,7 @@ class WebConsole:
             # The same decision as an SMTP client logged in as this account (docs/security.md).
             authorisation = SenderPolicy(config).authorise_smtp(envelope_sender=sender, user=account.name, client_ip="")
             if not files:
-                kinds = "PDF, TIFF, JPEG, PNG, GIF, BMP or WEBP"
-                if self.intake.office_on:
-                    kinds = "PDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, Word, Excel, PowerPoint, OpenDocument, RTF, HTML or text"
-                return refuse(f"Choose at least one document ({kinds}).")
+                return refuse(f"Choose at least one document ({self.intake.kinds_taken}).")
             attachments = tuple(attachment_from_bytes(f.filename, f.file.read()) for f in files)
             parsed = ParsedMessage(
                 subject=subject, message_id=None, from_addr=sender or None, from_display=None, date=None,

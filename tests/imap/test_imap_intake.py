@@ -229,6 +229,17 @@ async def test_authorised_sender_gets_a_reply_for_an_encrypted_pdf(dovecot: Dove
         assert gw.jobs() == []
         body = reply_message(gw).get_content()
         assert "554 5.6.0 invoice.pdf:" in body and "encrypt" in body.lower()
+        # What to attach instead: the kinds this gateway takes now (no LibreOffice here).
+        assert "attach\r\nPDF, TIFF, JPEG, PNG, GIF, BMP or WEBP files." in body
+
+
+async def test_the_reply_names_office_documents_where_they_are_taken(dovecot: Dovecot, make_config) -> None:
+    async with run_imap(make_config(), intake=lambda rt: Intake(rt, office=True)) as gw:
+        await connected(gw)
+        await dovecot.append(fax_message(pdf=make_pdf(1, encrypted=True)))
+        await settle(dovecot, failed=1)
+        body = reply_message(gw).get_content()
+        assert "attach\r\nPDF, TIFF, JPEG, PNG, GIF, BMP, WEBP, Word, Excel, PowerPoint, OpenDocument, RTF, HTML or text files." in body
 
 
 async def test_no_fax_address_among_the_recipients(dovecot: Dovecot, make_config) -> None:
