@@ -39,7 +39,7 @@ from gatewayd.http import HttpServer
 from gatewayd.leadership import DEFAULT_LEASE, Leadership, NodeName, node_token
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.mail.outbox import OutboxWorker
-from gatewayd.memory import release_free_memory
+from gatewayd.memory import freeze_startup_objects, release_free_memory
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.purger import Purger
@@ -215,6 +215,7 @@ class Daemon:
             # send traffic (and start units ordered after us).
             self._last_status = await self._status(rt)
             self.notifier.ready(self._last_status)
+            freeze_startup_objects()  # gatewayd/memory.py: shorter collector pauses from here on
             log.info(
                 "gatewayd_ready", state_dir=str(self.config.state_dir), services=[s.name for s in self.services],
                 watchdog_interval=self.notifier.watchdog_interval(), notify=self.notifier.enabled,

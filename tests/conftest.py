@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +46,13 @@ def open_store(store_backend: str, tmp_path: Path, request: pytest.FixtureReques
         url, password = request.getfixturevalue("pg_url"), server.password
     with factory(store_backend, tmp_path / "state", url, password) as made:
         yield made
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen() -> Iterator[None]:
+    """A daemon run in the test process freezes what exists once it is ready
+    (gatewayd/memory.py): give the objects back to the collector afterwards,
+    or every test's cyclic garbage from before would stay for the session."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()

@@ -24,6 +24,7 @@ from gatewayd.email_to_fax.smtp import SmtpListener
 from gatewayd.email_to_fax.smtp_processes import REPORT_EVERY, RemoteClientLimits, frame, receive
 from gatewayd.health import Health
 from gatewayd.logs import bind_context, get_logger, setup_logging
+from gatewayd.memory import freeze_startup_objects
 from gatewayd.metrics import Metrics
 from gatewayd.runtime import NoProvider, Runtime, store_from_config
 
@@ -84,6 +85,7 @@ async def _worker_main(control_fd: int) -> int:
             return 1
         writer.write(frame(("ready", os.getpid())))
         log.info("smtp_process_ready", pid=os.getpid())
+        freeze_startup_objects()  # gatewayd/memory.py
 
         async def from_main() -> None:
             try:

@@ -181,6 +181,25 @@ def _pings(notify: NotifySocket, start: float, end: float) -> list[float]:
     return [n.at for n in notify.with_field("WATCHDOG=1") if start <= n.at <= end]
 
 
+async def test_start_up_objects_are_frozen_once_ready(tmp_path: Path, notify_socket: NotifySocket) -> None:
+    # gatewayd/memory.py: once ready, what start-up made is out of the collector's runs.
+    import gc
+
+    seen: dict[str, int] = {}
+
+    async def look(rt: Runtime) -> None:
+        await notify_socket.wait_for("READY=1", timeout=10)
+        await asyncio.sleep(0.1)
+        seen["frozen"] = gc.get_freeze_count()
+
+    gc.unfreeze()
+    try:
+        await _run_daemon_with(tmp_path, notify_socket, look)
+    finally:
+        gc.unfreeze()  # this test process must not keep pytest's objects frozen
+    assert seen["frozen"] > 10_000
+
+
 async def test_no_ping_while_the_event_loop_is_blocked(tmp_path: Path, notify_socket: NotifySocket) -> None:
     window: dict[str, float] = {}
 
