@@ -437,6 +437,15 @@ class Gatewayd:
                     total += int(line.split()[1])
         return total
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the daemon and its listener processes so far (/proc/PID/stat)."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def vm_rss_kib(self) -> int:
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print("== (a) intake throughput: smtp-source -s 20, PDF attachments ==")
     print(f"machine: {machine()}")
     rows: list[tuple[str, int, str, float, int]] = []
+    cpu_ms: dict[tuple[int, str], float] = {}  # CPU per message of gatewayd, all its processes
     with workdir("intake") as root, Simulator() as sim:
         hold_provider(sim)
         for label, size in SIZES:
@@ -118,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             for number, (name, overrides) in enumerate(VARIANTS):
                 with Gatewayd(root / f"gw-{size}-{number}", sim.base_url, overrides=overrides) as gw:
                     smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=WARMUP)
+                    cpu = gw.cpu_seconds()
                     elapsed = smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=count)
+                    cpu = gw.cpu_seconds() - cpu
                     stored = wait_jobs(gw, count + WARMUP)
                 if stored != count + WARMUP:
                     raise BenchError(f"{name}: {count + WARMUP} messages answered 250 but {stored} jobs stored")
                 rate = count / elapsed
-                print(f"  {name:36s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref:.2f}x Postfix; {stored} jobs stored with the warm-up)")
+                cpu_ms[(size, name)] = 1000 * cpu / count
+                print(f"  {name:36s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref:.2f}x Postfix; "
+                      f"CPU {cpu_ms[(size, name)]:.2f} ms a message, all processes; {stored} jobs stored with the warm-up)")
                 rows.append((label, size, name, rate, count))
 
         print("\n-- 100 KB: end of DATA -> reply, bench asyncio client, 20 sessions --")
@@ -155,14 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         for number, (name, overrides) in enumerate(DEFAULT_VARIANTS):
             with Gatewayd(root / f"gw-body-{number}", sim.base_url, overrides=overrides) as gw:
                 smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=WARMUP)
+                cpu = gw.cpu_seconds()
                 elapsed = smtp_source(gw.port, msg_file, sessions=SESSIONS, messages=count)
+                cpu = gw.cpu_seconds() - cpu
                 stored = wait_jobs(gw, count + WARMUP)
                 asyncio.run(run_clients(gw.port, raw, sessions=SESSIONS, messages=WARMUP))
                 results, lat_elapsed = asyncio.run(run_clients(gw.port, raw, sessions=SESSIONS, messages=n))
             if stored != count + WARMUP:
                 raise BenchError(f"{name}: {count + WARMUP} messages answered 250 but {stored} jobs stored")
             rate = count / elapsed
-            print(f"  {name:36s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref_body:.2f}x Postfix)")
+            cpu_ms[(-1, name)] = 1000 * cpu / count
+            print(f"  {name:36s}: {rate:8.1f} msgs/s  ({count} in {elapsed:.2f} s, {rate / ref_body:.2f}x Postfix; "
+                  f"CPU {cpu_ms[(-1, name)]:.2f} ms a message, all processes)")
             rows.append(("100 KB with a body", 100_000, name, rate, count))
             _report_latency(name, results, lat_elapsed, p99s)
 
@@ -177,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     r_def = next(rate for _, _, who, rate, _ in rows if who == default)
     print(f"  {default}, 100 KB with a body: {r_def / ref_body:.2f}x Postfix (target >= 1.0x) {verdict(r_def >= ref_body)}; "
           f"p99 end of DATA -> 250 {fmt_ms(p99s[default])} (target < 50 ms) {verdict(p99s[default] < 0.050)}")
+    no_cover, cover = cpu_ms[(100_000, GATEWAYD)], cpu_ms[(-1, default)]
+    print(f"  CPU per message at 100 KB, all processes: {no_cover:.2f} ms without a cover (target < 2.0 ms) "
+          f"{verdict(no_cover < 2.0)}; {cover:.2f} ms with one (target < 4 ms) {verdict(cover < 4.0)}")
     return 0
 
 
