@@ -39,7 +39,7 @@ from gatewayd.http import HttpServer
 from gatewayd.leadership import DEFAULT_LEASE, Leadership, NodeName, node_token
 from gatewayd.logs import get_logger, setup_logging
 from gatewayd.mail.outbox import OutboxWorker
-from gatewayd.memory import freeze_startup_objects, release_free_memory
+from gatewayd.memory import freeze_startup_objects, release_periodically
 from gatewayd.metrics import Metrics
 from gatewayd.provider.client import ProviderClient
 from gatewayd.purger import Purger
@@ -51,7 +51,6 @@ from gatewayd.supervisor import Supervisor
 log = get_logger(__name__)
 
 STOP_TIMEOUT = 8.0  # SIGTERM must end the process within 10 s
-MEMORY_RELEASE_EVERY = 60.0  # seconds between malloc_trim calls
 
 
 def build_provider(config: Config, metrics: Metrics) -> ProviderApi:
@@ -210,7 +209,7 @@ class Daemon:
             supervisor.spawn("watchdog", lambda: self._watchdog(rt))
             supervisor.spawn("reloader", lambda: self._reloader(rt))
             supervisor.spawn("status", lambda: self._status_reporter(rt))
-            supervisor.spawn("memory", lambda: self._release_memory(rt))
+            supervisor.spawn("memory", lambda: release_periodically(rt.sleep))
             # Every listener is bound and the store is open: systemd may now
             # send traffic (and start units ordered after us).
             self._last_status = await self._status(rt)
@@ -267,14 +266,6 @@ class Daemon:
         except TimeoutError:
             log.warning("services_stop_timeout")
         await supervisor.wait_stopped(STOP_TIMEOUT / 2)
-
-    @staticmethod
-    async def _release_memory(rt: Runtime) -> None:
-        """Every minute, hand memory freed since (uploads, downloads, large
-        emails) back to the OS: microseconds when there is none, a few
-        milliseconds after a burst (gatewayd/memory.py)."""
-        while not await rt.sleep(MEMORY_RELEASE_EVERY):
-            release_free_memory()
 
     # ------------------------------------------------------------ status
 

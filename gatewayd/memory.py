@@ -19,14 +19,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["TRIM_AFTER_BYTES", "freeze_startup_objects", "release_free_memory"]
+__all__ = ["RELEASE_EVERY", "TRIM_AFTER_BYTES", "freeze_startup_objects", "release_free_memory", "release_periodically"]
 
 # Messages at least this large are followed by a trim (the DATA reader's
 # spool threshold: smaller ones leave little behind).
 TRIM_AFTER_BYTES = 2 << 20
+RELEASE_EVERY = 60.0  # seconds between the periodic trims of every process
 
 
 def _find_malloc_trim() -> Callable[[int], Any] | None:
@@ -62,3 +63,12 @@ def freeze_startup_objects() -> None:
     cycles are freed as before), so what start-up makes must be meant to
     last; per-message objects come later and are collected as usual."""
     gc.freeze()
+
+
+async def release_periodically(sleep: Callable[[float], Awaitable[bool]]) -> None:
+    """Every ``RELEASE_EVERY`` seconds until ``sleep`` says stop (``Runtime.sleep``),
+    hand memory freed since (uploads, downloads, large emails) back to the OS:
+    microseconds when there is none, a few milliseconds after a burst. Every
+    process runs it: the main one and each SMTP listener process."""
+    while not await sleep(RELEASE_EVERY):
+        release_free_memory()

@@ -24,7 +24,7 @@ from gatewayd.email_to_fax.smtp import SmtpListener
 from gatewayd.email_to_fax.smtp_processes import REPORT_EVERY, RemoteClientLimits, frame, receive
 from gatewayd.health import Health
 from gatewayd.logs import bind_context, get_logger, setup_logging
-from gatewayd.memory import freeze_startup_objects
+from gatewayd.memory import freeze_startup_objects, release_periodically
 from gatewayd.metrics import Metrics
 from gatewayd.runtime import NoProvider, Runtime, store_from_config
 
@@ -121,10 +121,12 @@ async def _worker_main(control_fd: int) -> int:
 
         listening = asyncio.create_task(from_main())
         reporting = asyncio.create_task(report())
+        releasing = asyncio.create_task(release_periodically(rt.sleep))  # as the main process does
         await rt.stopping.wait()
         await listener.stop()
         listening.cancel()
         reporting.cancel()
+        releasing.cancel()
         send_counts()  # what was answered during the stop grace (421s, late 250s) too
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.drain(), timeout=1.0)

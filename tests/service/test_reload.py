@@ -204,11 +204,11 @@ def test_restart_only_changes_names_the_keys(tmp_path: Path) -> None:
 async def test_freed_memory_is_handed_back_every_interval(tmp_path: Path, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon calls malloc_trim periodically (gatewayd/memory.py): memory
     freed by uploads, downloads and large emails does not stay with it."""
-    import gatewayd.daemon as daemon_module
+    import gatewayd.memory as memory_module
 
     calls: list[float] = []
-    monkeypatch.setattr(daemon_module, "MEMORY_RELEASE_EVERY", 0.05)
-    monkeypatch.setattr(daemon_module, "release_free_memory", lambda: calls.append(time.monotonic()) or True)
+    monkeypatch.setattr(memory_module, "RELEASE_EVERY", 0.05)
+    monkeypatch.setattr(memory_module, "release_free_memory", lambda: calls.append(time.monotonic()) or True)
     path = write_config(tmp_path / "config.toml", gateway_config(tmp_path / "state", Ports()))
     daemon = Daemon(load_config(path), config_path=str(path), notifier=Notifier(notify_socket.address),
                     services_factory=lambda rt: [Idle(rt)], provider_factory=lambda config, metrics: FakeProvider(config))
