@@ -47,6 +47,7 @@ from gatewayd.runtime import ProviderApi, Runtime, Service, store_from_config
 from gatewayd.sdnotify import Notifier
 from gatewayd.store import Store, StoreError
 from gatewayd.supervisor import Supervisor
+from gatewayd.wakerelay import WakeRelay
 
 log = get_logger(__name__)
 
@@ -110,6 +111,10 @@ def build_services(rt: Runtime, *, lease: float | None = None) -> list[Service]:
     # First: this node's name is its own (two nodes with one name would both hold its leases).
     services: list[Service] = [NodeName(rt.store, rt.config.storage.node_name, node_token(rt.config.state_dir), rt.stopping, ttl=ttl)]
     lead = build_leadership(rt, ttl=ttl).lead
+    if rt.store.postgres is not None:
+        # Wakes reach the other nodes and `gatewayd send`'s reach this one
+        # (gatewayd/wakerelay.py); before the workers, so their first wake is relayed.
+        services.append(WakeRelay(rt))
     # Each flow adds its components here; keep the order: listeners last, so
     # workers are running before the first message is accepted.
     # --- wiring: email to fax

@@ -175,13 +175,23 @@ class Runtime:
     # False once this node's hold on a leader lease ran out (gatewayd/leadership.py
     # sets it); a leased service asks before a step with an effect outside the store.
     lease_fence: Callable[[str], bool] = field(default=lambda _name: True)
+    # Set by the wake relay on PostgreSQL (gatewayd/wakerelay.py): hands each
+    # wake to the other processes and nodes too. None: wakes stay in this process.
+    relay_wake: Callable[[str], None] | None = None
 
     def low_storage(self) -> LowStorage | None:
         """Free space in the state directory below ``storage.min_free`` (None: enough, or the check is off)."""
         return low_storage(self.config.state_dir, self.config.storage.min_free, self.free_space)
 
     def wake(self, name: str) -> None:
-        """Tell a worker (e.g. "sender", "reports", "outbox") there is work now."""
+        """Tell a worker (e.g. "sender", "reports", "outbox") there is work now,
+        here and, through ``relay_wake``, on the other nodes."""
+        self.wake_here(name)
+        if self.relay_wake is not None:
+            self.relay_wake(name)
+
+    def wake_here(self, name: str) -> None:
+        """``wake`` for this process's worker only (what a wake relayed from another process does)."""
         self.wakeups.setdefault(name, asyncio.Event()).set()
 
     async def nap(self, name: str, seconds: float) -> bool:

@@ -6,7 +6,8 @@ names), the hourly limit, and ``Intake.accept``, which writes the document
 and the job to the state directory. The running daemon's sender picks the
 job up on its next look at the store (within seconds); the daemon need not
 be told. Office documents are stored as they came, for the daemon's
-converter (its next look: within 30 seconds), as from email.
+converter (its next look: within 30 seconds), as from email. On PostgreSQL
+the running daemons are told at once (one NOTIFY, gatewayd/wakerelay.py).
 
 Who may use it: whoever can write the state directory, i.e. an
 administrator. So ``--from`` is optional:
@@ -42,6 +43,7 @@ from gatewayd.logs import setup_logging
 from gatewayd.metrics import Metrics
 from gatewayd.runtime import NoProvider, Runtime
 from gatewayd.store import Store
+from gatewayd.wakerelay import new_origin, notify_now
 
 EXIT_REFUSED = 1
 
@@ -100,13 +102,17 @@ def main(args: argparse.Namespace) -> int:
 
 async def _accept(config: Config, store: Store, parsed: ParsedMessage, authorisation: Authorisation, destination: Destination) -> list[int]:
     # Queues only: the daemon's sender sends (so no provider client here).
-    rt = Runtime(config=config, store=store, provider=NoProvider(), metrics=Metrics(), health=Health())
+    # The intake's wakes ("sender", or "converter" for office documents) are
+    # collected and, on PostgreSQL, told to every running daemon in one NOTIFY
+    # (gatewayd/wakerelay.py): sent at once instead of at its next poll.
+    woken: list[str] = []
+    rt = Runtime(config=config, store=store, provider=NoProvider(), metrics=Metrics(), health=Health(), relay_wake=woken.append)
     # Office documents are taken as the daemon's intakes take them on this
     # machine (the same decision); the daemon's converter converts them,
     # LibreOffice is never started here (docs/documents.md, Office documents).
     # Looked for only when a file needs it: the probe runs a few processes.
     office = any(a.kind in OFFICE_KINDS for a in parsed.attachments) and not office_unavailable(config.documents)
-    return await Intake(rt, office=office).accept(
+    ids = await Intake(rt, office=office).accept(
         b"",
         authorisation=authorisation,
         destinations=[destination],
@@ -115,3 +121,6 @@ async def _accept(config: Config, store: Store, parsed: ParsedMessage, authorisa
         parsed=parsed,
         every_file=True,
     )
+    if store.postgres is not None:
+        await store.run(notify_now, store, new_origin(config.storage.node_name), woken)
+    return ids

@@ -159,6 +159,17 @@ class Store(
     def schema_version(self) -> int:
         return self._db.schema_version
 
+    @property
+    def postgres(self) -> PostgresSettings | None:
+        """How this store reaches PostgreSQL (None on SQLite): the wake relay opens its own connection with it (gatewayd/wakerelay.py)."""
+        return self._db.settings if isinstance(self._db, PostgresDatabase) else None
+
+    def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL's NOTIFY to every session listening on ``channel`` (gatewayd/wakerelay.py); StoreError on SQLite, which has none."""
+        if not isinstance(self._db, PostgresDatabase):
+            raise StoreError("NOTIFY needs the PostgreSQL store")
+        self._db.notify(channel, payload)
+
     def ping(self) -> bool:
         """True when the database answers (for /healthz and the watchdog)."""
         return self._db.query("SELECT 1")[0][0] == 1

@@ -48,7 +48,7 @@ from gatewayd.dburl import redact_url
 from gatewayd.store.database import Rows, StoreError
 from gatewayd.store.migrations import MIGRATIONS
 
-__all__ = ["WRITER_LOCK", "PostgresDatabase", "PostgresSettings", "postgres_ddl", "to_pyformat"]
+__all__ = ["WRITER_LOCK", "PostgresDatabase", "PostgresSettings", "connection_kwargs", "postgres_ddl", "to_pyformat"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,22 @@ class PostgresSettings:
     lock_timeout: float = 30.0
     statement_timeout: float = 120.0
     application_name: str = "gatewayd"
+
+
+def connection_kwargs(settings: PostgresSettings) -> dict[str, Any]:
+    """What every connection of this node is opened with (the pool's, and the
+    wake relay's listening one, gatewayd/wakerelay.py): autocommit, its name,
+    the timeouts, and the password beside the URL, never pasted into it."""
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": settings.application_name,
+        "connect_timeout": max(1, round(settings.connect_timeout)),
+        # A database host that vanishes is noticed in seconds, not hours.
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    }
+    if settings.password:
+        kwargs["password"] = settings.password
+    return kwargs
 
 
 @functools.lru_cache(maxsize=1024)
@@ -157,15 +173,7 @@ class PostgresDatabase:
         self._local = _Local()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "application_name": settings.application_name,
-            "connect_timeout": max(1, round(settings.connect_timeout)),
-            # A database host that vanishes is noticed in seconds, not hours.
-            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-        }
-        if settings.password:
-            kwargs["password"] = settings.password
+        kwargs = connection_kwargs(settings)
         # One direct connection first: its error says why (wrong password, no
         # such database), where the pool would only time out.
         try:
@@ -294,6 +302,15 @@ class PostgresDatabase:
                     conn.execute("UPDATE gatewayd_schema SET version = ?", (number,))
         except psycopg.Error as exc:
             raise StoreError(f"migration {number} failed: {_one_line(exc)}") from exc
+
+    def notify(self, channel: str, payload: str) -> None:
+        """``pg_notify(channel, payload)`` on a pooled connection: every session
+        LISTENing on ``channel`` hears it (gatewayd/wakerelay.py)."""
+        try:
+            with self._connection() as raw:
+                raw.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        except psycopg.Error as exc:
+            raise StoreError(_one_line(exc)) from exc
 
     @property
     def schema_version(self) -> int:
